@@ -1,0 +1,207 @@
+"""The provider plugin interface, and how plugins are found.
+
+A provider turns one credential's `params` into calls against one
+third-party API: mint a credential, check it works, retire it, and list
+what exists there. Providers know nothing of Vault, schedules or logging
+set-up. They raise only `TransientError` / `PermanentError` (see
+`rotator.errors`), never their SDK's own exceptions, and never put a secret
+value in a message.
+
+Every provider, built-in or third-party, registers under the
+`rotator.providers` entry-point group with its kind as the name, e.g.
+`aws.iam_access_key = "providers.aws_iam:AwsIamAccessKeyProvider"`.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel
+
+from rotator.errors import PermanentError
+
+if TYPE_CHECKING:
+    from rotator.clock import Clock
+
+ENTRY_POINT_GROUP = "rotator.providers"
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    """A credential the provider just minted.
+
+    `data` holds the live fields written to Vault (secret). `handle` holds
+    what `revoke` needs later; it may hold a secret too (a GitHub token is
+    revoked with itself), so it is only ever stored in Vault.
+    """
+
+    key_id: str
+    data: Mapping[str, str]
+    handle: Mapping[str, str]
+    expires_at: datetime | None = None
+
+    def __repr__(self) -> str:  # never let a secret reach a log through repr()
+        return f"IssuedCredential(key_id={self.key_id!r}, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True)
+class KeyMark:
+    """The rotator's mark on a key it made: which credential, which rotation."""
+
+    credential: str
+    rotation_id: str
+
+
+@dataclass(frozen=True)
+class ProviderKey:
+    """One key as the provider lists it. Never holds a secret value."""
+
+    key_id: str
+    handle: Mapping[str, str]
+    created_at: datetime | None = None
+    active: bool = True
+    last_used_at: datetime | None = None
+    mark: KeyMark | None = None
+
+
+@dataclass(frozen=True)
+class IssueContext:
+    """What a provider may know about the rotation it is issuing for."""
+
+    credential: str
+    rotation_id: str
+    # Keys the rotator knows it made for this credential and that are still
+    # at the provider (live + retiring). A provider must never count them
+    # as unmanaged.
+    managed_key_ids: frozenset[str] = frozenset()
+
+
+@dataclass
+class ProviderContext:
+    """What the core hands a provider: a way to read referenced secrets, a
+    clock, and the shutdown event every wait should watch."""
+
+    read_secret: Callable[[str], str]
+    clock: Clock
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    user_agent: str = "rotator"
+
+
+class NoCapacityError(PermanentError):
+    """The provider has no room for one more key (e.g. AWS's 2 keys per user).
+
+    `blocking_key_ids` names the keys in the way, so the engine can tell
+    whether retiring one of its own (past grace) would make room.
+    """
+
+    def __init__(self, message: str, *, blocking_key_ids: frozenset[str]) -> None:
+        super().__init__(message)
+        self.blocking_key_ids = blocking_key_ids
+
+
+class Provider(ABC):
+    """Base class of every provider plugin."""
+
+    kind: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+    # Fields that land in the live Vault path (contract §4).
+    live_fields: ClassVar[tuple[str, ...]]
+    # How long verification may keep retrying before the new credential is
+    # judged bad (AWS keys take seconds to propagate).
+    verify_budget: ClassVar[timedelta] = timedelta(seconds=30)
+    # False where the API cannot list credentials (GitHub installation tokens).
+    can_list: ClassVar[bool] = True
+    # True where the mark is set in the same call that creates the key (a
+    # title, a name). False where it is a second call (AWS user tags): then a
+    # crash between the two leaves an unmarked key, found by creation time.
+    is_marking_atomic: ClassVar[bool] = True
+
+    def __init__(self, params: BaseModel, context: ProviderContext) -> None:
+        self.params = params
+        self.context = context
+
+    @classmethod
+    def check_policy(cls, params: BaseModel, *, interval: timedelta | None, grace: timedelta) -> list[tuple[str, str]]:
+        """Cross-field checks of a credential file: (field path, message) pairs."""
+        return []
+
+    @abstractmethod
+    def issue(self, ctx: IssueContext) -> IssuedCredential:
+        """Mint one new credential, marked with `ctx.credential`/`ctx.rotation_id`."""
+
+    @abstractmethod
+    def verify(self, credential: IssuedCredential) -> None:
+        """One attempt to use the new credential itself against the provider.
+
+        Raise `TransientError` while it is not (yet) accepted, `PermanentError`
+        when it can never be right. The engine retries within `verify_budget`.
+        """
+
+    def retire_delay(self) -> timedelta | None:
+        """Time between deactivation and revocation, or None where the provider
+        has no deactivated stage (revocation happens at the end of grace)."""
+        return None
+
+    def deactivate(self, handle: Mapping[str, str]) -> None:
+        """Make the credential unusable but recoverable. Idempotent."""
+        raise NotImplementedError(f"{self.kind} has no deactivated stage")
+
+    @abstractmethod
+    def revoke(self, handle: Mapping[str, str]) -> None:
+        """Revoke for good. Idempotent: already gone counts as done."""
+
+    @abstractmethod
+    def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        """Whether the provider now rejects the credential (confirmation)."""
+
+    def list_keys(self) -> list[ProviderKey]:
+        """Every key in this credential's scope at the provider (user, repo, account)."""
+        raise NotImplementedError(f"{self.kind} cannot list its credentials")
+
+    def close(self) -> None:
+        """Release network resources."""
+
+
+ProviderFactory = type[Provider]
+
+
+def load_providers() -> dict[str, ProviderFactory]:
+    """Every provider registered under the entry-point group, by kind.
+
+    A plugin that fails to import is left out and reported by
+    `load_provider_errors`, so one broken plugin never stops the others.
+    """
+    return _load()[0]
+
+
+def load_provider_errors() -> dict[str, str]:
+    """Plugins that failed to load, by kind, with the reason."""
+    return _load()[1]
+
+
+_cache: tuple[dict[str, ProviderFactory], dict[str, str]] | None = None
+
+
+def _load() -> tuple[dict[str, ProviderFactory], dict[str, str]]:
+    global _cache
+    if _cache is None:
+        found: dict[str, ProviderFactory] = {}
+        broken: dict[str, str] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                cls = ep.load()
+            except Exception as exc:  # a broken plugin must not stop the others
+                broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            if not (isinstance(cls, type) and issubclass(cls, Provider)):
+                broken[ep.name] = f"{ep.value} is not a rotator.provider.Provider"
+                continue
+            found[ep.name] = cls
+        _cache = (found, broken)
+    return _cache
