@@ -112,6 +112,11 @@ class Provider(ABC):
     params_model: ClassVar[type[BaseModel]]
     # Fields that land in the live Vault path (contract §4).
     live_fields: ClassVar[tuple[str, ...]]
+    # Names (in live data and in handles) whose values are secret. The core
+    # masks these values wherever they might appear in output.
+    secret_fields: ClassVar[frozenset[str]] = frozenset(
+        {"secret_access_key", "token", "private_key", "api_key", "signing_secret", "secret", "password"}
+    )
     # How long verification may keep retrying before the new credential is
     # judged bad (AWS keys take seconds to propagate).
     verify_budget: ClassVar[timedelta] = timedelta(seconds=30)
@@ -163,6 +168,10 @@ class Provider(ABC):
     def list_keys(self) -> list[ProviderKey]:
         """Every key in this credential's scope at the provider (user, repo, account)."""
         raise NotImplementedError(f"{self.kind} cannot list its credentials")
+
+    def secret_values(self, *mappings: Mapping[str, str]) -> list[str]:
+        """The secret values in live data or handles, by `secret_fields`."""
+        return [v for m in mappings for k, v in m.items() if k in self.secret_fields and isinstance(v, str)]
 
     def close(self) -> None:
         """Release network resources."""

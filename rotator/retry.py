@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import tenacity
+from tenacity.stop import stop_base
 from tenacity import RetryCallState
 
 from rotator.clock import Clock, SystemClock
@@ -55,7 +56,7 @@ def _wait_for(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     return wait
 
 
-class _StopOnShutdown(tenacity.stop_base):
+class _StopOnShutdown(stop_base):
     def __init__(self, shutdown: threading.Event | None) -> None:
         self.shutdown = shutdown
 
@@ -63,7 +64,7 @@ class _StopOnShutdown(tenacity.stop_base):
         return self.shutdown is not None and self.shutdown.is_set()
 
 
-class _TooLongRetryAfter(tenacity.stop_base):
+class _TooLongRetryAfter(stop_base):
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
 
@@ -112,11 +113,11 @@ def call_with_retry(
     return retrying(fn)
 
 
-def _stop_after_clock(clock: Clock, budget: float) -> tenacity.stop_base:
+def _stop_after_clock(clock: Clock, budget: float) -> stop_base:
     """Stop once `budget` seconds of the injected clock have passed."""
     start = clock.now()
 
-    class _Stop(tenacity.stop_base):
+    class _Stop(stop_base):
         def __call__(self, state: RetryCallState) -> bool:
             return (clock.now() - start).total_seconds() >= budget
 

@@ -1,0 +1,238 @@
+"""`aws.iam_access_key`: IAM user access keys, through boto3.
+
+Invariants:
+- at most the 2 keys per user AWS allows: a user whose second key the
+  rotator did not make gets a clear error, and no key is ever deleted
+  unless the rotator made it (the engine only revokes keys it recorded);
+- each key the rotator makes is marked with a user tag whose key is the
+  access key id (the convention the AWS console uses for key descriptions)
+  and whose value is `rotator:CREDENTIAL:ROTATION_ID`; tagging is a second
+  call, so the mark is not atomic and the engine also finds unmarked keys
+  made since a crashed rotation began;
+- throttling and 5xx are transient; `LimitExceeded` is a state problem and
+  permanent; a new key that STS does not accept yet is transient (keys take
+  seconds to propagate), and the engine's verification budget covers it;
+- boto3 honours `AWS_ENDPOINT_URL` by itself; `role_arn` is assumed first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+from pydantic import BaseModel, ConfigDict, Field
+
+from rotator.errors import NotFoundError, PermanentError, TransientError
+from rotator.fields import Duration
+from rotator.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
+
+T = TypeVar("T")
+MARK_PREFIX = "rotator:"
+_TRANSIENT_CODES = {
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "ServiceUnavailable", "ServiceFailure", "InternalFailure", "RequestTimeout", "RequestExpired",
+    "IDPCommunicationError", "ConcurrentModification",
+}
+_BOTO_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
+
+
+class AwsIamParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_name: str = Field(pattern=r"^[\w+=,.@-]{1,64}$", description="IAM user whose access keys are rotated")
+    region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$", description="region for STS calls")
+    role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$", description="role to assume first")
+    delete_after_deactivation: Duration = Field(
+        default=timedelta(days=7), description="time from deactivation (end of grace) to deletion; 0s deletes at the end of grace"
+    )
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientError(f"AWS {code or status} while {what}")
+        if code == "NoSuchEntity":
+            return NotFoundError(f"AWS NoSuchEntity while {what}")
+        return PermanentError(f"AWS {code or status} while {what}")
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
+                        botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError)):
+        return TransientError(f"AWS unreachable while {what}: {type(exc).__name__}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return PermanentError(f"no AWS credentials for the rotator while {what}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return PermanentError(f"AWS client error while {what}: {type(exc).__name__}")
+    return exc
+
+
+def _aws(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except Exception as exc:
+        translated = _translate(exc, what)
+        if translated is exc:
+            raise
+        raise translated from None
+
+
+def _mark_value(credential: str, rotation_id: str) -> str:
+    return f"{MARK_PREFIX}{credential}:{rotation_id}"
+
+
+def _parse_mark(value: str | None) -> KeyMark | None:
+    if not value or not value.startswith(MARK_PREFIX):
+        return None
+    credential, _, rotation_id = value.removeprefix(MARK_PREFIX).rpartition(":")
+    return KeyMark(credential, rotation_id) if credential and rotation_id else None
+
+
+class AwsIamAccessKeyProvider(Provider):
+    kind: ClassVar[str] = "aws.iam_access_key"
+    params_model: ClassVar[type[BaseModel]] = AwsIamParams
+    live_fields: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key")
+    verify_budget: ClassVar[timedelta] = timedelta(seconds=45)
+    can_list: ClassVar[bool] = True
+    is_marking_atomic: ClassVar[bool] = False
+
+    params: AwsIamParams
+
+    def __init__(self, params: BaseModel, context: Any) -> None:
+        super().__init__(params, context)
+        self._session_lock = threading.Lock()
+        self._iam: Any = None
+        self._iam_expires: datetime | None = None
+
+    # -- clients -----------------------------------------------------------------
+
+    def _session(self) -> tuple[boto3.session.Session, datetime | None]:
+        base = boto3.session.Session(region_name=self.params.region)
+        if self.params.role_arn is None:
+            return base, None
+        sts = base.client("sts", config=_BOTO_CONFIG)
+        creds = _aws(
+            f"assuming {self.params.role_arn}",
+            lambda: sts.assume_role(RoleArn=self.params.role_arn, RoleSessionName="rotator")["Credentials"],
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            region_name=self.params.region,
+        )
+        return session, creds["Expiration"]
+
+    @property
+    def iam(self) -> Any:
+        # Assumed-role credentials expire: renew them a few minutes before.
+        with self._session_lock:
+            now = self.context.clock.now()
+            if self._iam is None or (self._iam_expires is not None and self._iam_expires - now < timedelta(minutes=5)):
+                session, self._iam_expires = self._session()
+                self._iam = session.client("iam", config=_BOTO_CONFIG)
+            return self._iam
+
+    # -- the provider interface -----------------------------------------------
+
+    def issue(self, ctx: IssueContext) -> IssuedCredential:
+        user = self.params.user_name
+        iam = self.iam
+        keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
+        if len(keys) >= 2:
+            ids = frozenset(k["AccessKeyId"] for k in keys)
+            unmanaged = sorted(ids - ctx.managed_key_ids)
+            detail = (
+                f"unmanaged key(s) {', '.join(unmanaged)} — the rotator never deletes a key it did not make; remove it yourself"
+                if unmanaged else "both are the rotator's and the older one is still in its grace period"
+            )
+            raise NoCapacityError(f"IAM user {user} already has 2 access keys (AWS's limit): {detail}", blocking_key_ids=ids)
+        created = _aws(f"creating an access key for {user}", lambda: iam.create_access_key(UserName=user)["AccessKey"])
+        key_id, secret = created["AccessKeyId"], created["SecretAccessKey"]
+        try:
+            _aws(
+                f"tagging access key {key_id}",
+                lambda: iam.tag_user(UserName=user, Tags=[{"Key": key_id, "Value": _mark_value(ctx.credential, ctx.rotation_id)}]),
+            )
+        except (TransientError, PermanentError):
+            # Unmarked, it could be mistaken for a key the rotator did not make.
+            _aws(f"deleting untagged key {key_id}", lambda: iam.delete_access_key(UserName=user, AccessKeyId=key_id))
+            raise
+        return IssuedCredential(
+            key_id=key_id,
+            data={"access_key_id": key_id, "secret_access_key": secret},
+            handle={"user_name": user, "access_key_id": key_id},
+        )
+
+    def verify(self, credential: IssuedCredential) -> None:
+        sts = boto3.session.Session(
+            aws_access_key_id=credential.data["access_key_id"],
+            aws_secret_access_key=credential.data["secret_access_key"],
+            region_name=self.params.region,
+        ).client("sts", config=_BOTO_CONFIG)
+        try:
+            identity = sts.get_caller_identity()
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"InvalidClientTokenId", "SignatureDoesNotMatch", "AccessDenied"}:
+                # What a key that has not propagated yet looks like, too.
+                raise TransientError(f"STS does not accept key {credential.key_id} yet ({code})") from None
+            raise _translate(exc, f"verifying key {credential.key_id}") from None
+        except Exception as exc:
+            raise _translate(exc, f"verifying key {credential.key_id}") from None
+        arn = identity.get("Arn", "")
+        if not arn.endswith(f":user/{self.params.user_name}") and f"user/{self.params.user_name}" not in arn.split(":")[-1]:
+            raise PermanentError(f"key {credential.key_id} authenticates as {arn}, not as user {self.params.user_name}")
+
+    def retire_delay(self) -> timedelta | None:
+        return self.params.delete_after_deactivation
+
+    def deactivate(self, handle: Mapping[str, str]) -> None:
+        key_id, user = handle["access_key_id"], handle["user_name"]
+        try:
+            _aws(f"deactivating {key_id}", lambda: self.iam.update_access_key(UserName=user, AccessKeyId=key_id, Status="Inactive"))
+        except NotFoundError:
+            return  # already deleted: more than deactivated
+
+    def revoke(self, handle: Mapping[str, str]) -> None:
+        key_id, user = handle["access_key_id"], handle["user_name"]
+        iam = self.iam
+        try:
+            _aws(f"deleting {key_id}", lambda: iam.delete_access_key(UserName=user, AccessKeyId=key_id))
+        except NotFoundError:
+            pass  # already gone
+        try:
+            _aws(f"untagging {key_id}", lambda: iam.untag_user(UserName=user, TagKeys=[key_id]))
+        except NotFoundError:
+            pass
+
+    def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        user = handle["user_name"]
+        keys = _aws(f"listing access keys of {user}", lambda: self.iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
+        return handle["access_key_id"] not in {k["AccessKeyId"] for k in keys}
+
+    def list_keys(self) -> list[ProviderKey]:
+        user = self.params.user_name
+        iam = self.iam
+        keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
+        tags = _aws(f"listing tags of {user}", lambda: iam.list_user_tags(UserName=user)["Tags"])
+        marks = {t["Key"]: _parse_mark(t["Value"]) for t in tags}
+        out = []
+        for key in keys:
+            key_id = key["AccessKeyId"]
+            used = _aws(f"reading last use of {key_id}", lambda k=key_id: iam.get_access_key_last_used(AccessKeyId=k))
+            out.append(
+                ProviderKey(
+                    key_id=key_id,
+                    handle={"user_name": user, "access_key_id": key_id},
+                    created_at=key.get("CreateDate"),
+                    active=key.get("Status") == "Active",
+                    last_used_at=used.get("AccessKeyLastUsed", {}).get("LastUsedDate"),
+                    mark=marks.get(key_id),
+                )
+            )
+        return out

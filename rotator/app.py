@@ -1,0 +1,76 @@
+"""Wiring: settings, logging, Vault, credential files and the engine, put
+together the same way for every command."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from rotator import audit
+from rotator.clock import Clock, SystemClock
+from rotator.config import LoadResult, load_directory
+from rotator.engine import Engine, EngineOptions
+from rotator.errors import ConfigError, ConfigProblem
+from rotator.provider import load_provider_errors, load_providers
+from rotator.settings import Settings
+from rotator.vault import VaultStore
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem("environment", "ROTATOR_" + ".".join(str(p) for p in err["loc"]).upper(), err["msg"])
+            for err in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+
+
+def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_audit_file: bool = True) -> None:
+    sink = None
+    if with_audit_file and settings.audit_file is not None:
+        from rotator.auditfile import AuditFile
+
+        sink = AuditFile(settings.audit_file).append
+    audit.configure(fmt=settings.effective_log_format(), stream=stream or sys.stdout, audit_sink=sink)
+
+
+def load_credentials(settings: Settings) -> LoadResult:
+    providers = load_providers()
+    result = load_directory(settings.config_dir, providers, state_location=(settings.state_mount, settings.state_prefix))
+    for kind, error in load_provider_errors().items():
+        result.problems.append(ConfigProblem(f"plugin {kind}", "provider", f"failed to load: {error}"))
+    return result
+
+
+def build_store(settings: Settings) -> VaultStore:
+    store = VaultStore(settings.vault_connection())
+    store.login()
+    return store
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: VaultStore
+    engine: Engine
+
+
+def build_app(settings: Settings, *, clock: Clock | None = None, shutdown: threading.Event | None = None) -> App:
+    store = build_store(settings)
+    engine = Engine(
+        store,
+        options=EngineOptions(
+            state_mount=settings.state_mount,
+            state_prefix=settings.state_prefix,
+            lease_seconds=settings.lease_seconds,
+        ),
+        clock=clock or SystemClock(),
+        shutdown=shutdown,
+    )
+    return App(settings, store, engine)

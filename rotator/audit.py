@@ -1,0 +1,166 @@
+"""Audit events and logs: structlog, JSON lines on stdout (contract §7).
+
+Every event is one line with `timestamp` (RFC 3339 UTC, `Z`), `level` and
+`event`. A redaction processor runs last before rendering, as a safety net
+under the rule that no secret value is ever passed to a log call:
+- values under keys that name secrets (`secret`, `token`, `password`, ...)
+  are masked;
+- every secret the process has seen (registered by the engine when minted
+  or read) is masked wherever it appears inside any string;
+- strings that look like a secret (a private key, a Stripe or GitHub token)
+  are masked.
+With an audit file configured, each event is also appended to it with its
+hash chain before being printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+
+from rotator.fields import secret_lookalike
+
+REDACTED = "[REDACTED]"
+_SECRET_KEY_PARTS = ("secret", "token", "password", "passwd", "private_key", "api_key", "credential_data", "handle", "ciphertext")
+# Keys whose name contains a secret-ish word but whose value is never secret.
+_PUBLIC_KEYS = {"key_id", "credential", "token_type", "rotator-key-id"}
+
+
+class SecretRegistry:
+    """The secret values this process has seen, to mask them in any output.
+
+    Bounded: a long-running daemon forgets the oldest first.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def add(self, value: str | None) -> None:
+        if not value or len(value) < 8:
+            return
+        with self._lock:
+            self._values[value] = None
+            self._values.move_to_end(value)
+            while len(self._values) > self._limit:
+                self._values.popitem(last=False)
+
+    def scrub(self, text: str) -> str:
+        with self._lock:
+            values = list(self._values)
+        for value in values:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+
+SECRETS = SecretRegistry()
+
+
+def register_secret(*values: str | None) -> None:
+    for value in values:
+        SECRETS.add(value)
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered not in _PUBLIC_KEYS and any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        scrubbed = SECRETS.scrub(value)
+        return REDACTED if secret_lookalike(scrubbed) else scrubbed
+    if isinstance(value, dict):
+        return {k: (REDACTED if _is_secret_key(str(k)) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return _redact_value(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the safety net described above."""
+    for key in list(event_dict):
+        if key in {"timestamp", "level", "event"}:
+            continue
+        event_dict[key] = REDACTED if _is_secret_key(key) else _redact_value(event_dict[key])
+    return event_dict
+
+
+def _timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    now = datetime.now(UTC)
+    event_dict["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return event_dict
+
+
+def _drop_logger_name(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict.pop("logger", None)
+    return event_dict
+
+
+def _exception_to_error(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # A traceback could quote local values: log the type and message only.
+    exc = event_dict.pop("exc_info", None)
+    if exc:
+        if exc is True:
+            exc = sys.exc_info()[1]
+        elif isinstance(exc, tuple):
+            exc = exc[1]
+        if isinstance(exc, BaseException):
+            event_dict.setdefault("error", f"{type(exc).__name__}: {exc}")
+    return event_dict
+
+
+AuditSink = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _order_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """timestamp, level, event first: easier on the eyes, same JSON."""
+    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    return {**head, **event_dict}
+
+
+def _sink_processor(sink: AuditSink) -> Callable[..., MutableMapping[str, Any]]:
+    def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        return sink(dict(event_dict))
+
+    return process
+
+
+def configure(*, fmt: str = "json", stream: TextIO | None = None, audit_sink: AuditSink | None = None, level: int = logging.INFO) -> None:
+    """Set up structlog for the whole process. Call once, early."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _timestamp,
+        _drop_logger_name,
+        _exception_to_error,
+        redact,
+        _order_fields,
+    ]
+    if audit_sink is not None:
+        processors.append(_sink_processor(audit_sink))
+    if fmt == "console":
+        processors.append(structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty(), sort_keys=False))
+    else:
+        processors.append(structlog.processors.JSONRenderer(ensure_ascii=False))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger("rotator").bind(**context)

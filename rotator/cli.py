@@ -1,0 +1,235 @@
+"""The `rotator` command line (contract §2).
+
+Output rules: `run` and `rotate` print only events on stdout (one JSON
+object per line in JSON format); other commands print their result on
+stdout and problems on stderr. Nothing prints a secret value. Errors exit
+with a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rotator import __version__
+from rotator.app import build_app, configure_logging, load_credentials, load_settings
+from rotator.clock import to_rfc3339
+from rotator.errors import ConfigError, RotatorError
+from rotator.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _settings(config_dir: Path | None = None) -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_CONFIG)
+    if config_dir is not None:
+        settings = settings.model_copy(update={"config_dir": config_dir})
+    return settings
+
+
+config_dir_option = click.option(
+    "--config-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+    help="Directory of credential files (default: $ROTATOR_CONFIG_DIR or /etc/rotator/credentials.d).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rotator")
+def cli() -> None:
+    """rotator keeps third-party credentials short-lived: on each credential's
+    schedule it mints a new one, verifies it, writes it to Vault, keeps the
+    previous one for a grace period, then revokes it, and logs every step as
+    an audit event."""
+
+
+@cli.command()
+@config_dir_option
+def validate(config_dir: Path | None) -> None:
+    """Check every credential file without touching Vault or providers.
+
+    Prints one line per problem, `FILE: field.path: message`; exits 0 when
+    all files are valid, 2 otherwise."""
+    settings = _settings(config_dir)
+    result = load_credentials(settings)
+    for problem in result.problems:
+        click.echo(str(problem))
+    if result.problems:
+        sys.exit(EXIT_CONFIG)
+    click.echo(f"{len(result.credentials)} credential file(s) valid in {settings.config_dir}", err=True)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of credential files (for editors and CI)."""
+    from rotator.config import json_schema
+    from rotator.provider import load_providers
+
+    click.echo(json.dumps(json_schema(load_providers()), indent=2))
+
+
+@cli.command()
+@config_dir_option
+@click.option("--once", is_flag=True, help="One reconcile pass (rotate what is due, revoke what is past grace, resume unfinished work), then exit.")
+def run(config_dir: Path | None, once: bool) -> None:
+    """Run the daemon (or one pass with --once).
+
+    Exit codes with --once: 0 ok, 1 a rotation failed, 2 a credential file
+    or setting is invalid (the valid ones are still processed)."""
+    from rotator.daemon import Daemon
+    from rotator.systemd import notify
+
+    settings = _settings(config_dir)
+    configure_logging(settings)
+    if settings.vault_skip_verify:
+        _log().warning("vault.tls_verify_disabled", reason="VAULT_SKIP_VERIFY is set")
+    shutdown = threading.Event()
+    try:
+        app = build_app(settings, shutdown=shutdown)
+    except RotatorError as exc:
+        _log().error("daemon.failed", error=str(exc))
+        sys.exit(EXIT_FAILED)
+    daemon = Daemon(app, notify=notify)
+    result = daemon.load()
+    if not settings.config_dir.is_dir():
+        sys.exit(EXIT_CONFIG)
+    if once:
+        summary = daemon.run_pass(wait=True)
+        daemon.close()
+        sys.exit(EXIT_FAILED if summary.failed else EXIT_CONFIG if result.problems else EXIT_OK)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        shutdown.set()
+
+    def on_hup(signum: int, _frame: Any) -> None:
+        daemon.reload_requested.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    from rotator.metrics import serve_metrics
+
+    server = serve_metrics(settings.metrics_addr, daemon) if settings.metrics_addr else None
+    try:
+        daemon.run_forever()
+    finally:
+        if server is not None:
+            server.shutdown()
+    sys.exit(EXIT_OK)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--revoke-now", is_flag=True, help="Revoke the previous credential as soon as the new one is live (incident response).")
+@click.option("--wait", "wait_seconds", type=float, default=120.0, show_default=True, help="How long to wait for the lock if another process holds it.")
+@config_dir_option
+def rotate(name: str, revoke_now: bool, wait_seconds: float, config_dir: Path | None) -> None:
+    """Rotate one credential now, taking the same lock the daemon takes.
+
+    Exits 0 when the new credential is live, 1 when the rotation failed or
+    was rolled back, 2 when NAME is not a valid credential."""
+    from rotator.machine import Request
+
+    settings = _settings(config_dir)
+    configure_logging(settings)
+    result = load_credentials(settings)
+    cred = result.credentials.get(name)
+    if cred is None:
+        problems = [str(p) for p in result.problems if Path(p.file).stem == name]
+        _log().error("rotate.unknown_credential", credential=name, error="; ".join(problems) or f"no valid credential named {name!r} in {settings.config_dir}")
+        sys.exit(EXIT_CONFIG)
+    try:
+        app = build_app(settings)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            outcome = app.engine.reconcile(cred, request=Request(revoke_now=revoke_now))
+            if outcome.status != "locked" or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+    except RotatorError as exc:
+        _log().error("rotation.failed", credential=name, provider=cred.spec.provider, step="start", error=str(exc), will_retry=False, next_attempt_at=None)
+        sys.exit(EXIT_FAILED)
+    if outcome.status == "locked":
+        _log().error("rotation.failed", credential=name, provider=cred.spec.provider, step="lock",
+                     error=f"another process held the lease for {wait_seconds:.0f}s", will_retry=False, next_attempt_at=None)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_dir_option
+def status(as_json: bool, config_dir: Path | None) -> None:
+    """Show each credential's provider, phase, last rotation, next due time,
+    age, pending revocations and last error. Never prints secret values.
+    Exits 1 when Vault is unreachable."""
+    from rotator.inventory import collect_status, render_status_table
+
+    settings = _settings(config_dir)
+    configure_logging(settings, stream=sys.stderr, with_audit_file=False)
+    result = load_credentials(settings)
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    try:
+        app = build_app(settings)
+        rows = collect_status(app, result)
+    except RotatorError as exc:
+        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=_json_default))
+    else:
+        click.echo(render_status_table(rows))
+
+
+@cli.group()
+def audit() -> None:
+    """Work with audit files."""
+
+
+@audit.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def audit_verify(files: tuple[Path, ...]) -> None:
+    """Check the hash chain of one audit file, or of several consecutive
+    files in order (oldest first). Exits 0 when intact, 1 at the first bad
+    line, which it names."""
+    from rotator.auditfile import verify
+
+    result = verify(list(files))
+    if result.ok:
+        click.echo(f"intact: {result.events} event(s) in {len(files)} file(s)" + (f"; {result.reason}" if result.reason else ""))
+        return
+    click.echo(f"{result.file}:{result.line}: {result.reason}")
+    sys.exit(EXIT_FAILED)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return to_rfc3339(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _log() -> Any:
+    from rotator.audit import get_logger
+
+    return get_logger()
+
+
+def main() -> None:
+    cli(prog_name="rotator")
+
+
+if __name__ == "__main__":
+    main()

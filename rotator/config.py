@@ -1,0 +1,287 @@
+"""Credential files: one YAML file per credential in the config directory.
+
+Invariants:
+- a file is either fully valid (a `CredentialSpec`) or reported as
+  problems `FILE: field.path: message`; one bad file never hides the others;
+- unknown keys, duplicate YAML keys, literal values that look like secrets,
+  names and paths that would escape or break a Vault path are errors;
+- two files that yield one `name`, or one live Vault path, are both errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rotator.errors import ConfigProblem
+from rotator.fields import Duration, VaultMount, VaultPath, format_duration, secret_lookalike
+from rotator.provider import Provider, ProviderFactory
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Schedule(_Strict):
+    """When to rotate: exactly one of `every` or `cron` (5 fields, UTC)."""
+
+    every: Duration | None = Field(default=None, description="rotation interval, e.g. 30d")
+    cron: str | None = Field(default=None, description='5-field cron expression in UTC, e.g. "0 3 * * MON"')
+    jitter: Duration = Field(default=timedelta(0), description="random delay added to each due time")
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of every or cron")
+        return self
+
+    def gaps(self) -> tuple[timedelta, timedelta]:
+        """(shortest, longest) time between two rotations."""
+        if self.every is not None:
+            return self.every, self.every
+        itr = croniter(self.cron, datetime(2026, 1, 1, tzinfo=UTC))
+        times = [itr.get_next(datetime) for _ in range(400)]
+        deltas = [b - a for a, b in zip(times, times[1:], strict=False)]
+        return min(deltas), max(deltas)
+
+    def describe(self) -> str:
+        text = f"every {format_duration(self.every)}" if self.every is not None else f"cron {self.cron}"
+        return text + (f" (+ up to {format_duration(self.jitter)} jitter)" if self.jitter else "")
+
+
+class VaultTarget(_Strict):
+    """Where consumers read the live credential (KV v2)."""
+
+    mount: VaultMount = Field(default="secret", description="KV v2 mount")
+    path: VaultPath = Field(description="path of the live credential within the mount")
+
+
+class CredentialSpec(_Strict):
+    """One credential file."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="defaults to the file stem")
+    provider: str = Field(description="provider kind, e.g. aws.iam_access_key")
+    owner: str = Field(min_length=1, max_length=200, description="who answers for this credential")
+    description: str = Field(default="", max_length=1000)
+    schedule: Schedule
+    grace: Duration = Field(description="how long the previous credential stays valid after the new one is live")
+    vault: VaultTarget
+    params: dict[str, Any] = Field(default_factory=dict, description="validated by the provider")
+
+    # Set by the loader, not read from the file.
+    source: str = Field(default="", exclude=True)
+
+    def fingerprint(self) -> str:
+        """A stable digest of the file's meaning (changes when the file does)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass
+class LoadedCredential:
+    spec: CredentialSpec
+    provider_cls: ProviderFactory
+    params: BaseModel
+
+
+@dataclass
+class LoadResult:
+    credentials: dict[str, LoadedCredential] = field(default_factory=dict)
+    problems: list[ConfigProblem] = field(default_factory=list)
+    # Files that failed, so a reload can keep their last good version.
+    failed_files: set[str] = field(default_factory=set)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a mapping key given twice."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def credential_files(config_dir: Path) -> list[Path]:
+    return sorted(p for p in config_dir.iterdir() if p.is_file() and p.suffix in {".yaml", ".yml"} and not p.name.startswith("."))
+
+
+def _loc(loc: tuple[Any, ...], prefix: str = "") -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in loc]
+    return ".".join(parts)
+
+
+def _problems_from(exc: ValidationError, file: str, prefix: str = "") -> list[ConfigProblem]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        out.append(ConfigProblem(file, _loc(loc, prefix), message))
+    return out
+
+
+def _scan_for_secrets(value: Any, path: str, file: str) -> list[ConfigProblem]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _scan_for_secrets(v, f"{path}.{k}" if path else str(k), file)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _scan_for_secrets(v, f"{path}.{i}", file)]
+    if isinstance(value, str) and (what := secret_lookalike(value)):
+        return [ConfigProblem(file, path, f"looks like {what}: never put a secret in a credential file; store it in Vault and reference it as MOUNT/PATH#FIELD")]
+    return []
+
+
+def load_file(path: Path, providers: dict[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadedCredential | list[ConfigProblem]:
+    """Parse and validate one credential file."""
+    file = str(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError) as exc:
+        return [ConfigProblem(file, "", f"cannot read: {exc}")]
+    except yaml.YAMLError as exc:
+        return [ConfigProblem(file, "", f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else exc}")]
+    if not isinstance(raw, dict):
+        return [ConfigProblem(file, "", "must be a YAML mapping of keys such as provider, schedule, grace, vault, params")]
+
+    problems = _scan_for_secrets(raw, "", file)
+    raw = dict(raw)
+    raw.setdefault("name", path.stem)
+    try:
+        spec = CredentialSpec.model_validate({**raw, "source": file})
+    except ValidationError as exc:
+        return problems + _problems_from(exc, file)
+
+    provider_cls = providers.get(spec.provider)
+    if provider_cls is None:
+        known = ", ".join(sorted(providers)) or "none installed"
+        return problems + [ConfigProblem(file, "provider", f"unknown provider {spec.provider!r} (known: {known})")]
+    try:
+        params = provider_cls.params_model.model_validate(spec.params)
+    except ValidationError as exc:
+        return problems + _problems_from(exc, file, "params")
+
+    problems += _policy_problems(spec, provider_cls, params, file, state_location)
+    if problems:
+        return problems
+    return LoadedCredential(spec, provider_cls, params)
+
+
+def _policy_problems(
+    spec: CredentialSpec, provider_cls: type[Provider], params: BaseModel, file: str, state_location: tuple[str, str] | None
+) -> list[ConfigProblem]:
+    problems = []
+    shortest, longest = spec.schedule.gaps()
+    field_name = "schedule.every" if spec.schedule.every is not None else "schedule.cron"
+    if spec.grace >= shortest:
+        problems.append(ConfigProblem(file, "grace", f"{format_duration(spec.grace)} must be shorter than the rotation interval ({format_duration(shortest)})"))
+    if spec.schedule.jitter >= shortest:
+        problems.append(ConfigProblem(file, "schedule.jitter", f"must be shorter than the rotation interval ({format_duration(shortest)})"))
+    for fld, message in provider_cls.check_policy(params, interval=longest, grace=spec.grace):
+        problems.append(ConfigProblem(file, fld or field_name, message))
+    if state_location is not None:
+        mount, prefix = state_location
+        if spec.vault.mount == mount and (spec.vault.path == prefix or spec.vault.path.startswith(prefix + "/")):
+            problems.append(ConfigProblem(file, "vault.path", f"lies inside the rotator's state records ({mount}/{prefix})"))
+    return problems
+
+
+def load_directory(config_dir: Path, providers: dict[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadResult:
+    """Load every credential file; collect every problem; skip only bad files."""
+    result = LoadResult()
+    if not config_dir.is_dir():
+        result.problems.append(ConfigProblem(str(config_dir), "", "config directory does not exist"))
+        return result
+    by_name: dict[str, list[LoadedCredential]] = {}
+    by_path: dict[tuple[str, str], list[LoadedCredential]] = {}
+    for path in credential_files(config_dir):
+        loaded = load_file(path, providers, state_location=state_location)
+        if isinstance(loaded, list):
+            result.problems.extend(loaded)
+            result.failed_files.add(str(path))
+            continue
+        by_name.setdefault(loaded.spec.name, []).append(loaded)
+        by_path.setdefault((loaded.spec.vault.mount, loaded.spec.vault.path), []).append(loaded)
+
+    clashing: set[str] = set()
+    for name, group in by_name.items():
+        if len(group) > 1:
+            files = ", ".join(c.spec.source for c in group)
+            for cred in group:
+                result.problems.append(ConfigProblem(cred.spec.source, "name", f"{name!r} is also the name in {files}"))
+                clashing.add(cred.spec.source)
+    for (mount, vpath), group in by_path.items():
+        if len(group) > 1:
+            files = ", ".join(c.spec.source for c in group)
+            for cred in group:
+                result.problems.append(ConfigProblem(cred.spec.source, "vault.path", f"{mount}/{vpath} is also written by {files}"))
+                clashing.add(cred.spec.source)
+    for name, group in by_name.items():
+        for cred in group:
+            if cred.spec.source in clashing:
+                result.failed_files.add(cred.spec.source)
+            else:
+                result.credentials[name] = cred
+    return result
+
+
+def json_schema(providers: dict[str, ProviderFactory]) -> dict[str, Any]:
+    """The JSON Schema of credential files, with each provider's params."""
+    schema = CredentialSpec.model_json_schema(mode="validation")
+    schema["properties"].pop("source", None)
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    schema["properties"]["provider"]["enum"] = sorted(providers)
+    variants = []
+    for kind, cls in sorted(providers.items()):
+        params_schema = cls.params_model.model_json_schema(mode="validation")
+        defs = params_schema.pop("$defs", {})
+        schema.setdefault("$defs", {}).update(defs)
+        variants.append(
+            {
+                "if": {"properties": {"provider": {"const": kind}}, "required": ["provider"]},
+                "then": {"properties": {"params": params_schema}},
+            }
+        )
+    schema["allOf"] = variants
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "rotator credential file"
+    return schema
+

@@ -1,0 +1,212 @@
+"""The daemon loop: every tick, reconcile the credentials that may have work.
+
+Invariants:
+- which credentials to look at comes from `next_wake_at`, kept in memory
+  from the last record each credential was seen with; an idle tick makes no
+  Vault request, and under the lease the engine re-reads and confirms;
+- due times themselves come from Vault (the records), so a restart neither
+  skips nor repeats a rotation;
+- one broken file or one failing provider never stops the others; the
+  daemon reports itself degraded while any credential is failing;
+- SIGTERM sets the shutdown event: the step in flight finishes, no new step
+  starts, leases are released, exit 0. SIGHUP reloads credential files,
+  keeping the last good version of a file that became broken.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import schedule as tick_schedule
+
+from rotator import __version__, machine, metrics
+from rotator.app import App, load_credentials
+from rotator.audit import get_logger
+from rotator.config import LoadedCredential, LoadResult
+from rotator.engine import ReconcileResult
+from rotator.errors import RotatorError
+from rotator.state import StateRecord
+from rotator.timetable import due_at
+
+
+@dataclass
+class CredentialView:
+    """What the daemon remembers of one credential between ticks."""
+
+    cred: LoadedCredential
+    record: StateRecord | None = None
+    wake_at: datetime | None = None  # None: unknown, read Vault
+    failing: bool = False
+    last_result: str | None = None
+
+
+@dataclass
+class PassSummary:
+    completed: int = 0
+    failed: int = 0
+    locked: int = 0
+    results: dict[str, ReconcileResult] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, app: App, *, notify: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.engine = app.engine
+        self.shutdown = app.engine.shutdown
+        self.reload_requested = threading.Event()
+        self.views: dict[str, CredentialView] = {}
+        self.config_problems: list[str] = []
+        self.failed_files: set[str] = set()
+        self._notify = notify or (lambda _msg: None)
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, Future[ReconcileResult]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=app.settings.max_concurrency, thread_name_prefix="rotate")
+        self.log = get_logger()
+        self.last_tick_at: float | None = None
+
+    # -- configuration -----------------------------------------------------------
+
+    def load(self) -> LoadResult:
+        result = load_credentials(self.app.settings)
+        for problem in result.problems:
+            self.log.error("config.invalid", file=problem.file, error=f"{problem.field}: {problem.message}")
+        self._adopt(result)
+        return result
+
+    def _adopt(self, result: LoadResult) -> None:
+        with self._lock:
+            old = self.views
+            new: dict[str, CredentialView] = {}
+            for name, cred in result.credentials.items():
+                view = old.get(name)
+                if view is not None and view.cred.spec.fingerprint() == cred.spec.fingerprint():
+                    new[name] = view
+                else:
+                    new[name] = CredentialView(cred)  # new or changed: read its record again
+            # A file that became broken keeps its last good version.
+            for name, view in old.items():
+                if name not in new and view.cred.spec.source in result.failed_files:
+                    new[name] = view
+                    self.log.warning("config.kept_last_good", file=view.cred.spec.source, credential=name)
+            self.views = new
+            self.config_problems = [str(p) for p in result.problems]
+            self.failed_files = result.failed_files
+
+    @property
+    def is_degraded(self) -> bool:
+        return bool(self.config_problems) or any(v.failing for v in self.views.values())
+
+    # -- one pass ------------------------------------------------------------------
+
+    def due_views(self, now: datetime) -> list[CredentialView]:
+        with self._lock:
+            views = list(self.views.values())
+        return [v for v in views if v.wake_at is None or v.wake_at <= now]
+
+    def _reconcile(self, view: CredentialView) -> ReconcileResult:
+        try:
+            result = self.engine.reconcile(view.cred)
+        except RotatorError as exc:
+            self.log.error("rotation.failed", credential=view.cred.spec.name, provider=view.cred.spec.provider,
+                           step="reconcile", error=str(exc), will_retry=True, next_attempt_at=None)
+            result = ReconcileResult("failed")
+            view.wake_at = None  # read again next tick
+        except Exception as exc:  # a provider bug must not stop the others
+            self.log.error("rotation.failed", credential=view.cred.spec.name, provider=view.cred.spec.provider,
+                           step="reconcile", error=f"unexpected {type(exc).__name__}: {exc}", will_retry=True, next_attempt_at=None)
+            result = ReconcileResult("failed")
+            view.wake_at = None
+        else:
+            self._remember(view, result)
+        view.last_result = result.status
+        if result.status in {"completed", "failed"}:
+            metrics.ROTATIONS.labels(view.cred.spec.name, view.cred.spec.provider, result.status).inc()
+        if result.duration_seconds is not None:
+            metrics.DURATION.labels(view.cred.spec.provider).observe(result.duration_seconds)
+        return result
+
+    def update_gauges(self) -> None:
+        """Refresh the gauges from what the daemon remembers (no Vault request)."""
+        now = self.engine.clock.now()
+        allowance = timedelta(seconds=self.app.settings.tick_seconds)
+        overdue = 0
+        with self._lock:
+            views = list(self.views.values())
+        for view in views:
+            labels = (view.cred.spec.name, view.cred.spec.provider)
+            record = view.record
+            due = due_at(view.cred.spec.schedule, record)
+            metrics.NEXT.labels(*labels).set(due.timestamp())
+            metrics.PENDING.labels(*labels).set(len(record.retiring) if record else 0)
+            if record is not None and record.last_rotated_at is not None:
+                metrics.AGE.labels(*labels).set((now - record.last_rotated_at).total_seconds())
+            overdue += record is not None and record.last_rotated_at is not None and now > due + allowance
+        metrics.OVERDUE.set(overdue)
+        metrics.DEGRADED.set(1 if self.is_degraded else 0)
+
+    def _remember(self, view: CredentialView, result: ReconcileResult) -> None:
+        record = result.record
+        view.record = record
+        policy = self.engine.policy_for(view.cred)
+        view.wake_at = machine.next_wake_at(record, policy)
+        if result.status == "locked":
+            view.wake_at = None
+        view.failing = bool(record and (record.attempts > 0 or any(e.attempts > 0 for e in record.retiring)))
+
+    def run_pass(self, *, wait: bool = True) -> PassSummary:
+        """Start a reconcile for each credential that may have work."""
+        now = self.engine.clock.now()
+        started: dict[str, Future[ReconcileResult]] = {}
+        for view in self.due_views(now):
+            name = view.cred.spec.name
+            if self.shutdown.is_set():
+                break
+            if name in self._in_flight and not self._in_flight[name].done():
+                continue  # still working on it: a slow provider never blocks the others
+            future = self._pool.submit(self._reconcile, view)
+            self._in_flight[name] = future
+            started[name] = future
+        summary = PassSummary()
+        if wait:
+            for name, future in started.items():
+                result = future.result()
+                summary.results[name] = result
+                summary.completed += result.status == "completed"
+                summary.failed += result.status == "failed"
+                summary.locked += result.status == "locked"
+        return summary
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        settings = self.app.settings
+        self.log.info("daemon.started", version=__version__, credentials=len(self.views))
+        self._notify("READY=1")
+        jobs = tick_schedule.Scheduler()
+        jobs.every(settings.tick_seconds).seconds.do(self._tick)
+        self._tick()
+        while not self.shutdown.is_set():
+            idle = jobs.idle_seconds
+            self.shutdown.wait(timeout=max(0.05, min(idle if idle is not None else 1.0, 1.0)))
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.log.info("config.reload")
+                self.load()
+            if not self.shutdown.is_set():
+                jobs.run_pending()
+        self._notify("STOPPING=1")
+        self._pool.shutdown(wait=True)
+        self.log.info("daemon.stopped", version=__version__, credentials=len(self.views))
+
+    def _tick(self) -> None:
+        self.last_tick_at = time.monotonic()
+        self._notify("WATCHDOG=1")
+        self.run_pass(wait=False)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,524 @@
+"""The engine: carries out the state machine's actions against Vault and
+the provider, one credential at a time, under that credential's lease.
+
+Invariants:
+- the state record is written back (check-and-set, lease renewed) after
+  every outcome, and `issuing` is written before the provider mints, so a
+  crash anywhere is repaired by the next reconcile of any replica;
+- a lost check-and-set write means another process took the lease: stop at
+  once, with no further side effect;
+- `credential.issued` is logged only once the new credential is stashed;
+- nothing is revoked while the live path's metadata names it as live, and a
+  credential that reached the live path is never rolled back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from rotator import machine, retry
+from rotator.audit import get_logger, register_secret
+from rotator.clock import Clock, SystemClock, to_rfc3339
+from rotator.config import LoadedCredential
+from rotator.errors import CasMismatchError, LeaseLostError, PermanentError, RotatorError, TransientError
+from rotator.faults import crashpoint
+from rotator.machine import Policy, Request
+from rotator.provider import IssueContext, IssuedCredential, NoCapacityError, Provider, ProviderContext
+from rotator.state import Lease, StateRecord
+from rotator.timetable import draw_jitter
+from rotator.vault import VaultStore
+
+T = TypeVar("T")
+MAX_STEPS_PER_RECONCILE = 32
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    state_mount: str = "secret"
+    state_prefix: str = "rotator/state"
+    lease_seconds: float = 300.0
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile did: `status` is idle, locked, completed, failed or progressed."""
+
+    status: str
+    record: StateRecord | None = None
+    version: int = 0
+    events: list[str] = field(default_factory=list)
+    duration_seconds: float | None = None  # of a completed rotation
+
+    @property
+    def is_failure(self) -> bool:
+        return self.status == "failed"
+
+
+def new_rotation_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+class Engine:
+    def __init__(
+        self,
+        store: VaultStore,
+        *,
+        options: EngineOptions | None = None,
+        clock: Clock | None = None,
+        shutdown: threading.Event | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self.store = store
+        self.options = options or EngineOptions()
+        self.clock = clock or SystemClock()
+        self.shutdown = shutdown or threading.Event()
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._providers: dict[tuple[str, str], Provider] = {}
+        self._providers_lock = threading.Lock()
+
+    # -- wiring --------------------------------------------------------------
+
+    def state_path(self, name: str) -> str:
+        return f"{self.options.state_prefix}/{name}"
+
+    def read_record(self, name: str) -> tuple[StateRecord | None, int]:
+        current = self.store.read(self.options.state_mount, self.state_path(name))
+        if current.data is None:
+            return None, current.version
+        return StateRecord.from_vault(current.data), current.version
+
+    def _read_secret(self, ref: str) -> str:
+        value = self.store.read_ref(ref)
+        register_secret(value)
+        return value
+
+    def provider_for(self, cred: LoadedCredential) -> Provider:
+        key = (cred.spec.name, cred.spec.fingerprint())
+        with self._providers_lock:
+            provider = self._providers.get(key)
+            if provider is None:
+                context = ProviderContext(read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown)
+                provider = cred.provider_cls(cred.params, context)
+                self._providers[key] = provider
+            return provider
+
+    def policy_for(self, cred: LoadedCredential, provider: Provider | None = None) -> Policy:
+        provider = provider or self.provider_for(cred)
+        return Policy(
+            schedule=cred.spec.schedule,
+            grace=cred.spec.grace,
+            retire_delay=provider.retire_delay(),
+            fingerprint=cred.spec.fingerprint(),
+        )
+
+    # -- the reconcile loop ------------------------------------------------------
+
+    def reconcile(self, cred: LoadedCredential, *, request: Request | None = None) -> ReconcileResult:
+        """Do everything that is due for one credential, under its lease."""
+        spec = cred.spec
+        provider = self.provider_for(cred)
+        policy = self.policy_for(cred, provider)
+        record, version = self.read_record(spec.name)
+        base = record or StateRecord.new(spec.name, spec.provider)
+        now = self.clock.now()
+        if machine.next_action(base, policy, now, request) is None:
+            return ReconcileResult("idle", record, version)
+        if base.lease is not None and base.lease.holder != self.holder and base.lease.expires_at > now:
+            return ReconcileResult("locked", record, version)
+        run = _Run(self, cred, provider, policy, base, version, request)
+        try:
+            run.take_lease()
+        except CasMismatchError:
+            return ReconcileResult("locked", record, version)
+        return run.execute()
+
+
+class _Run:
+    """One reconcile of one credential, holding its lease."""
+
+    def __init__(
+        self, engine: Engine, cred: LoadedCredential, provider: Provider, policy: Policy,
+        record: StateRecord, version: int, request: Request | None,
+    ) -> None:
+        self.engine = engine
+        self.cred = cred
+        self.provider = provider
+        self.policy = policy
+        self.record = record
+        self.version = version
+        self.request = request
+        self.status = "progressed"
+        self.events: list[str] = []
+        self.log = get_logger(credential=cred.spec.name, provider=cred.spec.provider)
+        self._started_monotonic: float | None = None
+        self.duration_seconds: float | None = None
+        _register_record_secrets(record, provider)
+
+    # -- persistence -------------------------------------------------------------
+
+    def _write(self, record: StateRecord) -> None:
+        store, opts = self.engine.store, self.engine.options
+        self.version = store.write(opts.state_mount, self.engine.state_path(record.credential), record.to_vault(), cas=self.version)
+        self.record = record
+
+    def _lease(self) -> Lease:
+        return Lease(holder=self.engine.holder, expires_at=self.engine.clock.now() + timedelta(seconds=self.engine.options.lease_seconds))
+
+    def take_lease(self) -> None:
+        self._write(self.record.model_copy(update={"lease": self._lease()}))
+
+    def persist(self, record: StateRecord) -> None:
+        """Write the record back, renewing the lease; a lost CAS means the lease is gone."""
+        try:
+            self._write(record.model_copy(update={"lease": self._lease()}))
+        except CasMismatchError:
+            raise LeaseLostError(f"{record.credential}: another process took the lease") from None
+
+    def release(self) -> None:
+        try:
+            self._write(self.record.model_copy(update={"lease": None}))
+        except RotatorError as exc:  # it expires by itself
+            self.log.warning("lease.release_failed", error=str(exc))
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:
+        self.events.append(event)
+        getattr(self.log, level)(event, **fields)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def execute(self) -> ReconcileResult:
+        try:
+            if self.record.pending is not None:
+                self._bind_rotation(self.record.pending.rotation_id)
+                self.emit("rotation.started", reason="recovery")
+                self._started_monotonic = time.monotonic()
+            for _ in range(MAX_STEPS_PER_RECONCILE):
+                if self.engine.shutdown.is_set():
+                    break  # finish the step in flight, start no new one
+                now = self.engine.clock.now()
+                action = machine.next_action(self.record, self.policy, now, self.request)
+                if action is None:
+                    break
+                self._do(action)
+        except LeaseLostError as exc:
+            self.log.warning("lease.lost", error=str(exc))
+            return ReconcileResult("locked", self.record, self.version, self.events)
+        except RotatorError as exc:
+            # Vault failed while persisting: the record in Vault is still a
+            # consistent earlier state; the next reconcile resumes from it.
+            self.emit("rotation.failed", "error", step="persist", error=str(exc), will_retry=True, next_attempt_at=None)
+            self.status = "failed"
+        self.release()
+        return ReconcileResult(self.status, self.record, self.version, self.events, self.duration_seconds)
+
+    def _bind_rotation(self, rotation_id: str) -> None:
+        self.log = self.log.bind(rotation_id=rotation_id)
+
+    def _apply(self, outcome: machine.Outcome) -> None:
+        self.persist(machine.apply(self.record, outcome, self.policy, self.engine.clock.now()))
+
+    def _call(self, fn: Callable[[], T], policy: retry.RetryPolicy = retry.API, *, max_seconds: float | None = None) -> T:
+        return retry.call_with_retry(fn, policy=policy, clock=self.engine.clock, shutdown=self.engine.shutdown, max_seconds=max_seconds)
+
+    def _do(self, action: machine.Action) -> None:
+        match action:
+            case machine.StartRotation():
+                self._start(action)
+            case machine.SweepOrphans():
+                self._sweep()
+            case machine.Issue():
+                self._issue()
+            case machine.Verify():
+                self._verify()
+            case machine.Promote():
+                self._promote()
+            case machine.RollBack():
+                self._roll_back()
+            case machine.Deactivate(key_id=key_id):
+                self._retire(key_id, deactivate=True)
+            case machine.Revoke(key_id=key_id):
+                self._retire(key_id, deactivate=False)
+
+    def _fail(self, step: str, exc: Exception, *, key_id: str | None = None) -> None:
+        transient = isinstance(exc, TransientError)
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        self._apply(machine.Failed(step=step, error=str(exc), transient=transient, retry_after=retry_after, key_id=key_id))
+        if step in {"deactivate", "revoke"}:
+            entry = next((e for e in self.record.retiring if e.key.key_id == key_id), None)
+            self.emit(
+                "rotation.failed", "error", step=step, error=str(exc), key_id=key_id, will_retry=True,
+                next_attempt_at=to_rfc3339(entry.next_attempt_at) if entry and entry.next_attempt_at else None,
+            )
+            return
+        if self.record.pending is not None and self.record.pending.phase == "rolling_back":
+            return  # reported once the rollback is done
+        self._report_failure(step, str(exc))
+
+    def _report_failure(self, step: str, error: str) -> None:
+        will_retry = machine.will_retry(self.record, self.policy)
+        nxt = self.record.next_attempt_at
+        self.status = "failed"
+        self.emit("rotation.failed", "error", step=step, error=error, will_retry=will_retry,
+                  next_attempt_at=to_rfc3339(nxt) if will_retry and nxt else None)
+
+    # -- steps ---------------------------------------------------------------------
+
+    def _start(self, action: machine.StartRotation) -> None:
+        now = self.engine.clock.now()
+        preexisting: tuple[str, ...] = ()
+        if self.provider.can_list and not self.provider.is_marking_atomic:
+            try:
+                preexisting = tuple(k.key_id for k in self._call(self.provider.list_keys))
+            except RotatorError as exc:
+                self._fail("issue", exc)
+                return
+        rotation_id = new_rotation_id(now)
+        self._bind_rotation(rotation_id)
+        self._apply(machine.Started(rotation_id, action.reason, action.revoke_now, preexisting))
+        self.request = None
+        self._started_monotonic = time.monotonic()
+        self.emit("rotation.started", reason=action.reason)
+        crashpoint("after-intent")
+
+    def _sweep(self) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        revoked: list[str] = []
+        if self.provider.can_list:
+            try:
+                for key in self._call(self.provider.list_keys):
+                    if self._is_orphan(key, pending):
+                        self._call(lambda k=key: self.provider.revoke(k.handle))
+                        revoked.append(key.key_id)
+                        self.emit("orphan.revoked", key_id=key.key_id)
+            except RotatorError as exc:
+                self._fail("sweep", exc)
+                return
+        self._apply(machine.Swept(tuple(revoked)))
+        crashpoint("after-sweep")
+
+    def _is_orphan(self, key: Any, pending: Any) -> bool:
+        if key.key_id in self.record.managed_key_ids():
+            return False
+        if key.mark is not None:
+            return key.mark.credential == self.cred.spec.name
+        if self.provider.is_marking_atomic or key.key_id in pending.preexisting_key_ids or key.created_at is None:
+            return False
+        # An unmarked key made since this rotation began, on a scope the
+        # rotator manages: the crash fell between "create" and "mark".
+        return key.created_at >= pending.started_at - timedelta(seconds=5)
+
+    def _issue(self) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        self._apply(machine.IssueBegun())
+        crashpoint("after-issuing-marker")
+        ctx = IssueContext(credential=self.cred.spec.name, rotation_id=pending.rotation_id, managed_key_ids=frozenset(self.record.managed_key_ids()))
+        try:
+            credential = self._issue_with_room(ctx)
+        except RotatorError as exc:
+            self._fail("issue", exc)
+            return
+        register_secret(*self.provider.secret_values(credential.data, credential.handle))
+        crashpoint("after-issue")
+        try:
+            self._apply(machine.Issued(credential))
+        except RotatorError:
+            self._discard(credential)
+            raise
+        self.emit("credential.issued", key_id=credential.key_id)
+        crashpoint("after-stash")
+
+    def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential:
+        try:
+            return self._call(lambda: self.provider.issue(ctx))
+        except NoCapacityError as exc:
+            # Room can be made only from our own keys already past grace.
+            ours = {e.key.key_id: e for e in self.record.retiring if self.engine.clock.now() >= e.revoke_after}
+            if not exc.blocking_key_ids or not exc.blocking_key_ids <= set(ours):
+                raise
+            for key_id in sorted(exc.blocking_key_ids):
+                self._retire(key_id, deactivate=False)
+            return self._call(lambda: self.provider.issue(ctx))
+
+    def _discard(self, credential: IssuedCredential) -> None:
+        """The stash failed: revoke the new credential rather than orphan it."""
+        try:
+            self._call(lambda: self.provider.revoke(credential.handle))
+            self.emit("orphan.revoked", key_id=credential.key_id)
+        except RotatorError as exc:
+            self.log.error("orphan.revoke_failed", key_id=credential.key_id, error=str(exc))
+
+    def _pending_credential(self) -> IssuedCredential:
+        pending = self.record.pending
+        assert pending is not None and pending.credential is not None
+        return IssuedCredential(
+            key_id=pending.credential.key_id,
+            data=dict(pending.data or {}),
+            handle=dict(pending.credential.handle),
+            expires_at=pending.credential.expires_at,
+        )
+
+    def _verify(self) -> None:
+        credential = self._pending_credential()
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            self.provider.verify(credential)
+
+        try:
+            self._call(attempt, retry.VERIFY, max_seconds=self.provider.verify_budget.total_seconds())
+        except RotatorError as exc:
+            self._fail("verify", exc)
+            return
+        self._apply(machine.Verified(attempts))
+        self.emit("credential.verified", key_id=credential.key_id, attempts=attempts)
+        crashpoint("after-verify")
+
+    def _live_holds_pending(self, mount: str, path: str) -> int | None:
+        """The live version holding the pending data, if the write already happened."""
+        meta = self.engine.store.read_metadata(mount, path)
+        if meta is None or meta.current_version == 0:
+            return None
+        live = self.engine.store.read_version(mount, path, meta.current_version)
+        return meta.current_version if live == (self.record.pending.data if self.record.pending else None) else None
+
+    def _promote(self) -> None:
+        credential = self._pending_credential()
+        mount, path = self.cred.spec.vault.mount, self.cred.spec.vault.path
+        try:
+            version = self._call(lambda: self._write_live(mount, path))
+        except RotatorError as exc:
+            self._fail("promote", exc)
+            return
+        crashpoint("after-live-write")
+        self._write_live_metadata(mount, path, credential)
+        crashpoint("after-metadata")
+        self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule)))
+        self._announce_promotion(credential, mount, path, version)
+        crashpoint("after-promote")
+
+    def _announce_promotion(self, credential: IssuedCredential, mount: str, path: str, version: int) -> None:
+        self.emit("credential.promoted", key_id=credential.key_id, vault_path=f"{mount}/{path}", vault_version=version)
+        if self._started_monotonic is not None:
+            self.duration_seconds = time.monotonic() - self._started_monotonic
+        duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None
+        self.emit("rotation.completed", duration_ms=duration_ms)
+        self.status = "completed"
+        self.request = None
+        self.log = self.log.unbind("rotation_id")
+
+    def _write_live(self, mount: str, path: str) -> int:
+        store = self.engine.store
+        done = self._live_holds_pending(mount, path)
+        if done is not None:
+            return done
+        meta = store.read_metadata(mount, path)
+        current = meta.current_version if meta else 0
+        if self.record.current is not None and self.record.live_version is not None and current != self.record.live_version:
+            raise PermanentError(
+                f"{mount}/{path} is at version {current} but the rotator last wrote version {self.record.live_version}: "
+                "someone else wrote the live path; the rotator will not overwrite it"
+            )
+        try:
+            return store.write(mount, path, self.record.pending.data or {}, cas=current)  # type: ignore[union-attr]
+        except CasMismatchError:
+            raise PermanentError(f"{mount}/{path} changed while the rotator was writing it (check-and-set lost)") from None
+
+    def _write_live_metadata(self, mount: str, path: str, credential: IssuedCredential) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        metadata = {
+            "managed-by": "rotator",
+            "rotator-credential": self.cred.spec.name,
+            "rotator-provider": self.cred.spec.provider,
+            "rotator-key-id": credential.key_id,
+            "rotator-rotated-at": to_rfc3339(self.engine.clock.now()),
+            "rotator-rotation-id": pending.rotation_id,
+        }
+        if credential.expires_at is not None:
+            metadata["rotator-expires-at"] = to_rfc3339(credential.expires_at)
+        try:
+            self._call(lambda: self.engine.store.merge_custom_metadata(mount, path, metadata))
+        except RotatorError as exc:
+            # The credential is live already: never roll it back for metadata.
+            self.log.error("vault.metadata_failed", vault_path=f"{mount}/{path}", error=str(exc))
+
+    def _roll_back(self) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        mount, path = self.cred.spec.vault.mount, self.cred.spec.vault.path
+        if pending.credential is not None:
+            credential = self._pending_credential()
+            try:
+                live_version = self._call(lambda: self._live_holds_pending(mount, path))
+                if live_version is not None:
+                    # It reached the live path after all: it is live, keep it.
+                    self._write_live_metadata(mount, path, credential)
+                    self._apply(machine.Promoted(live_version, draw_jitter(self.cred.spec.schedule)))
+                    self._announce_promotion(credential, mount, path, live_version)
+                    return
+                self._call(lambda: self.provider.revoke(credential.handle))
+                crashpoint("after-rollback-call")
+            except RotatorError as exc:
+                self._fail("rollback", exc)
+                return
+        failed_step, error = pending.failed_step or "verify", self.record.last_error or "verification failed"
+        self._apply(machine.RolledBack())
+        if pending.credential is not None:
+            self.emit("rotation.rolled_back", "warning", key_id=pending.credential.key_id)
+        self._report_failure(failed_step, error)
+
+    def _retire(self, key_id: str, *, deactivate: bool) -> None:
+        entry = next(e for e in self.record.retiring if e.key.key_id == key_id)
+        log, self.log = self.log, self.log.bind(rotation_id=entry.superseded_by)
+        step = "deactivate" if deactivate else "revoke"
+        try:
+            self._refuse_if_live(key_id)
+            if deactivate:
+                self._call(lambda: self.provider.deactivate(entry.key.handle))
+            else:
+                self._call(lambda: self.provider.revoke(entry.key.handle))
+                crashpoint("after-revoke-call")
+                if not self._call(lambda: self._confirm_revoked(entry.key.handle), retry.CONFIRM):
+                    raise TransientError(f"{self.provider.kind} has not yet confirmed the revocation of {key_id}")
+        except RotatorError as exc:
+            self._fail(step, exc, key_id=key_id)
+            self.log = log
+            return
+        self._apply(machine.Deactivated(key_id) if deactivate else machine.Revoked(key_id))
+        self.emit(f"credential.{'deactivated' if deactivate else 'revoked'}", key_id=key_id)
+        self.log = log
+        crashpoint(f"after-{step}")
+
+    def _confirm_revoked(self, handle: Any) -> bool:
+        if not self.provider.is_revoked(handle):
+            raise TransientError("not yet revoked")
+        return True
+
+    def _refuse_if_live(self, key_id: str) -> None:
+        meta = self.engine.store.read_metadata(self.cred.spec.vault.mount, self.cred.spec.vault.path)
+        if meta is not None and meta.custom_metadata.get("rotator-key-id") == key_id:
+            raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
+
+
+def _register_record_secrets(record: StateRecord, provider: Provider) -> None:
+    """A restarted process must mask secrets it only knows from the record."""
+    if record.pending is not None:
+        register_secret(*provider.secret_values(record.pending.data or {}))
+    keys = [record.current, *(e.key for e in record.retiring)]
+    if record.pending is not None:
+        keys.append(record.pending.credential)
+    for key in keys:
+        if key is not None:
+            register_secret(*provider.secret_values(key.handle))

@@ -1,0 +1,421 @@
+"""The rotation state machine: pure functions over plain values.
+
+`next_action(record, policy, now)` says what to do next; `apply(record,
+outcome, policy, now)` returns the record after an action's outcome. No I/O,
+no clock, no randomness: the engine supplies all three.
+
+A rotation moves through these phases (docs/STATE.md has the diagram):
+
+    idle -> intent -> issuing -> issued -> verified -> (promoted) idle
+                         |          |           |
+                   (sweep orphans)  +--> rolling_back --> idle (failed)
+
+and each superseded credential through its own:
+
+    active --(grace ends)--> [deactivated --(delay ends)-->] revoked
+
+Invariants kept here:
+- the credential the live path holds (`current`) is never the subject of a
+  Deactivate or Revoke action;
+- a new credential becomes `current` only through `Promoted`, which only
+  follows `Verified`;
+- a superseded credential is revoked no earlier than `grace` after its
+  successor became live, unless the rotation asked for `revoke_now`;
+- `issuing` is entered before the provider is asked to mint, so a crash
+  there is always followed by an orphan sweep before anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rotator.config import Schedule
+from rotator.provider import IssuedCredential
+from rotator.state import KeyRecord, Pending, Reason, Retiring, StateRecord
+from rotator.timetable import EPOCH, due_at
+
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_CAP = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the machine needs to know of a credential's file and provider."""
+
+    schedule: Schedule
+    grace: timedelta
+    retire_delay: timedelta | None  # time from deactivation to revocation; None: no deactivated stage
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """A manual rotation (`rotator rotate NAME`)."""
+
+    revoke_now: bool = False
+
+
+# -- actions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartRotation:
+    reason: Reason
+    revoke_now: bool = False
+
+
+@dataclass(frozen=True)
+class SweepOrphans:
+    pass
+
+
+@dataclass(frozen=True)
+class Issue:
+    pass
+
+
+@dataclass(frozen=True)
+class Verify:
+    pass
+
+
+@dataclass(frozen=True)
+class Promote:
+    pass
+
+
+@dataclass(frozen=True)
+class RollBack:
+    pass
+
+
+@dataclass(frozen=True)
+class Deactivate:
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Revoke:
+    key_id: str
+
+
+Action = StartRotation | SweepOrphans | Issue | Verify | Promote | RollBack | Deactivate | Revoke
+
+
+# -- outcomes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    rotation_id: str
+    reason: Reason
+    revoke_now: bool = False
+    preexisting_key_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IssueBegun:
+    pass
+
+
+@dataclass(frozen=True)
+class Swept:
+    revoked_key_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Issued:
+    credential: IssuedCredential
+
+
+@dataclass(frozen=True)
+class Verified:
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Promoted:
+    live_version: int
+    jitter_seconds: float
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    pass
+
+
+@dataclass(frozen=True)
+class Deactivated:
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Revoked:
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    step: str  # sweep, issue, verify, promote, rollback, deactivate, revoke
+    error: str
+    transient: bool
+    retry_after: float | None = None
+    key_id: str | None = None  # for deactivate / revoke
+
+
+Outcome = Started | IssueBegun | Swept | Issued | Verified | Promoted | RolledBack | Deactivated | Revoked | Failed
+
+
+# -- deciding ------------------------------------------------------------------
+
+
+def is_blocked(record: StateRecord, policy: Policy) -> bool:
+    """A permanent failure holds until the credential file changes."""
+    return record.blocked_fingerprint is not None and record.blocked_fingerprint == policy.fingerprint
+
+
+def _retry_gate_open(record: StateRecord, now: datetime) -> bool:
+    return record.next_attempt_at is None or now >= record.next_attempt_at
+
+
+def _retirement_due(entry: Retiring, now: datetime) -> bool:
+    if entry.next_attempt_at is not None and now < entry.next_attempt_at:
+        return False
+    if entry.stage == "active":
+        return now >= entry.revoke_after
+    return entry.delete_after is None or now >= entry.delete_after
+
+
+def _retirement_action(record: StateRecord, policy: Policy, now: datetime) -> Action | None:
+    live = record.current.key_id if record.current else None
+    for entry in record.retiring:
+        if entry.key.key_id == live or not _retirement_due(entry, now):
+            continue
+        if entry.stage == "active" and policy.retire_delay is not None:
+            return Deactivate(entry.key.key_id)
+        return Revoke(entry.key.key_id)
+    return None
+
+
+def next_action(record: StateRecord, policy: Policy, now: datetime, request: Request | None = None) -> Action | None:
+    """The next thing to do for this credential, or None when nothing is due."""
+    pending = record.pending
+    if pending is not None:
+        return _pending_action(record, pending, policy, now, request)
+    retirement = _retirement_action(record, policy, now)
+    if retirement is not None:
+        return retirement
+    if request is not None:
+        return StartRotation("manual", revoke_now=request.revoke_now)
+    if is_due(record, policy, now):
+        return StartRotation("schedule")
+    return None
+
+
+def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: datetime, request: Request | None) -> Action | None:
+    may_retry = request is not None or (_retry_gate_open(record, now) and not is_blocked(record, policy))
+    if pending.phase == "rolling_back":
+        return RollBack() if _retry_gate_open(record, now) or request is not None else None
+    if not may_retry:
+        return None
+    if pending.phase == "issuing":
+        return SweepOrphans()
+    if pending.phase == "intent":
+        # Retire what is due first: it may free the slot the new key needs.
+        return _retirement_action(record, policy, now) or Issue()
+    if pending.phase == "issued":
+        return Verify()
+    return Promote()
+
+
+def is_due(record: StateRecord, policy: Policy, now: datetime) -> bool:
+    if record.pending is not None or is_blocked(record, policy):
+        return False
+    if not _retry_gate_open(record, now):
+        return False
+    return now >= due_at(policy.schedule, record)
+
+
+def next_wake_at(record: StateRecord | None, policy: Policy) -> datetime | None:
+    """The earliest time `next_action` may return an action (None: never,
+    until the file changes or someone asks). Mirrors the gates above."""
+    if record is None:
+        return EPOCH
+    times: list[datetime] = []
+    if record.pending is not None:
+        if record.pending.phase == "rolling_back" or not is_blocked(record, policy):
+            times.append(record.next_attempt_at or EPOCH)
+    elif not is_blocked(record, policy):
+        due = due_at(policy.schedule, record)
+        times.append(max(due, record.next_attempt_at) if record.next_attempt_at else due)
+    for entry in record.retiring:
+        moment = entry.revoke_after if entry.stage == "active" else (entry.delete_after or EPOCH)
+        times.append(max(moment, entry.next_attempt_at) if entry.next_attempt_at else moment)
+    return min(times) if times else None
+
+
+# -- applying outcomes -----------------------------------------------------------
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
+    """Delay before attempt `attempts + 1` across ticks: 30 s doubling, capped at 1 h."""
+    delay = min(BACKOFF_BASE * (2 ** max(0, attempts - 1)), BACKOFF_CAP)
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=retry_after))
+    return delay
+
+
+def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) -> StateRecord:
+    """The record after `outcome`."""
+    match outcome:
+        case Started():
+            return _started(record, outcome, now)
+        case IssueBegun():
+            return _with_phase(record, "issuing")
+        case Swept():
+            return _with_phase(record, "intent")
+        case Issued(credential=cred):
+            pending = _pending(record).model_copy(
+                update={
+                    "phase": "issued",
+                    "credential": KeyRecord(
+                        key_id=cred.key_id,
+                        rotation_id=_pending(record).rotation_id,
+                        handle=dict(cred.handle),
+                        issued_at=now,
+                        expires_at=cred.expires_at,
+                    ),
+                    "data": dict(cred.data),
+                }
+            )
+            return record.model_copy(update={"pending": pending})
+        case Verified(attempts=attempts):
+            pending = _pending(record).model_copy(update={"phase": "verified", "verify_attempts": attempts})
+            return record.model_copy(update={"pending": pending})
+        case Promoted():
+            return _promoted(record, outcome, policy, now)
+        case RolledBack():
+            return _rolled_back(record, policy, now)
+        case Deactivated(key_id=key_id):
+            return _update_retiring(record, key_id, lambda e: e.model_copy(update={
+                "stage": "deactivated",
+                "delete_after": now if e.immediate else now + (policy.retire_delay or timedelta(0)),
+                "attempts": 0, "next_attempt_at": None, "last_error": None,
+            }))
+        case Revoked(key_id=key_id):
+            return record.model_copy(update={"retiring": [e for e in record.retiring if e.key.key_id != key_id]})
+        case Failed():
+            return _failed(record, outcome, policy, now)
+    raise TypeError(f"unknown outcome {outcome!r}")
+
+
+def _pending(record: StateRecord) -> Pending:
+    if record.pending is None:
+        raise ValueError(f"{record.credential}: no rotation in progress")
+    return record.pending
+
+
+def _with_phase(record: StateRecord, phase: str) -> StateRecord:
+    return record.model_copy(update={"pending": _pending(record).model_copy(update={"phase": phase})})
+
+
+def _started(record: StateRecord, outcome: Started, now: datetime) -> StateRecord:
+    pending = Pending(
+        rotation_id=outcome.rotation_id,
+        reason=outcome.reason,
+        started_at=now,
+        revoke_now=outcome.revoke_now,
+        preexisting_key_ids=list(outcome.preexisting_key_ids),
+    )
+    retiring = record.retiring
+    if outcome.revoke_now:
+        # Incident response: everything older than the live key goes now.
+        retiring = [e.model_copy(update={"revoke_after": now, "immediate": True, "next_attempt_at": None}) for e in retiring]
+    update: dict[str, object] = {"pending": pending, "retiring": retiring}
+    if outcome.reason == "manual":
+        update.update(blocked_fingerprint=None, next_attempt_at=None)
+    return record.model_copy(update=update)
+
+
+def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datetime) -> StateRecord:
+    pending = _pending(record)
+    assert pending.credential is not None
+    retiring = list(record.retiring)
+    if record.current is not None:
+        retiring.append(
+            Retiring(
+                key=record.current,
+                superseded_by=pending.rotation_id,
+                revoke_after=now if pending.revoke_now else now + policy.grace,
+                immediate=pending.revoke_now,
+            )
+        )
+    return record.model_copy(
+        update={
+            "current": pending.credential,
+            "live_version": outcome.live_version,
+            "last_rotated_at": now,
+            "jitter_seconds": outcome.jitter_seconds,
+            "rotations": record.rotations + 1,
+            "pending": None,
+            "retiring": retiring,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "last_error": None,
+            "last_error_step": None,
+            "last_error_at": None,
+            "blocked_fingerprint": None,
+        }
+    )
+
+
+def _rolled_back(record: StateRecord, policy: Policy, now: datetime) -> StateRecord:
+    pending = _pending(record)
+    attempts = record.attempts + 1
+    permanent = pending.failure_permanent
+    return record.model_copy(
+        update={
+            "pending": None,
+            "attempts": attempts,
+            "next_attempt_at": None if permanent else now + backoff(attempts),
+            "blocked_fingerprint": policy.fingerprint if permanent else None,
+        }
+    )
+
+
+def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime) -> StateRecord:
+    if outcome.step in {"deactivate", "revoke"} and outcome.key_id is not None:
+        # Revocation is retried until the provider confirms, whatever the error.
+        return _update_retiring(record, outcome.key_id, lambda e: e.model_copy(update={
+            "attempts": e.attempts + 1,
+            "next_attempt_at": now + backoff(e.attempts + 1, outcome.retry_after),
+            "last_error": outcome.error,
+        }))
+    errors = {"last_error": outcome.error, "last_error_step": outcome.step, "last_error_at": now}
+    if outcome.step == "verify" or (outcome.step == "promote" and not outcome.transient):
+        # The new credential cannot go live: revoke it now, count the failure then.
+        pending = _pending(record).model_copy(
+            update={"phase": "rolling_back", "failed_step": outcome.step, "failure_permanent": not outcome.transient}
+        )
+        return record.model_copy(update={"pending": pending, "next_attempt_at": None, **errors})
+    attempts = record.attempts + 1
+    permanent = not outcome.transient and outcome.step != "rollback"
+    update: dict[str, object] = {
+        "attempts": attempts,
+        "next_attempt_at": None if permanent else now + backoff(attempts, outcome.retry_after),
+        "blocked_fingerprint": policy.fingerprint if permanent else record.blocked_fingerprint,
+        **errors,
+    }
+    if outcome.step == "issue" and record.pending is not None:
+        # We cannot know whether the provider minted before failing: sweep first.
+        update["pending"] = _pending(record).model_copy(update={"phase": "issuing"})
+    return record.model_copy(update=update)
+
+
+def will_retry(record: StateRecord, policy: Policy) -> bool:
+    return not is_blocked(record, policy)
+
+
+def _update_retiring(record: StateRecord, key_id: str, change) -> StateRecord:  # type: ignore[no-untyped-def]
+    return record.model_copy(update={"retiring": [change(e) if e.key.key_id == key_id else e for e in record.retiring]})

@@ -1,0 +1,703 @@
+"""A stateful fake of the parts of the Stripe API the rotator uses, served
+over real HTTP on a loopback port, for the tests and `rotator demo`.
+
+    fake = FakeStripe().start()
+    app_key = fake.add_account("acct_1Demo")     # a Stripe App installed there
+    admin_key = fake.add_secret_key("acct_1Demo")  # the account's own secret key
+    ... point api_base at fake.url ...
+    fake.stop()
+
+What it models, as Stripe documents it:
+- `/v2/iam/api_keys` (create, retrieve, list, expire, rotate) under
+  `Stripe-Version: 2026-08-26.preview` or later, callable only by an App key
+  with `Stripe-Context` naming an account the App is installed on. A new
+  `rk_test_…` key is sealed to the posted RSA public key as a real compact
+  JWE (joserfc); `jwe` settings let tests send bad algorithms, seal to
+  another key or tamper with it. Like test mode, reads show plaintext tokens
+  (`plaintext_tokens_in_reads`).
+- `GET /v1/customers`: 200 for a live key, 403 for a restricted key without
+  a customers permission, 401 for unknown or expired keys.
+- `/v1/webhook_endpoints` (form-encoded create, retrieve, list, delete);
+  `secret` only in the create response. `deliver` signs an event for every
+  subscribed endpoint, as Stripe does, with one event id across endpoints.
+- Idempotency keys on POST (same key and body: the stored response is
+  replayed; same key, other body: 400 idempotency_error), Stripe-shaped
+  error bodies, `Request-Id` headers, and injected faults (`inject`).
+
+Invariants: the fake never logs, and its introspection (`keys`,
+`endpoints`, `requests`) never returns a token or a signing secret. Expiry
+takes effect after `expiry_delay` seconds of the injected `now` (0 default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import string
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from joserfc import jwe
+from joserfc.jwk import RSAKey
+
+MIN_PREVIEW = "2026-08-26.preview"
+_ALNUM = string.ascii_letters + string.digits
+_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+                404: "invalid_request_error", 409: "idempotency_error", 429: "invalid_request_error"}
+
+
+def _rand(n: int) -> str:
+    return "".join(secrets.choice(_ALNUM) for _ in range(n))
+
+
+class StripeFakeError(Exception):
+    """A Stripe-shaped error response, raised inside handlers."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, type_: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.type = type_ or _ERROR_TYPES.get(status, "api_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.type, "code": self.code, "message": self.message}}
+
+
+@dataclass
+class JweSettings:
+    """How the next created keys are sealed (tests change it to misbehave)."""
+
+    alg: str = "RSA-OAEP-256"
+    enc: str = "A256GCM"
+    recipient_pem: str | None = None  # seal to this key instead of the posted one
+    tamper: bool = False  # flip a byte of the ciphertext
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake saw it, without its Authorization header."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+    idempotency_key: str | None
+    stripe_version: str | None
+    stripe_context: str | None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One signed webhook delivery to one endpoint."""
+
+    endpoint_id: str
+    url: str
+    payload: str
+    signature_header: str
+
+
+@dataclass
+class _Key:
+    id: str
+    account: str
+    name: str
+    note: str
+    permissions: list[str]
+    token: str
+    created: float
+    last_used: float | None = None
+    expires_at: float | None = None  # when the status turns expired
+
+    def view(self, *, now: float, with_token: bool) -> dict[str, Any]:
+        secret: dict[str, Any] = {"secret_token_redacted": self.token[:8] + "..." + self.token[-4:]}
+        if with_token:
+            secret["token"] = self.token
+        return {
+            "id": self.id, "object": "v2.iam.api_key", "type": "secret_key", "name": self.name,
+            "note": self.note, "permissions": list(self.permissions), "livemode": False, "ip_allowlist": [],
+            "status": "expired" if self.expires_at is not None and now >= self.expires_at else "active",
+            "created": _rfc3339(self.created), "expires_at": _rfc3339(self.expires_at),
+            "last_used": _rfc3339(self.last_used), "secret_key": secret,
+        }
+
+
+@dataclass
+class _Endpoint:
+    id: str
+    account: str
+    url: str
+    enabled_events: list[str]
+    description: str | None
+    metadata: dict[str, str]
+    secret: str
+    api_version: str | None
+    created: int
+    status: str = "enabled"
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "webhook_endpoint", "url": self.url, "api_version": self.api_version,
+            "application": None, "created": self.created, "description": self.description,
+            "enabled_events": list(self.enabled_events), "livemode": False,
+            "metadata": dict(self.metadata), "status": self.status,
+        }
+
+
+@dataclass
+class _Fault:
+    pattern: re.Pattern[str] | None
+    method: str | None
+    status: int
+    remaining: int
+    headers: dict[str, str]
+    after: bool
+    drop: bool
+
+
+@dataclass
+class _Principal:
+    kind: str  # "app", "secret" or "restricted"
+    accounts: frozenset[str]
+    key: _Key | None = None
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    principal: _Principal | None = None
+    account: str | None = None
+
+
+@dataclass
+class _Response:
+    status: int
+    body: dict[str, Any] | None  # None: drop the connection without answering
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _rfc3339(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _preview_ok(version: str | None) -> bool:
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.preview", version or "")
+    return bool(match) and match.group(1) >= MIN_PREVIEW[:10]  # type: ignore[union-attr]
+
+
+class FakeStripe:
+    """The fake Stripe API server; see the module docstring."""
+
+    def __init__(self, *, expiry_delay: float = 0.0, now: Callable[[], float] = time.time) -> None:
+        self.expiry_delay = expiry_delay
+        self.now = now
+        self.jwe = JweSettings()
+        self.encrypt_secrets = True  # False: answer creates with a plaintext token only
+        self.plaintext_token_on_create = False
+        self.plaintext_tokens_in_reads = True  # as Stripe test mode does
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.RLock()
+        self._principals: dict[str, _Principal] = {}
+        self._keys: dict[str, _Key] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._idempotent: dict[tuple[str, str], tuple[str, _Response]] = {}
+        self._faults: list[_Fault] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self, *, port: int = 0) -> FakeStripe:
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-stripe", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeStripe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- set-up ----------------------------------------------------------------
+
+    def add_account(self, account: str, management_key: str | None = None) -> str:
+        """Install the App on `account`; returns the App's secret key (api_key_write)."""
+        with self._lock:
+            key = management_key or "sk_test_" + _rand(32)
+            known = self._principals.get(key)
+            accounts = (known.accounts if known else frozenset()) | {account}
+            self._principals[key] = _Principal("app", accounts)
+            return key
+
+    def add_secret_key(self, account: str, key: str | None = None) -> str:
+        """Give `account` a standard (full access) secret key; returns it."""
+        with self._lock:
+            key = key or "sk_test_" + _rand(32)
+            self._principals[key] = _Principal("secret", frozenset({account}))
+            return key
+
+    def inject(self, path: str | None = None, status: int = 500, count: int = 1, headers: dict[str, str] | None = None,
+               *, method: str | None = None, after: bool = False, drop: bool = False) -> None:
+        """Fail the next `count` requests whose path matches `path` (a regex; None: any).
+
+        `after`: handle the request first (and store its idempotent result),
+        then answer with the fault; `drop`: close the connection unanswered.
+        """
+        with self._lock:
+            self._faults.append(_Fault(re.compile(path) if path else None, method, status, count, dict(headers or {}), after, drop))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # -- introspection (never returns a token or a signing secret) -------------
+
+    def keys(self, account: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            now = self.now()
+            return [k.view(now=now, with_token=False) for k in self._keys.values() if account in (None, k.account)]
+
+    def key(self, key_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._keys[key_id].view(now=self.now(), with_token=False)
+
+    def endpoints(self, account: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e.view() for e in self._endpoints.values() if account in (None, e.account)]
+
+    def accepts(self, api_key: str) -> bool:
+        """Whether this key would authenticate right now."""
+        with self._lock:
+            return self._authenticate(api_key, touch=False) is not None
+
+    def deliver(self, account: str, event_type: str, data: dict[str, Any] | None = None, *,
+                timestamp: int | None = None) -> list[Delivery]:
+        """Sign one event for every enabled endpoint subscribed to it (same event id)."""
+        moment = int(self.now()) if timestamp is None else timestamp
+        with self._lock:
+            targets = [e for e in self._endpoints.values() if e.account == account and e.status == "enabled"
+                       and (event_type in e.enabled_events or "*" in e.enabled_events)]
+            event_id = "evt_" + _rand(24)
+            out = []
+            for endpoint in targets:
+                payload = json.dumps({"id": event_id, "object": "event", "type": event_type, "created": moment,
+                                      "api_version": endpoint.api_version, "livemode": False,
+                                      "data": {"object": data or {}}})
+                mac = hmac.new(endpoint.secret.encode(), f"{moment}.{payload}".encode(), hashlib.sha256).hexdigest()
+                out.append(Delivery(endpoint.id, endpoint.url, payload, f"t={moment},v1={mac}"))
+            return out
+
+    # -- request handling --------------------------------------------------------
+
+    def handle(self, request: _Request) -> _Response:
+        with self._lock:
+            response = self._handle(request)
+            idem = request.headers.get("idempotency-key")
+            self.requests.append(RecordedRequest(
+                request.method, request.path, "&".join(f"{k}={v}" for k, v in request.query.items()),
+                response.status, idem, request.headers.get("stripe-version"),
+                request.headers.get("stripe-context"), response.headers.get("Idempotent-Replayed") == "true",
+            ))
+            response.headers["Request-Id"] = "req_" + _rand(14)
+            return response
+
+    def _handle(self, request: _Request) -> _Response:
+        fault = self._take_fault(request)
+        if fault is not None and not fault.after:
+            return self._fault_response(fault)
+        try:
+            response = self._authorized(request)
+        except StripeFakeError as exc:
+            response = _Response(exc.status, exc.body())
+        if fault is not None:
+            return self._fault_response(fault)
+        return response
+
+    def _authorized(self, request: _Request) -> _Response:
+        route, params = self._route(request)
+        auth = request.headers.get("authorization", "")
+        principal = self._authenticate(auth[7:] if auth.startswith("Bearer ") else "")
+        if principal is None:
+            raise StripeFakeError(401, "Invalid API Key provided.", code="api_key_invalid")
+        request.principal = principal
+        request.account = self._account_for(request, principal)
+        if request.method == "POST" and "idempotency-key" in request.headers:
+            return self._idempotent_call(route, request, params)
+        return route(request, **params)
+
+    def _idempotent_call(self, route: Callable[..., _Response], request: _Request, params: dict[str, str]) -> _Response:
+        idem = request.headers["idempotency-key"]
+        slot = (request.headers.get("authorization", ""), idem)
+        fingerprint = hashlib.sha256(f"{request.method} {request.path}\n".encode() + request.body).hexdigest()
+        if slot in self._idempotent:
+            seen, stored = self._idempotent[slot]
+            if seen != fingerprint:
+                raise StripeFakeError(400, f"Keys for idempotent requests can only be used with the same parameters "
+                                           f"they were first used with. Try using a key other than '{idem}' if you "
+                                           "meant to execute a different request.", type_="idempotency_error")
+            return _Response(stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"})
+        try:
+            response = route(request, **params)
+        except StripeFakeError as exc:
+            response = _Response(exc.status, exc.body())
+        self._idempotent[slot] = (fingerprint, response)
+        return response
+
+    def _take_fault(self, request: _Request) -> _Fault | None:
+        for fault in self._faults:
+            if fault.remaining > 0 and (fault.method in (None, request.method)) and (
+                fault.pattern is None or fault.pattern.search(request.path)
+            ):
+                fault.remaining -= 1
+                return fault
+        return None
+
+    def _fault_response(self, fault: _Fault) -> _Response:
+        if fault.drop:
+            return _Response(0, None)
+        code = {429: "rate_limit", 409: "idempotency_key_in_use"}.get(fault.status)
+        error = StripeFakeError(fault.status, f"Injected fault (HTTP {fault.status}).", code=code)
+        return _Response(fault.status, error.body(), dict(fault.headers))
+
+    def _authenticate(self, token: str, *, touch: bool = True) -> _Principal | None:
+        principal = self._principals.get(token)
+        if principal is not None:
+            return principal
+        key = next((k for k in self._keys.values() if k.token == token), None) if token else None
+        if key is None or (key.expires_at is not None and self.now() >= key.expires_at + self.expiry_delay):
+            return None
+        if touch:
+            key.last_used = self.now()
+        return _Principal("restricted", frozenset({key.account}), key)
+
+    def _account_for(self, request: _Request, principal: _Principal) -> str:
+        context = request.headers.get("stripe-context")
+        if principal.kind == "app":
+            if not context:
+                raise StripeFakeError(400, "A Stripe App must name the account it acts on in Stripe-Context.")
+            if context not in principal.accounts:
+                raise StripeFakeError(403, f"The App is not installed on account '{context}'.", code="account_invalid")
+            return context
+        (own,) = principal.accounts
+        if context and context != own:
+            raise StripeFakeError(403, f"This key cannot act on account '{context}'.", code="account_invalid")
+        return own
+
+    def _route(self, request: _Request) -> tuple[Callable[..., _Response], dict[str, str]]:
+        for method, pattern, route in self._routes():
+            match = re.fullmatch(pattern, request.path)
+            if match and method == request.method:
+                if request.path.startswith("/v2/"):
+                    self._check_version(request)
+                return route, match.groupdict()
+        raise StripeFakeError(404, f"Unrecognized request URL ({request.method}: {request.path}).")
+
+    def _routes(self) -> list[tuple[str, str, Callable[..., _Response]]]:
+        key = r"/v2/iam/api_keys/(?P<key_id>[A-Za-z0-9_]+)"
+        endpoint = r"/v1/webhook_endpoints/(?P<endpoint_id>[A-Za-z0-9_]+)"
+        return [
+            ("GET", r"/v1/customers", self._customers),
+            ("POST", r"/v2/iam/api_keys", self._create_key),
+            ("GET", r"/v2/iam/api_keys", self._list_keys),
+            ("GET", key, self._get_key),
+            ("POST", key + "/expire", self._expire_key),
+            ("POST", key + "/rotate", self._rotate_key),
+            ("POST", r"/v1/webhook_endpoints", self._create_endpoint),
+            ("GET", r"/v1/webhook_endpoints", self._list_endpoints),
+            ("GET", endpoint, self._get_endpoint),
+            ("DELETE", endpoint, self._delete_endpoint),
+        ]
+
+    def _check_version(self, request: _Request) -> None:
+        version = request.headers.get("stripe-version")
+        if not _preview_ok(version):
+            raise StripeFakeError(400, f"The API version {version!r} does not serve this endpoint: use "
+                                       f"{MIN_PREVIEW} or a later preview version.", code="invalid_api_version")
+
+    # -- permissions -------------------------------------------------------------
+
+    def _require(self, request: _Request, *permissions: str) -> None:
+        principal = request.principal
+        assert principal is not None
+        if principal.kind in ("app", "secret"):
+            return
+        assert principal.key is not None
+        if not set(permissions) & set(principal.key.permissions):
+            raise StripeFakeError(403, f"The provided key does not have the required permissions for this endpoint "
+                                       f"on account '{request.account}'. Having the '{permissions[0]}' permission "
+                                       "would allow this request to continue.", code="secret_key_required")
+
+    def _require_app(self, request: _Request) -> None:
+        assert request.principal is not None
+        if request.principal.kind != "app":
+            raise StripeFakeError(403, "Only a Stripe App with the api_key_write permission can manage API keys.")
+
+    # -- /v1/customers -------------------------------------------------------------
+
+    def _customers(self, request: _Request) -> _Response:
+        self._require(request, "customers_read", "customers_write")
+        return _Response(200, {"object": "list", "data": [], "has_more": False, "url": "/v1/customers"})
+
+    # -- /v2/iam/api_keys ------------------------------------------------------------
+
+    def _create_key(self, request: _Request) -> _Response:
+        self._require_app(request)
+        body = _json(request)
+        unknown = set(body) - {"type", "name", "note", "permissions", "public_key"}
+        if unknown:
+            raise StripeFakeError(400, f"Received unknown parameter: {sorted(unknown)[0]}", code="parameter_unknown")
+        if body.get("type") != "secret_key":
+            raise StripeFakeError(400, "type: this fake supports secret_key only.", code="parameter_invalid_string")
+        permissions = body.get("permissions")
+        if not isinstance(permissions, list) or not permissions or not all(isinstance(p, str) for p in permissions):
+            raise StripeFakeError(400, "permissions: give at least one permission.", code="parameter_missing")
+        public_pem, recipient_id = _public_key(body.get("public_key"))
+        key = _Key("mk_" + _rand(24), str(request.account), str(body.get("name") or ""), str(body.get("note") or ""),
+                   list(permissions), "rk_test_" + _rand(32), self.now())
+        self._keys[key.id] = key
+        return _Response(200, self._created_view(key, public_pem, recipient_id))
+
+    def _created_view(self, key: _Key, public_pem: str | None, recipient_id: str | None) -> dict[str, Any]:
+        view = key.view(now=self.now(), with_token=self.plaintext_token_on_create or public_pem is None
+                        or not self.encrypt_secrets)
+        if public_pem is not None and self.encrypt_secrets:
+            view["secret_key"]["encrypted_secret"] = {
+                "ciphertext": self._seal(key.token, public_pem), "format": "jwe_compact",
+                "recipient_key_id": recipient_id,
+            }
+        return view
+
+    def _seal(self, token: str, public_pem: str) -> str:
+        settings = self.jwe
+        recipient = RSAKey.import_key(settings.recipient_pem or public_pem)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # RSA1_5 is deprecated; tests use it on purpose
+            sealed = jwe.encrypt_compact({"alg": settings.alg, "enc": settings.enc}, token.encode(), recipient,
+                                         algorithms=[settings.alg, settings.enc])
+        if settings.tamper:
+            parts = sealed.split(".")
+            parts[3] = ("B" if parts[3][0] == "A" else "A") + parts[3][1:]
+            sealed = ".".join(parts)
+        return sealed
+
+    def _owned_key(self, request: _Request, key_id: str) -> _Key:
+        self._require_app(request)
+        key = self._keys.get(key_id)
+        if key is None or key.account != request.account:
+            raise StripeFakeError(404, f"No such API key: '{key_id}'", code="resource_missing")
+        return key
+
+    def _get_key(self, request: _Request, key_id: str) -> _Response:
+        key = self._owned_key(request, key_id)
+        return _Response(200, key.view(now=self.now(), with_token=self.plaintext_tokens_in_reads))
+
+    def _expire_key(self, request: _Request, key_id: str) -> _Response:
+        key = self._owned_key(request, key_id)
+        now = self.now()
+        key.expires_at = now if key.expires_at is None else min(key.expires_at, now)
+        return _Response(200, key.view(now=now, with_token=False))
+
+    def _rotate_key(self, request: _Request, key_id: str) -> _Response:
+        old = self._owned_key(request, key_id)
+        body = _json(request)
+        minutes = body.get("expire_current_key_in_minutes", 0)
+        if not isinstance(minutes, int) or not 0 <= minutes <= 10080:
+            raise StripeFakeError(400, "expire_current_key_in_minutes: at most 10080 (7 days).")
+        public_pem, recipient_id = _public_key(body.get("public_key"))
+        now = self.now()
+        new = _Key("mk_" + _rand(24), old.account, old.name, old.note, list(old.permissions), "rk_test_" + _rand(32), now)
+        self._keys[new.id] = new
+        old.expires_at = now + 60 * minutes
+        return _Response(200, self._created_view(new, public_pem, recipient_id))
+
+    def _list_keys(self, request: _Request) -> _Response:
+        self._require_app(request)
+        limit, offset = _page_params(request.query, default=20, name="page")
+        include_expired = request.query.get("include_expired") == "true"
+        now = self.now()
+        views = [k.view(now=now, with_token=self.plaintext_tokens_in_reads)
+                 for k in sorted(self._keys.values(), key=lambda k: -k.created) if k.account == request.account]
+        views = [v for v in views if include_expired or v["status"] != "expired"]
+        page = views[offset:offset + limit]
+        next_url = None
+        if offset + limit < len(views):
+            extra = "&include_expired=true" if include_expired else ""
+            next_url = f"/v2/iam/api_keys?limit={limit}&page=p{offset + limit}{extra}"
+        return _Response(200, {"data": page, "next_page_url": next_url, "previous_page_url": None})
+
+    # -- /v1/webhook_endpoints -------------------------------------------------------
+
+    def _create_endpoint(self, request: _Request) -> _Response:
+        self._require(request, "webhook_endpoints_write")
+        form = _form(request.body)
+        url = form.pop("url", None)
+        events = form.pop("enabled_events", None)
+        description = form.pop("description", None)
+        metadata = form.pop("metadata", {})
+        api_version = form.pop("api_version", None)
+        if form:
+            raise StripeFakeError(400, f"Received unknown parameter: {sorted(form)[0]}", code="parameter_unknown")
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise StripeFakeError(400, "url: Invalid URL: must be an https:// URL.", code="url_invalid")
+        if not isinstance(events, list) or not events:
+            raise StripeFakeError(400, "Missing required param: enabled_events.", code="parameter_missing")
+        endpoint = _Endpoint("we_" + _rand(24), str(request.account), url, events, description, metadata,
+                             "whsec_" + _rand(32), api_version, int(self.now()))
+        self._endpoints[endpoint.id] = endpoint
+        return _Response(200, {**endpoint.view(), "secret": endpoint.secret})
+
+    def _owned_endpoint(self, request: _Request, endpoint_id: str) -> _Endpoint:
+        endpoint = self._endpoints.get(endpoint_id)
+        if endpoint is None or endpoint.account != request.account:
+            raise StripeFakeError(404, f"No such webhook endpoint: '{endpoint_id}'", code="resource_missing")
+        return endpoint
+
+    def _get_endpoint(self, request: _Request, endpoint_id: str) -> _Response:
+        self._require(request, "webhook_endpoints_read", "webhook_endpoints_write")
+        return _Response(200, self._owned_endpoint(request, endpoint_id).view())
+
+    def _delete_endpoint(self, request: _Request, endpoint_id: str) -> _Response:
+        self._require(request, "webhook_endpoints_write")
+        endpoint = self._owned_endpoint(request, endpoint_id)
+        del self._endpoints[endpoint.id]
+        return _Response(200, {"id": endpoint.id, "object": "webhook_endpoint", "deleted": True})
+
+    def _list_endpoints(self, request: _Request) -> _Response:
+        self._require(request, "webhook_endpoints_read", "webhook_endpoints_write")
+        limit, _ = _page_params(request.query, default=10, name=None)
+        mine = [e for e in sorted(self._endpoints.values(), key=lambda e: -e.created) if e.account == request.account]
+        after = request.query.get("starting_after")
+        if after:
+            ids = [e.id for e in mine]
+            if after not in ids:
+                raise StripeFakeError(400, f"starting_after: no such object '{after}'.", code="resource_missing")
+            mine = mine[ids.index(after) + 1:]
+        return _Response(200, {"object": "list", "url": "/v1/webhook_endpoints", "has_more": len(mine) > limit,
+                               "data": [e.view() for e in mine[:limit]]})
+
+
+# -- request body helpers ----------------------------------------------------------
+
+
+def _json(request: _Request) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        raise StripeFakeError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise StripeFakeError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _form(raw: bytes) -> dict[str, Any]:
+    """Stripe's form encoding: `a[]=x`, `a[0]=x`, `m[key]=v`."""
+    out: dict[str, Any] = {}
+    for name, value in parse_qsl(raw.decode(), keep_blank_values=True):
+        listed = re.fullmatch(r"(\w+)\[(\d*)\]", name)
+        mapped = re.fullmatch(r"(\w+)\[([^\]]+)\]", name)
+        if listed:
+            out.setdefault(listed.group(1), []).append(value)
+        elif mapped:
+            out.setdefault(mapped.group(1), {})[mapped.group(2)] = value
+        else:
+            out[name] = value
+    return out
+
+
+def _public_key(value: object) -> tuple[str | None, str | None]:
+    """(PEM, caller's id) of a posted public_key; None when absent (test mode)."""
+    if value is None:
+        return None, None
+    pem_key = value.get("pem_key") if isinstance(value, dict) else None
+    if not isinstance(pem_key, dict) or pem_key.get("algorithm") != "RSA" or not isinstance(pem_key.get("data"), str):
+        raise StripeFakeError(400, "public_key.pem_key: give algorithm RSA and a PEM public key.")
+    try:
+        loaded = load_pem_public_key(pem_key["data"].encode())
+    except ValueError:
+        raise StripeFakeError(400, "public_key.pem_key.data: not a PEM public key.") from None
+    if not isinstance(loaded, rsa.RSAPublicKey) or loaded.key_size < 2048:
+        raise StripeFakeError(400, "public_key.pem_key.data: must be an RSA key of at least 2048 bits.")
+    key_id = value.get("id") if isinstance(value, dict) else None
+    return pem_key["data"], key_id if isinstance(key_id, str) else None
+
+
+def _page_params(query: dict[str, str], *, default: int, name: str | None) -> tuple[int, int]:
+    try:
+        limit = int(query.get("limit", default))
+    except ValueError:
+        raise StripeFakeError(400, "limit: must be an integer.") from None
+    if not 1 <= limit <= 100:
+        raise StripeFakeError(400, "limit: The maximum page limit is 100")
+    token = query.get(name, "p0") if name else "p0"
+    return limit, int(token[1:]) if re.fullmatch(r"p\d+", token) else 0
+
+
+# -- HTTP plumbing ------------------------------------------------------------------
+
+
+def _handler_for(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+            pass  # the fake never logs: requests carry keys
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            request = _Request(method, parts.path, dict(parse_qsl(parts.query)),
+                               {k.lower(): v for k, v in self.headers.items()}, body)
+            response = fake.handle(request)
+            if response.body is None:
+                self.close_connection = True
+                return
+            payload = json.dumps(response.body).encode()
+            self.send_response(response.status)
+            for name, value in {**response.headers, "Content-Type": "application/json"}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler

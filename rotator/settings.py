@@ -1,0 +1,81 @@
+"""Daemon settings from the environment (contract §3), via pydantic-settings.
+
+Standard Vault variables (`VAULT_ADDR`, `VAULT_TOKEN`, `VAULT_NAMESPACE`,
+`VAULT_CACERT`, `VAULT_SKIP_VERIFY`) are read as Vault's own tools read
+them; the rotator's own settings start with `ROTATOR_`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rotator.fields import check_vault_path
+from rotator.vault import VaultConnection
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROTATOR_", extra="ignore", populate_by_name=True)
+
+    config_dir: Path = Field(default=Path("/etc/rotator/credentials.d"), description="directory of credential files")
+    vault_auth: Literal["token", "approle", "kubernetes"] = Field(default="token", description="how to log in to Vault")
+    vault_role_id: str | None = Field(default=None, description="AppRole role id")
+    vault_secret_id_file: str | None = Field(default=None, description="file holding the AppRole secret id")
+    vault_k8s_role: str | None = Field(default=None, description="Vault role for Kubernetes auth")
+    vault_k8s_token_file: str = Field(
+        default="/var/run/secrets/kubernetes.io/serviceaccount/token", description="service-account token file"
+    )
+    state_mount: str = Field(default="secret", description="KV v2 mount of the state records")
+    state_prefix: str = Field(default="rotator/state", description="path prefix of the state records")
+    tick_seconds: float = Field(default=10.0, gt=0, description="how often the daemon looks for due work")
+    max_concurrency: int = Field(default=8, ge=1, le=256, description="rotations in flight at once")
+    lease_seconds: float = Field(default=300.0, ge=10, description="how long a credential's lease lasts before another replica may take over")
+    audit_file: Path | None = Field(default=None, description="also append hash-chained audit events to this file")
+    metrics_addr: str | None = Field(default=None, description="host:port for /metrics, /healthz, /readyz")
+    log_format: Literal["json", "console"] | None = Field(default=None, description="json or console (default: console on a TTY, else json)")
+
+    vault_addr: str = Field(default="http://127.0.0.1:8200", validation_alias=AliasChoices("VAULT_ADDR"))
+    vault_token: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_TOKEN"), repr=False)
+    vault_namespace: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_NAMESPACE"))
+    vault_cacert: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_CACERT"))
+    vault_skip_verify: bool = Field(default=False, validation_alias=AliasChoices("VAULT_SKIP_VERIFY"))
+
+    @field_validator("state_mount", "state_prefix")
+    @classmethod
+    def _safe_path(cls, value: str) -> str:
+        return check_vault_path(value)
+
+    @field_validator("vault_skip_verify", mode="before")
+    @classmethod
+    def _skip_verify(cls, value: object) -> object:
+        # Vault's CLI treats any non-empty value other than false/0 as set.
+        if isinstance(value, str):
+            return value.strip().lower() not in {"", "0", "false", "no"}
+        return value
+
+    def effective_log_format(self) -> str:
+        if self.log_format:
+            return self.log_format
+        return "console" if sys.stdout.isatty() else "json"
+
+    def vault_connection(self) -> VaultConnection:
+        verify: bool | str = True
+        if self.vault_skip_verify:
+            verify = False
+        elif self.vault_cacert:
+            verify = self.vault_cacert
+        return VaultConnection(
+            url=self.vault_addr,
+            token=self.vault_token,
+            namespace=self.vault_namespace,
+            verify=verify,
+            auth_method=self.vault_auth,
+            role_id=self.vault_role_id,
+            secret_id_file=self.vault_secret_id_file,
+            k8s_role=self.vault_k8s_role,
+            k8s_token_file=self.vault_k8s_token_file,
+        )

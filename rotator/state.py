@@ -1,0 +1,150 @@
+"""The rotation state record: one per credential, in Vault, at
+`ROTATOR_STATE_MOUNT/ROTATOR_STATE_PREFIX/NAME` (schema in docs/STATE.md).
+
+The record is a small frozen value. It is the single source of truth for a
+credential's progress: the state machine (`rotator.machine`) turns a record
+and an outcome into the next record, and the engine writes it back with
+check-and-set before and after every side effect, so any replica can resume
+any rotation. It holds secret values in two places only, both needed to
+finish work after a crash and both stored only in Vault: the stashed pending
+credential (`pending.data`, `pending.credential.handle`) and the handles
+needed to revoke older credentials (`handle` fields).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Phase = Literal["intent", "issuing", "issued", "verified", "rolling_back"]
+Stage = Literal["active", "deactivated"]
+Reason = Literal["schedule", "manual", "recovery"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def __repr__(self) -> str:  # handles and data may hold secrets
+        return f"{type(self).__name__}(...)"
+
+    __str__ = __repr__
+
+
+class KeyRecord(_Frozen):
+    """A credential the rotator made."""
+
+    key_id: str
+    rotation_id: str
+    handle: dict[str, str] = Field(default_factory=dict)
+    issued_at: datetime
+    expires_at: datetime | None = None
+
+
+class Lease(_Frozen):
+    """Who may act on the credential, until when."""
+
+    holder: str
+    expires_at: datetime
+
+
+class Pending(_Frozen):
+    """An unfinished rotation."""
+
+    rotation_id: str
+    reason: Reason
+    started_at: datetime
+    phase: Phase = "intent"
+    revoke_now: bool = False
+    # Keys at the provider when the rotation began: after a crash in
+    # `issuing`, an unmarked key not in this list, made since `started_at`,
+    # is an orphan of this rotation (providers whose mark is not atomic).
+    preexisting_key_ids: list[str] = Field(default_factory=list)
+    credential: KeyRecord | None = None
+    data: dict[str, str] | None = None  # the live fields, stashed
+    verify_attempts: int = 0
+    failed_step: str | None = None  # set while rolling back: the step that failed
+    failure_permanent: bool = False  # ...and whether retrying would help
+
+
+class Retiring(_Frozen):
+    """A superseded credential on its way out: grace, (deactivate,) revoke."""
+
+    key: KeyRecord
+    superseded_by: str  # the rotation id that replaced it
+    revoke_after: datetime  # end of grace
+    stage: Stage = "active"
+    immediate: bool = False  # `--revoke-now`: no grace, no deactivation delay
+    delete_after: datetime | None = None  # set on deactivation
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+
+
+class StateRecord(_Frozen):
+    """Everything the rotator knows about one credential."""
+
+    schema_version: int = SCHEMA_VERSION
+    credential: str
+    provider: str
+    current: KeyRecord | None = None  # the credential the live path holds
+    live_version: int | None = None  # the live path's version we last wrote
+    last_rotated_at: datetime | None = None
+    jitter_seconds: float = 0.0  # drawn once per completed rotation
+    rotations: int = 0
+    pending: Pending | None = None
+    retiring: list[Retiring] = Field(default_factory=list)
+    attempts: int = 0  # consecutive failed attempts of the current rotation
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    last_error_step: str | None = None
+    last_error_at: datetime | None = None
+    # A permanent failure stops retries until the credential file changes
+    # (its fingerprint differs) or someone runs `rotator rotate NAME`.
+    blocked_fingerprint: str | None = None
+    lease: Lease | None = None
+
+    @classmethod
+    def new(cls, credential: str, provider: str) -> StateRecord:
+        return cls(credential=credential, provider=provider)
+
+    def to_vault(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_vault(cls, data: dict[str, Any]) -> StateRecord:
+        return cls.model_validate(data)
+
+    def managed_key_ids(self) -> set[str]:
+        ids = {r.key.key_id for r in self.retiring}
+        if self.current is not None:
+            ids.add(self.current.key_id)
+        if self.pending is not None and self.pending.credential is not None:
+            ids.add(self.pending.credential.key_id)
+        return ids
+
+    def summary(self) -> dict[str, Any]:
+        """A view with no secret values, for status, reports and logs."""
+        return {
+            "credential": self.credential,
+            "provider": self.provider,
+            "key_id": self.current.key_id if self.current else None,
+            "phase": self.pending.phase if self.pending else "idle",
+            "rotation_id": self.pending.rotation_id if self.pending else None,
+            "last_rotated_at": self.last_rotated_at,
+            "rotations": self.rotations,
+            "expires_at": self.current.expires_at if self.current else None,
+            "pending_revocations": [
+                {"key_id": r.key.key_id, "stage": r.stage, "revoke_after": r.revoke_after, "delete_after": r.delete_after}
+                for r in self.retiring
+            ],
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+            "last_error_step": self.last_error_step,
+            "blocked": self.blocked_fingerprint is not None,
+            "lease_holder": self.lease.holder if self.lease else None,
+        }
