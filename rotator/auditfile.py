@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.errors import RotatorError
@@ -43,7 +43,7 @@ from rotator.errors import RotatorError
 GENESIS_HASH = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "hash")
 CHAIN_BROKEN_EVENT = "audit.chain_broken"
-TORN_REASON = "torn write: the last line is incomplete (no newline at the end)"
+TORN_REASON = "torn write: the last line is incomplete or garbled (an interrupted append)"
 _CHUNK = 8192
 # One fixed-size record, rewritten in place: a single sector write, and no
 # stale bytes left behind when a shorter record replaces a longer one.
@@ -123,6 +123,21 @@ def parse_line(raw: bytes) -> dict[str, Any]:
     return record
 
 
+def is_torn(raw: bytes) -> bool:
+    """Whether a file's last line looks like an interrupted write, not an edit.
+
+    A crash mid-append leaves a prefix of the line (no newline) or, after a
+    power loss, blocks of garbage; an edit leaves well-formed JSON.
+    """
+    if not raw.endswith(b"\n"):
+        return True
+    try:
+        json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return True
+    return False
+
+
 def _has_chain_fields(record: Mapping[str, Any]) -> bool:
     seq = record.get("seq")
     hashes = (record.get("prev_hash"), record.get("hash"))
@@ -185,13 +200,16 @@ def _tip_of_file(fd: int, path: Path) -> Tip | None:
     size = os.fstat(fd).st_size
     if size == 0:
         return None
+    raw = _read_last_line(fd, size)
+    if is_torn(raw):
+        raise AuditChainError(
+            path, f"{TORN_REASON}; not chaining over it: run `rotator audit seal {path}` (see docs/AUDIT.md)"
+        )
     try:
-        record = parse_line(_read_last_line(fd, size))
+        record = parse_line(raw)
     except BadLineError as exc:
         raise AuditChainError(
-            path,
-            f"last line is damaged ({exc}); not chaining over it. "
-            f"Run `rotator audit verify {path}`, then `rotator audit seal {path}` (see docs/AUDIT.md)",
+            path, f"last line was altered ({exc}); not chaining over it: investigate with `rotator audit verify`"
         ) from exc
     return Tip(record["seq"], record["hash"])
 
@@ -339,7 +357,7 @@ class AuditFile:
             with _opened(holder, os.O_RDONLY) as hfd:
                 size, tail = os.fstat(hfd).st_size, _tip_of_file(hfd, holder)
         except AuditChainError as exc:
-            raise AuditChainError(holder, f"{exc.reason.split(';')[0]}; {hint}") from exc
+            raise AuditChainError(holder, f"the rotated file's last line is damaged; {hint}") from exc
         if tail == Tip(pending.seq, pending.hash):
             return tail
         # Inode numbers are reused, so the file found must also end where the
@@ -347,6 +365,7 @@ class AuditFile:
         if size == pending.offset and tail in (None, state.tip):
             return state.tip
         raise AuditChainError(holder, f"is not the file the interrupted append of seq {pending.seq} went to; {hint}")
+
 
 # --- verification -----------------------------------------------------------
 
@@ -396,13 +415,10 @@ class _Walk:
         self.torn: TornTail | None = None  # a torn tail waiting for its seal
         self.failure: VerifyResult | None = None
 
-    def check_file(self, path: Path, *, is_last: bool) -> None:
+    def check_file(self, path: Path) -> None:
         with path.open("rb") as stream:
-            # Shared lock: a writer mid-append holds it exclusively, so a
-            # line being written is never mistaken for a torn one.
-            fcntl.flock(stream.fileno(), fcntl.LOCK_SH)
-            for number, raw in enumerate(stream, 1):
-                if not raw.endswith(b"\n") and not is_last:
+            for number, raw, is_final in _numbered_lines(stream):
+                if is_final and is_torn(raw):
                     self.torn = TornTail(path, number, raw)  # the next file may seal it
                     return
                 reason = self._check_line(path, number, raw)
@@ -415,6 +431,8 @@ class _Walk:
         try:
             record = parse_line(raw)
         except BadLineError as exc:
+            if self.torn is not None:
+                self.fail(self.torn.file, self.torn.line, TORN_REASON)  # the earlier problem
             return str(exc)
         if self.torn is not None and not self._accept_seal(path, record):
             return None  # the failure points at the torn line, already recorded
@@ -462,22 +480,43 @@ class _Walk:
         return False
 
     def fail(self, path: Path, line: int | None, reason: str) -> None:
-        if self.failure is None:
-            self.failure = VerifyResult(False, path, line, reason, self.events, self.continues_from, self.tip, tuple(self.notes))
+        if self.failure is None:  # only the first bad line is reported
+            self.failure = self._summary(False, path, line, reason)
 
     def result(self) -> VerifyResult:
         if self.failure is not None:
             return self.failure
-        reason = "intact" if self.continues_from is None else f"intact; continues a chain from seq {self.continues_from}"
-        return VerifyResult(True, None, None, reason, self.events, self.continues_from, self.tip, tuple(self.notes))
+        since = self.continues_from
+        return self._summary(True, None, None, "intact" if since is None else f"intact; continues a chain from seq {since}")
 
+    def _summary(self, ok: bool, path: Path | None, line: int | None, reason: str) -> VerifyResult:
+        return VerifyResult(ok, path, line, reason, self.events, self.continues_from, self.tip, tuple(self.notes))
+
+
+def _numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
+    """(1-based number, raw line, is it the final one) up to the size seen under a shared lock.
+
+    The lock is held only to read the size: a writer holds it exclusively while
+    appending, so no half-written line is read, and a long verify never stalls
+    the daemon. Bytes appended later are past `size` and not read.
+    """
+    with _flocked(stream.fileno(), fcntl.LOCK_SH):
+        remaining = os.fstat(stream.fileno()).st_size
+    number = 0
+    while remaining > 0:
+        raw = stream.readline(remaining)
+        if not raw:
+            return  # truncated under us; what was read is all there is
+        remaining -= len(raw)
+        number += 1
+        yield number, raw, remaining == 0
 
 
 def _walk(paths: Sequence[Path]) -> _Walk:
     walk = _Walk()
-    for index, path in enumerate(paths):
+    for path in paths:
         try:
-            walk.check_file(Path(path), is_last=index == len(paths) - 1)
+            walk.check_file(Path(path))
         except OSError as exc:
             walk.fail(Path(path), None, f"cannot read: {exc.strerror or exc}")
         if walk.failure is not None:
@@ -558,7 +597,7 @@ def _check_expected(previous: Path, tip: Tip, chain_fd: int, chain_path: Path) -
 def _intact_part(path: Path) -> tuple[Tip | None, TornTail | None]:
     """The last intact line's tip and the torn tail, refusing any other damage."""
     walk = _Walk()
-    walk.check_file(path, is_last=False)
+    walk.check_file(path)
     if walk.failure is not None:
         raise AuditChainError(
             path, f"{walk.failure.reason}: this is not a torn write; investigate, do not seal", line=walk.failure.line

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rotator.errors import ConfigProblem
 from rotator.fields import Duration, VaultMount, VaultPath, format_duration, secret_lookalike
-from rotator.provider import Provider, ProviderFactory
+from rotator.provider import ProviderFactory
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -190,6 +190,7 @@ def load_file(path: Path, providers: dict[str, ProviderFactory], *, state_locati
     except ValidationError as exc:
         return problems + _problems_from(exc, file)
 
+    problems += _schedule_problems(spec, file, state_location)
     provider_cls = providers.get(spec.provider)
     if provider_cls is None:
         known = ", ".join(sorted(providers)) or "none installed"
@@ -198,25 +199,21 @@ def load_file(path: Path, providers: dict[str, ProviderFactory], *, state_locati
         params = provider_cls.params_model.model_validate(spec.params)
     except ValidationError as exc:
         return problems + _problems_from(exc, file, "params")
-
-    problems += _policy_problems(spec, provider_cls, params, file, state_location)
+    field_name = "schedule.every" if spec.schedule.every is not None else "schedule.cron"
+    for fld, message in provider_cls.check_policy(params, interval=spec.schedule.gaps()[1], grace=spec.grace):
+        problems.append(ConfigProblem(file, fld or field_name, message))
     if problems:
         return problems
     return LoadedCredential(spec, provider_cls, params)
 
 
-def _policy_problems(
-    spec: CredentialSpec, provider_cls: type[Provider], params: BaseModel, file: str, state_location: tuple[str, str] | None
-) -> list[ConfigProblem]:
+def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[str, str] | None) -> list[ConfigProblem]:
     problems = []
-    shortest, longest = spec.schedule.gaps()
-    field_name = "schedule.every" if spec.schedule.every is not None else "schedule.cron"
+    shortest, _ = spec.schedule.gaps()
     if spec.grace >= shortest:
         problems.append(ConfigProblem(file, "grace", f"{format_duration(spec.grace)} must be shorter than the rotation interval ({format_duration(shortest)})"))
     if spec.schedule.jitter >= shortest:
         problems.append(ConfigProblem(file, "schedule.jitter", f"must be shorter than the rotation interval ({format_duration(shortest)})"))
-    for fld, message in provider_cls.check_policy(params, interval=longest, grace=spec.grace):
-        problems.append(ConfigProblem(file, fld or field_name, message))
     if state_location is not None:
         mount, prefix = state_location
         if spec.vault.mount == mount and (spec.vault.path == prefix or spec.vault.path.startswith(prefix + "/")):

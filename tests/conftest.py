@@ -65,3 +65,60 @@ def _no_ambient_vault(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("VAULT_", "ROTATOR_", "AWS_")):
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def aws_env(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point boto3 in this process at the moto server, as the admin."""
+    env = moto.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def iam_admin(moto: MotoServer):  # type: ignore[no-untyped-def]
+    import boto3
+
+    env = moto.env()
+    return boto3.client(
+        "iam", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture
+def iam_user(iam_admin, unique: str) -> str:  # type: ignore[no-untyped-def]
+    """A fresh IAM user for one test."""
+    name = f"ci-{unique}"
+    iam_admin.create_user(UserName=name)
+    return name
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "credentials.d"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def rotator_env(vault_env: dict[str, str], moto: MotoServer, config_dir: Path) -> dict[str, str]:
+    """Environment for `python -m rotator` against the test OpenBao and moto."""
+    return {**vault_env, **moto.env(), "ROTATOR_CONFIG_DIR": str(config_dir)}
+
+
+@pytest.fixture
+def aws_world(rotator_env: dict[str, str], bao_client: hvac.Client, iam_admin, iam_user: str, config_dir: Path, moto: MotoServer):  # type: ignore[no-untyped-def]
+    """One AWS credential file (grace 2s, deleted at the end of grace) and
+    the means to inspect Vault and moto; output is scanned for secrets."""
+    from aws_world import AwsWorld
+    from helpers import SecretLedger, write_credential
+
+    name = iam_user
+    live_path = f"apps/{name}"
+    write_credential(config_dir, name, params={"user_name": iam_user, "delete_after_deactivation": "0s"}, grace="2s", every="30d", path=live_path)
+    ledger = SecretLedger()
+    world = AwsWorld(bao_client, iam_admin, moto.endpoint, rotator_env, iam_user, name, live_path, ledger)
+    yield world
+    ledger.assert_clean()

@@ -1,0 +1,24 @@
+# The two quick-start commands: `make demo` and `make test`.
+# Both create .venv with everything they need, from the package index only.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install test demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/rotator demo
+
+clean:
+	rm -rf $(VENV) .demo build dist *.egg-info

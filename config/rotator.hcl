@@ -1,0 +1,45 @@
+# Least-privilege Vault/OpenBao policy for the rotator (KV v2 mount "secret").
+#   bao policy write rotator config/rotator.hcl     (or: vault policy write ...)
+# Adjust "secret/" and the paths below to ROTATOR_STATE_MOUNT/PREFIX and to
+# the vault.mount/vault.path of your credential files. Nothing here allows
+# deleting or destroying a version, or any sys/ call.
+
+# Rotation state records (ROTATOR_STATE_PREFIX=rotator/state): check-and-set
+# writes, reads, and listing them for status, report and recovery. These
+# records also carry the replicas' check-and-set leases.
+path "secret/data/rotator/state/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/rotator/state/*" {
+  capabilities = ["read", "list"]
+}
+
+# Live credentials. EXAMPLE: narrow "apps/*" to the vault.path values of your
+# credential files. Each rotation adds one version (check-and-set) and merges
+# the rotator's keys into custom_metadata with a JSON merge PATCH, which needs
+# "patch" on the metadata path; it never rewrites max_versions,
+# cas_required or delete_version_after, so it has no "update" there.
+path "secret/data/apps/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/apps/*" {
+  capabilities = ["read", "patch"]
+}
+
+# Management secrets that credential files reference as MOUNT/PATH#FIELD
+# (a GitHub App private key, a Stripe management key): read only. Metadata
+# read lets a missing reference be reported as missing rather than denied.
+path "secret/data/rotator/refs/*" {
+  capabilities = ["read"]
+}
+path "secret/metadata/rotator/refs/*" {
+  capabilities = ["read"]
+}
+
+# The token's own health (/readyz) and renewal.
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
