@@ -28,6 +28,7 @@ from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, Field
 
 from rotator.errors import NotFoundError, PermanentError, TransientError
+from rotator.faults import crashpoint
 from rotator.fields import Duration
 from rotator.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
 
@@ -153,6 +154,7 @@ class AwsIamAccessKeyProvider(Provider):
             raise NoCapacityError(f"IAM user {user} already has 2 access keys (AWS's limit): {detail}", blocking_key_ids=ids)
         created = _aws(f"creating an access key for {user}", lambda: iam.create_access_key(UserName=user)["AccessKey"])
         key_id, secret = created["AccessKeyId"], created["SecretAccessKey"]
+        crashpoint("aws-after-create")  # tests: a crash between "create" and "mark"
         try:
             _aws(
                 f"tagging access key {key_id}",

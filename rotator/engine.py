@@ -14,8 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import uuid
@@ -30,6 +28,7 @@ from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.config import LoadedCredential
 from rotator.errors import CasMismatchError, LeaseLostError, PermanentError, RotatorError, TransientError
 from rotator.faults import crashpoint
+from rotator.holder import current as holder_identity
 from rotator.machine import Policy, Request
 from rotator.provider import IssueContext, IssuedCredential, NoCapacityError, Provider, ProviderContext
 from rotator.state import Lease, StateRecord
@@ -80,7 +79,8 @@ class Engine:
         self.options = options or EngineOptions()
         self.clock = clock or SystemClock()
         self.shutdown = shutdown or threading.Event()
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.identity = holder_identity()
+        self.holder = holder or self.identity.holder
         self._providers: dict[tuple[str, str], Provider] = {}
         self._providers_lock = threading.Lock()
 
@@ -131,7 +131,7 @@ class Engine:
         now = self.clock.now()
         if machine.next_action(base, policy, now, request) is None:
             return ReconcileResult("idle", record, version)
-        if base.lease is not None and base.lease.holder != self.holder and base.lease.expires_at > now:
+        if base.lease is not None and base.lease.is_held_by_other(self.holder, now):
             return ReconcileResult("locked", record, version)
         run = _Run(self, cred, provider, policy, base, version, request)
         try:
@@ -170,7 +170,12 @@ class _Run:
         self.record = record
 
     def _lease(self) -> Lease:
-        return Lease(holder=self.engine.holder, expires_at=self.engine.clock.now() + timedelta(seconds=self.engine.options.lease_seconds))
+        me = self.engine.identity
+        return Lease(
+            holder=self.engine.holder,
+            expires_at=self.engine.clock.now() + timedelta(seconds=self.engine.options.lease_seconds),
+            host=me.host, boot_id=me.boot_id, pid_namespace=me.pid_namespace, pid=me.pid, start_ticks=me.start_ticks,
+        )
 
     def take_lease(self) -> None:
         self._write(self.record.model_copy(update={"lease": self._lease()}))

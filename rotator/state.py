@@ -45,10 +45,24 @@ class KeyRecord(_Frozen):
 
 
 class Lease(_Frozen):
-    """Who may act on the credential, until when."""
+    """Who may act on the credential, until when (see `rotator.holder`)."""
 
     holder: str
     expires_at: datetime
+    host: str | None = None
+    boot_id: str | None = None
+    pid_namespace: str | None = None
+    pid: int | None = None
+    start_ticks: str | None = None
+
+    def is_held_by_other(self, holder: str, now: datetime) -> bool:
+        from rotator.holder import is_known_dead
+
+        if self.holder == holder or self.expires_at <= now:
+            return False
+        return not is_known_dead(
+            host=self.host, boot_id=self.boot_id, pid_namespace=self.pid_namespace, pid=self.pid, start_ticks=self.start_ticks
+        )
 
 
 class Pending(_Frozen):

@@ -33,6 +33,7 @@ users or webhooks. Nothing in the daemon's path imports this module.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -51,6 +52,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rotator.clock import Clock, SystemClock, to_rfc3339
 
@@ -159,7 +161,7 @@ class FakeGitHub:
         self._keys: dict[str, dict[int, _DeployKey]] = {}
         self._repo_ids: dict[str, int] = {}
         self._faults: list[_Fault] = []
-        self._requests: list[RecordedRequest] = []
+        self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=10_000)
         self._key_ids = itertools.count(70_000_001)
         self._rate_limit = rate_limit
         self._remaining = rate_limit
@@ -211,10 +213,29 @@ class FakeGitHub:
         with self._lock:
             self._apps[str(app_id)] = serialization.load_pem_public_key(pem)
 
+    def create_app(
+        self,
+        app_id: int | str,
+        installation_id: int,
+        *,
+        repositories: Iterable[str] = (),
+        permissions: Mapping[str, str] | None = None,
+    ) -> str:
+        """Register an App with a fresh key and one installation; return the
+        App's private key PEM (to store in Vault for the rotator to read)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.add_app(app_id, public)
+        self.add_installation(installation_id, app_id, repositories=repositories, permissions=permissions)
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+
     def add_installation(
         self,
         installation_id: int,
         app_id: int | str,
+        *,
         repositories: Iterable[str] = (),
         permissions: Mapping[str, str] | None = None,
     ) -> None:
@@ -450,6 +471,7 @@ class FakeGitHub:
         permissions = self._granted_permissions(installation, body.get("permissions"))
         token = "ghs_" + "".join(secrets.choice(_ALPHABET) for _ in range(secrets.choice(range(36, 77))))
         expires_at = self.clock.now() + TOKEN_LIFETIME
+        self._forget_dead_tokens()
         self._tokens[_hash(token)] = _Token(installation.installation_id, app_id, expires_at, repos, permissions)
         answer: dict[str, Any] = {
             "token": token,
@@ -460,6 +482,12 @@ class FakeGitHub:
         if body.get("repositories"):
             answer["repositories"] = [self._repo_json(r) for r in repos]
         return _Answer(201, answer)
+
+    def _forget_dead_tokens(self) -> None:
+        """Drop tokens dead for a day, so a long demo does not grow without end."""
+        horizon = self.clock.now() - timedelta(days=1)
+        for digest in [h for h, t in self._tokens.items() if t.expires_at < horizon]:
+            del self._tokens[digest]
 
     def _granted_repos(self, installation: _Installation, names: Any) -> list[str]:
         if names is None:
@@ -630,6 +658,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeGitHub"
     timeout = 30  # idle keep-alive connections are dropped
+    disable_nagle_algorithm = True  # headers and body go out in two writes; no 40 ms stalls
 
     def _serve(self) -> None:
         fake: FakeGitHub = self.server.fake  # type: ignore[attr-defined]
@@ -640,7 +669,14 @@ class _Handler(BaseHTTPRequestHandler):
             answer = fake.handle(self.command, self.path, headers, raw)
         except _HttpError as exc:  # a body that is not JSON
             answer = fake._with_rate_headers(_Answer(exc.status, _error_body(exc.status, exc.message)), spend=True)
-        payload = b"" if answer.status == 204 or answer.body is None else json.dumps(answer.body).encode()
+        except Exception:  # a bug in the fake answers like GitHub's own bugs do
+            answer = _Answer(500, _error_body(500))
+        if answer.status == 204 or answer.body is None:
+            payload = b""
+        elif isinstance(answer.body, bytes):  # an injected non-JSON body (a proxy's error page)
+            payload = answer.body
+        else:
+            payload = json.dumps(answer.body).encode()
         self.send_response(answer.status)
         if payload:
             self.send_header("content-type", "application/json; charset=utf-8")

@@ -82,6 +82,7 @@ class JweSettings:
     enc: str = "A256GCM"
     recipient_pem: str | None = None  # seal to this key instead of the posted one
     tamper: bool = False  # flip a byte of the ciphertext
+    recipient_key_id: str | None = None  # echo this instead of the posted public_key.id
 
 
 @dataclass
@@ -229,7 +230,9 @@ class FakeStripe:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-stripe", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-stripe", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -273,7 +276,8 @@ class FakeStripe:
         then answer with the fault; `drop`: close the connection unanswered.
         """
         with self._lock:
-            self._faults.append(_Fault(re.compile(path) if path else None, method, status, count, dict(headers or {}), after, drop))
+            pattern = re.compile(path) if path else None
+            self._faults.append(_Fault(pattern, method, status, count, dict(headers or {}), after, drop))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -492,7 +496,7 @@ class FakeStripe:
         if public_pem is not None and self.encrypt_secrets:
             view["secret_key"]["encrypted_secret"] = {
                 "ciphertext": self._seal(key.token, public_pem), "format": "jwe_compact",
-                "recipient_key_id": recipient_id,
+                "recipient_key_id": self.jwe.recipient_key_id or recipient_id,
             }
         return view
 

@@ -1,0 +1,383 @@
+"""The GitHub providers: App installation tokens and repository deploy keys.
+
+Both authenticate as a GitHub App (app id, installation id, and the App's
+private key read from Vault through `context.read_secret`). See
+docs/providers/github.md for what they can and cannot do.
+
+Invariants:
+- No retries inside a method: each HTTP call is made once (the engine
+  retries, see `providers.github_http`). Errors leave only as
+  `TransientError` / `PermanentError`, and no message holds a secret.
+- An installation token's handle carries the token itself: GitHub revokes a
+  token only when called with that token, and cannot list tokens.
+- A deploy key is marked in the same call that creates it: its title is
+  `TITLE_PREFIX:CREDENTIAL:ROTATION_ID`, so orphans left by a crash are found
+  by listing the repository's keys.
+- The deploy-key provider manages keys with an installation token it mints
+  for itself (scoped to the one repository and `administration: write`),
+  caches in memory until five minutes before it expires, and revokes on
+  `close()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Annotated, Any, ClassVar, Literal, cast
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+
+from providers.github_http import (
+    DEFAULT_API_URL,
+    AppAuth,
+    GitHubHttp,
+    InstallationToken,
+    check_response,
+    json_body,
+    paginate,
+    token_key_id,
+)
+from rotator.clock import parse_rfc3339, to_rfc3339
+from rotator.errors import PermanentError, RotatorError, TransientError
+from rotator.fields import ApiUrl, VaultRef, format_duration
+from rotator.provider import IssueContext, IssuedCredential, KeyMark, Provider, ProviderContext, ProviderKey
+
+TOKEN_LIFETIME = timedelta(hours=1)
+# Mint a fresh management token when the cached one has less than this left.
+TOKEN_REFRESH_MARGIN = timedelta(minutes=5)
+
+_OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+_REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_PERMISSION = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_TITLE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+
+
+def _check_repo_name(text: str) -> str:
+    if "/" in text:
+        raise ValueError(f"{text!r}: give the repository name without its owner (the installation's account owns it)")
+    if not _REPO_NAME.match(text) or text in {".", ".."}:
+        raise ValueError(f"{text!r} is not a repository name (letters, digits, '.', '_' and '-')")
+    return text
+
+
+def _check_repository(text: str) -> str:
+    owner, _, name = text.partition("/")
+    if not _OWNER.match(owner) or not _REPO_NAME.match(name) or name in {".", ".."}:
+        raise ValueError(f"{text!r} is not a repository: write OWNER/NAME, e.g. acme/deploy-tools")
+    return text
+
+
+def _check_permission_name(text: str) -> str:
+    if not _PERMISSION.match(text):
+        raise ValueError(f"{text!r} is not a GitHub App permission name (e.g. contents, pull_requests)")
+    return text
+
+
+def _check_title_prefix(text: str) -> str:
+    if not _TITLE_PREFIX.match(text):
+        raise ValueError(f"{text!r}: use 1-40 letters, digits, '.', '_' or '-' (no ':'), starting with a letter or digit")
+    return text
+
+
+RepoName = Annotated[str, AfterValidator(_check_repo_name)]
+Repository = Annotated[str, AfterValidator(_check_repository)]
+PermissionName = Annotated[str, AfterValidator(_check_permission_name)]
+TitlePrefix = Annotated[str, AfterValidator(_check_title_prefix)]
+
+
+class GitHubAppParams(BaseModel):
+    """How to authenticate as the App installation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: PositiveInt
+    installation_id: PositiveInt
+    private_key: VaultRef
+    api_url: ApiUrl = DEFAULT_API_URL
+
+
+class InstallationTokenParams(GitHubAppParams):
+    repositories: list[RepoName] | None = Field(default=None, min_length=1, max_length=500)
+    permissions: dict[PermissionName, Literal["read", "write", "admin"]] | None = Field(default=None, min_length=1)
+
+
+class DeployKeyParams(GitHubAppParams):
+    repository: Repository
+    read_only: bool = True
+    title_prefix: TitlePrefix = "rotator"
+
+
+class _GitHubAppProvider(Provider):
+    """What both providers share: the HTTP transport and App authentication."""
+
+    params_model: ClassVar[type[GitHubAppParams]]
+
+    def __init__(self, params: BaseModel, context: ProviderContext) -> None:
+        if not isinstance(params, self.params_model):
+            raise TypeError(f"{self.kind} needs {self.params_model.__name__}, not {type(params).__name__}")
+        super().__init__(params, context)
+        self._app = params
+        self._http_client: GitHubHttp | None = None
+        # The engine may call one instance from several threads.
+        self._state_lock = threading.RLock()
+
+    @property
+    def http(self) -> GitHubHttp:
+        with self._state_lock:
+            if self._http_client is None:
+                self._http_client = GitHubHttp(
+                    self._app.api_url, app_id=str(self._app.app_id), clock=self.context.clock, user_agent=self.context.user_agent
+                )
+            return self._http_client
+
+    @property
+    def auth(self) -> AppAuth:
+        return AppAuth(
+            self.http,
+            installation_id=self._app.installation_id,
+            private_key_ref=self._app.private_key,
+            read_secret=self.context.read_secret,
+        )
+
+    def close(self) -> None:
+        with self._state_lock:
+            client, self._http_client = self._http_client, None
+        if client is not None:
+            client.close()
+
+
+class GitHubAppInstallationTokenProvider(_GitHubAppProvider):
+    """Installation access tokens: they live one hour and cannot be listed."""
+
+    kind = "github.app_installation_token"
+    params_model = InstallationTokenParams
+    live_fields = ("token", "expires_at")
+    can_list = False
+
+    def __init__(self, params: BaseModel, context: ProviderContext) -> None:
+        super().__init__(params, context)
+        self.p = cast(InstallationTokenParams, params)  # checked by the base class
+
+    @classmethod
+    def check_policy(cls, params: BaseModel, *, interval: timedelta | None, grace: timedelta) -> list[tuple[str, str]]:
+        if interval is None:
+            return []
+        if interval >= TOKEN_LIFETIME:
+            # "" = the schedule's own field (every or cron); the core fills it in.
+            return [("", f"installation tokens expire after {format_duration(TOKEN_LIFETIME)}, so rotations must come "
+                     f"less than that apart (this schedule leaves up to {format_duration(interval)}); e.g. every: 30m")]
+        # The old token must outlive the grace after its successor goes live.
+        if interval + grace > TOKEN_LIFETIME:
+            return [("grace", f"a token lives {format_duration(TOKEN_LIFETIME)}, so interval + grace must fit in it "
+                     f"({format_duration(interval)} + {format_duration(grace)} does not)")]
+        return []
+
+    def issue(self, ctx: IssueContext) -> IssuedCredential:
+        minted = self.auth.mint(repositories=self.p.repositories, permissions=self.p.permissions)
+        expires_at = to_rfc3339(minted.expires_at)
+        return IssuedCredential(
+            key_id=token_key_id(minted.token),
+            data={"token": minted.token, "expires_at": expires_at},
+            handle={"token": minted.token, "expires_at": expires_at},
+            expires_at=minted.expires_at,
+        )
+
+    def verify(self, credential: IssuedCredential) -> None:
+        response = self._probe(credential.data["token"])
+        if response.status_code == 401:
+            raise PermanentError(f"GitHub rejects the new installation token {credential.key_id} (401)")
+        check_response(response, clock=self.context.clock, action=f"using installation token {credential.key_id}")
+
+    def revoke(self, handle: Mapping[str, str]) -> None:
+        self.auth.revoke(handle["token"])
+
+    def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        response = self._probe(handle["token"])
+        if response.status_code == 401:
+            return True
+        check_response(response, clock=self.context.clock, action=f"checking installation token {token_key_id(handle['token'])}")
+        return False
+
+    def _probe(self, token: str) -> httpx.Response:
+        """The cheapest call an installation token can make."""
+        return self.http.send("GET", "/installation/repositories", auth=token, params={"per_page": 1})
+
+
+class GitHubDeployKeyProvider(_GitHubAppProvider):
+    """SSH deploy keys of one repository, made and removed through the App."""
+
+    kind = "github.deploy_key"
+    params_model = DeployKeyParams
+    live_fields = ("private_key", "public_key", "key_id", "fingerprint")
+    page_size: int = 100
+
+    def __init__(self, params: BaseModel, context: ProviderContext) -> None:
+        super().__init__(params, context)
+        self.p = cast(DeployKeyParams, params)  # checked by the base class
+        self._repo_path = f"/repos/{self.p.repository}"
+        self._own_token: InstallationToken | None = None
+
+    def issue(self, ctx: IssueContext) -> IssuedCredential:
+        private_key, public_key = new_ed25519_pair()
+        body = {"title": self.title_for(ctx), "key": public_key, "read_only": self.p.read_only}
+        response = self._send("POST", f"{self._repo_path}/keys", json=body)
+        action = f"adding a deploy key to {self.p.repository}"
+        check_response(response, clock=self.context.clock, action=action, ok=(201,))
+        key_id = str(json_body(response, dict, action=action).get("id") or "")
+        if not key_id:
+            raise PermanentError(f"{action}: GitHub's answer has no key id")
+        return IssuedCredential(
+            key_id=key_id,
+            data={"private_key": private_key, "public_key": public_key, "key_id": key_id, "fingerprint": openssh_fingerprint(public_key)},
+            handle={"repository": self.p.repository, "key_id": key_id, "public_key": public_key},
+        )
+
+    def verify(self, credential: IssuedCredential) -> None:
+        # GitHub has no HTTPS call that authenticates with a deploy key, so
+        # verification proves the registered key is the half of ours.
+        response = self._send("GET", f"{self._repo_path}/keys/{credential.key_id}")
+        if response.status_code == 404:
+            raise TransientError(f"deploy key {credential.key_id} is not (yet) listed on {self.p.repository}")
+        action = f"reading deploy key {credential.key_id}"
+        check_response(response, clock=self.context.clock, action=action)
+        registered = json_body(response, dict, action=action)
+        if key_body(registered.get("key", "")) != key_body(public_half(credential.data["private_key"])):
+            raise PermanentError(f"deploy key {credential.key_id} on {self.p.repository} is not the public half of the new private key")
+        if registered.get("read_only") is not self.p.read_only:
+            raise PermanentError(f"deploy key {credential.key_id} has read_only={registered.get('read_only')}, expected {self.p.read_only}")
+
+    def revoke(self, handle: Mapping[str, str]) -> None:
+        response = self._send("DELETE", f"/repos/{handle['repository']}/keys/{handle['key_id']}")
+        check_response(response, clock=self.context.clock, action=f"deleting deploy key {handle['key_id']}", ok=(204, 404))
+
+    def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        repo_path = f"/repos/{handle['repository']}"
+        response = self._send("GET", f"{repo_path}/keys/{handle['key_id']}")
+        if response.status_code != 404:
+            check_response(response, clock=self.context.clock, action=f"reading deploy key {handle['key_id']}")
+            return False
+        # GitHub also answers 404 when the repository is out of our reach;
+        # only a visible repository proves the key is gone.
+        repo = self._send("GET", repo_path)
+        check_response(repo, clock=self.context.clock, action=f"reading repository {handle['repository']}")
+        return True
+
+    def list_keys(self) -> list[ProviderKey]:
+        first = f"{self._repo_path}/keys?per_page={self.page_size}"
+        items = paginate(lambda url: self._send("GET", url), first, clock=self.context.clock, action=f"listing deploy keys of {self.p.repository}")
+        return [self._provider_key(item) for item in items]
+
+    def close(self) -> None:
+        with self._state_lock:
+            own, self._own_token = self._own_token, None
+        if own is not None:
+            self._revoke_quietly(own)
+        super().close()
+
+    # -- helpers --------------------------------------------------------------
+
+    def title_for(self, ctx: IssueContext) -> str:
+        return f"{self.p.title_prefix}:{ctx.credential}:{ctx.rotation_id}"
+
+    def mark_of(self, title: str) -> KeyMark | None:
+        prefix, sep, rest = title.partition(":")
+        credential, sep2, rotation_id = rest.partition(":")
+        if prefix != self.p.title_prefix or not (sep and sep2 and credential and rotation_id):
+            return None
+        return KeyMark(credential=credential, rotation_id=rotation_id)
+
+    def _provider_key(self, item: Any) -> ProviderKey:
+        if not isinstance(item, dict) or "id" not in item:
+            raise PermanentError(f"listing deploy keys of {self.p.repository}: GitHub listed an entry without an id")
+        key_id = str(item["id"])
+        return ProviderKey(
+            key_id=key_id,
+            handle={"repository": self.p.repository, "key_id": key_id, "public_key": str(item.get("key", ""))},
+            created_at=_parse_time(item.get("created_at")),
+            active=item.get("enabled", True) is not False,
+            last_used_at=_parse_time(item.get("last_used")),
+            mark=self.mark_of(str(item.get("title") or "")),
+        )
+
+    def _token(self) -> str:
+        """The management token, minted when absent or close to expiry."""
+        with self._state_lock:
+            return self._fresh_token().token
+
+    def _fresh_token(self) -> InstallationToken:
+        now = self.context.clock.now()
+        if self._own_token is None or self._own_token.expires_at - now < TOKEN_REFRESH_MARGIN:
+            name = self.p.repository.split("/", 1)[1]
+            fresh = self.auth.mint(
+                repositories=[name],
+                permissions={"administration": "write"},
+                hint=f"managing deploy keys needs the App installed on {self.p.repository} with administration: write",
+            )
+            old, self._own_token = self._own_token, fresh
+            if old is not None:
+                self._revoke_quietly(old)
+        return self._own_token
+
+    def _revoke_quietly(self, token: InstallationToken) -> None:
+        try:  # best effort: an unrevoked management token dies within its hour anyway
+            self.auth.revoke(token.token)
+        except RotatorError:
+            pass
+
+    def _send(self, method: str, path: str, *, json: Mapping[str, Any] | None = None) -> httpx.Response:
+        response = self.http.send(method, path, auth=self._token(), json=json)
+        if response.status_code == 401:
+            # Our cached token died early (revoked, App key reset): mint anew next time.
+            with self._state_lock:
+                self._own_token = None
+            raise TransientError(f"GitHub rejected the rotator's management token for {self.p.repository}; a new one will be minted")
+        return response
+
+
+def new_ed25519_pair() -> tuple[str, str]:
+    """A fresh key pair: (unencrypted OpenSSH private key, OpenSSH public key)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    return private, _openssh_public(key.public_key())
+
+
+def public_half(private_key: str) -> str:
+    """The OpenSSH public key of an OpenSSH private key."""
+    try:
+        key = serialization.load_ssh_private_key(private_key.encode(), password=None)
+    except (ValueError, TypeError):
+        raise PermanentError("the new deploy key's private half cannot be read as an OpenSSH key") from None
+    return _openssh_public(key.public_key())  # type: ignore[arg-type]
+
+
+def _openssh_public(key: Any) -> str:
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def key_body(public_key: str) -> str:
+    """`TYPE BASE64` of an OpenSSH public key, without any comment."""
+    return " ".join(public_key.split()[:2])
+
+
+def openssh_fingerprint(public_key: str) -> str:
+    """`SHA256:...` as `ssh-keygen -l` prints it (unpadded base64)."""
+    blob = base64.b64decode(public_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        return None

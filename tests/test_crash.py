@@ -1,0 +1,125 @@
+"""Crash safety (contract §6.4): the process is killed with SIGKILL at every
+step boundary; after a restart the world converges to guarantees 1-3 with
+no orphaned key left at the provider, and the live path works throughout."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aws_world import AwsWorld
+from helpers import names
+from rotator.faults import ENV
+
+ROTATION_POINTS = [
+    "after-intent",
+    "after-issuing-marker",
+    "aws-after-create",  # minted, not yet marked, not stashed
+    "after-issue",  # minted and marked, not stashed
+    "after-stash",
+    "after-verify",
+    "after-live-write",  # live written, metadata not yet
+    "after-metadata",
+    "after-promote",
+]
+RETIREMENT_POINTS = ["after-deactivate", "after-revoke-call", "after-revoke"]
+
+
+def converge(w: AwsWorld) -> list[str]:
+    """Restart as the daemon would: a pass, wait out grace, another pass."""
+    seen: list[str] = []
+    for _ in range(2):
+        code, events = w.cli("run", "--once")
+        assert code == 0, events
+        seen += names(events)
+        time.sleep(2.2)
+    code, events = w.cli("run", "--once")
+    assert code == 0, events
+    return seen + names(events)
+
+
+def assert_converged(w: AwsWorld, *, old_key: dict[str, str], versions: int) -> None:
+    data, meta = w.live()
+    state = w.state()
+    assert data is not None and w.works(data), "the live path must hold a working key"
+    assert state is not None and state["pending"] is None and state["retiring"] == []
+    assert state["current"]["key_id"] == data["access_key_id"] == meta["custom_metadata"]["rotator-key-id"]
+    assert meta["current_version"] == versions, "each completed rotation adds exactly one version"
+    assert w.user_keys() == {data["access_key_id"]}, "no orphaned or retired key may remain"
+    assert not w.works(old_key), "the superseded key must be rejected"
+    lease = state["lease"]
+    if lease is not None:  # left by the killed process: harmless once its holder is gone
+        from rotator.holder import is_known_dead
+
+        assert is_known_dead(host=lease["host"], boot_id=lease["boot_id"], pid_namespace=lease["pid_namespace"],
+                             pid=lease["pid"], start_ticks=lease["start_ticks"])
+
+
+@pytest.mark.parametrize("point", ROTATION_POINTS)
+def test_crash_during_rotation_converges(aws_world: AwsWorld, point: str) -> None:
+    """Killed mid-rotation, the rotator resumes, cleans up and finishes."""
+    w = aws_world
+    assert w.cli("rotate", w.name)[0] == 0
+    old, _ = w.live()
+    code, _ = w.cli("rotate", w.name, extra_env={ENV: point})
+    assert code == -9, f"the process should have been killed at {point}"
+    during, _ = w.live()
+    assert during is not None and w.works(during), "guarantee 1 holds at the moment of the crash"
+    assert len(w.user_keys()) <= 2
+    seen = converge(w)
+    if point in {"aws-after-create", "after-issue"}:
+        assert "orphan.revoked" in seen
+    if point not in {"after-promote"}:
+        assert "rotation.completed" in seen
+    assert_converged(w, old_key=old, versions=2)
+
+
+@pytest.mark.parametrize("point", RETIREMENT_POINTS)
+def test_crash_during_revocation_converges(aws_world: AwsWorld, point: str) -> None:
+    """Killed while retiring the old key, the rotator finishes revoking it."""
+    w = aws_world
+    assert w.cli("rotate", w.name)[0] == 0
+    old, _ = w.live()
+    assert w.cli("rotate", w.name)[0] == 0
+    time.sleep(2.2)
+    code, _ = w.cli("run", "--once", extra_env={ENV: point})
+    assert code == -9
+    during, _ = w.live()
+    assert w.works(during)
+    seen = converge(w)
+    assert "credential.revoked" in seen or point == "after-revoke"
+    assert_converged(w, old_key=old, versions=2)
+
+
+def test_a_lease_held_elsewhere_blocks_until_it_expires(aws_world: AwsWorld) -> None:
+    """A replica on another host that died holding the lease is taken over after expiry."""
+    from datetime import UTC, datetime, timedelta
+
+    w = aws_world
+    assert w.cli("rotate", w.name)[0] == 0
+    old, _ = w.live()
+    assert w.cli("rotate", w.name, extra_env={ENV: "after-stash"})[0] == -9
+    path = f"{w.env['ROTATOR_STATE_PREFIX']}/{w.name}"
+    current = w.bao.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)["data"]
+    record = current["data"]
+    expires = datetime.now(UTC) + timedelta(seconds=6)
+    record["lease"] = {"holder": "other-host:4242:abcdef", "expires_at": expires.isoformat(), "host": "other-host", "pid": 4242}
+    w.bao.secrets.kv.v2.create_or_update_secret(path=path, mount_point="secret", secret=record, cas=current["metadata"]["version"])
+    code, events = w.cli("run", "--once")
+    assert code == 0 and names(events) == [], "another host's live lease must be respected"
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)
+    seen = converge(w)
+    assert "rotation.completed" in seen
+    assert_converged(w, old_key=old, versions=2)
+
+
+def test_a_restarted_process_takes_over_its_dead_predecessors_lease_at_once(aws_world: AwsWorld) -> None:
+    """On the same host, a dead holder is recognised and its work resumed without waiting."""
+    w = aws_world
+    assert w.cli("rotate", w.name)[0] == 0
+    old, _ = w.live()
+    assert w.cli("rotate", w.name, extra_env={ENV: "after-stash", "ROTATOR_LEASE_SECONDS": "3600"})[0] == -9
+    code, events = w.cli("run", "--once")
+    assert code == 0 and "rotation.completed" in names(events)
+    assert [e["reason"] for e in events if e["event"] == "rotation.started"] == ["recovery"]
