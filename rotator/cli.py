@@ -158,6 +158,7 @@ def rotate(name: str, revoke_now: bool, wait_seconds: float, config_dir: Path | 
             if outcome.status != "locked" or time.monotonic() >= deadline:
                 break
             time.sleep(1.0)
+        app.engine.close()
     except RotatorError as exc:
         _log().error("rotation.failed", credential=name, provider=cred.spec.provider, step="start", error=str(exc), will_retry=False, next_attempt_at=None)
         sys.exit(EXIT_FAILED)
@@ -213,6 +214,19 @@ def audit_verify(files: tuple[Path, ...]) -> None:
         return
     click.echo(f"{result.file}:{result.line}: {result.reason}")
     sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after N seconds (default: run until Ctrl-C).")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=Path(".demo"), show_default=True,
+              help="Where the credential files, audit file and server logs go (cleared at each demo run).")
+def demo(duration: float | None, workdir: Path) -> None:
+    """Watch real rotations: start local OpenBao, moto (AWS), GitHub and Stripe
+    sandboxes, write one credential file per provider with short schedules,
+    and run the daemon against them. Ctrl-C stops everything it started."""
+    from rotator.demo import run_demo
+
+    sys.exit(run_demo(workdir=workdir, duration=duration))
 
 
 def _json_default(value: Any) -> Any:

@@ -200,7 +200,7 @@ class Daemon:
             if not self.shutdown.is_set():
                 jobs.run_pending()
         self._notify("STOPPING=1")
-        self._pool.shutdown(wait=True)
+        self.close()
         self.log.info("daemon.stopped", version=__version__, credentials=len(self.views))
 
     def _tick(self) -> None:
@@ -210,3 +210,4 @@ class Daemon:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.engine.close()

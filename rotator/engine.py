@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from rotator import machine, retry
+from rotator import __version__, machine, retry
 from rotator.audit import get_logger, register_secret
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.config import LoadedCredential
@@ -81,7 +81,7 @@ class Engine:
         self.shutdown = shutdown or threading.Event()
         self.identity = holder_identity()
         self.holder = holder or self.identity.holder
-        self._providers: dict[tuple[str, str], Provider] = {}
+        self._providers: dict[tuple[str, str, str], Provider] = {}
         self._providers_lock = threading.Lock()
 
     # -- wiring --------------------------------------------------------------
@@ -101,14 +101,26 @@ class Engine:
         return value
 
     def provider_for(self, cred: LoadedCredential) -> Provider:
-        key = (cred.spec.name, cred.spec.fingerprint())
+        key = (cred.spec.name, cred.spec.fingerprint(), cred.provider_cls.__qualname__)
         with self._providers_lock:
             provider = self._providers.get(key)
             if provider is None:
-                context = ProviderContext(read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown)
+                context = ProviderContext(
+                    read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown, user_agent=f"rotator/{__version__}"
+                )
                 provider = cred.provider_cls(cred.params, context)
                 self._providers[key] = provider
             return provider
+
+    def close(self) -> None:
+        """Close every provider (they may hold short-lived tokens of their own)."""
+        with self._providers_lock:
+            providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            try:
+                provider.close()
+            except Exception as exc:  # closing is best effort
+                get_logger().warning("provider.close_failed", provider=provider.kind, error=f"{type(exc).__name__}: {exc}")
 
     def policy_for(self, cred: LoadedCredential, provider: Provider | None = None) -> Policy:
         provider = provider or self.provider_for(cred)
@@ -202,9 +214,13 @@ class _Run:
     def execute(self) -> ReconcileResult:
         try:
             if self.record.pending is not None:
-                self._bind_rotation(self.record.pending.rotation_id)
+                pending = self.record.pending
+                self._bind_rotation(pending.rotation_id)
                 self.emit("rotation.started", reason="recovery")
                 self._started_monotonic = time.monotonic()
+                if pending.credential is not None:
+                    # A crash may have fallen between the stash and its event.
+                    self.emit("credential.issued", key_id=pending.credential.key_id, recovered=True)
             for _ in range(MAX_STEPS_PER_RECONCILE):
                 if self.engine.shutdown.is_set():
                     break  # finish the step in flight, start no new one
@@ -347,10 +363,12 @@ class _Run:
             return self._call(lambda: self.provider.issue(ctx))
         except NoCapacityError as exc:
             # Room can be made only from our own keys already past grace.
-            ours = {e.key.key_id: e for e in self.record.retiring if self.engine.clock.now() >= e.revoke_after}
-            if not exc.blocking_key_ids or not exc.blocking_key_ids <= set(ours):
+            ours = {e.key.key_id for e in self.record.retiring if self.engine.clock.now() >= e.revoke_after}
+            live = {self.record.current.key_id} if self.record.current else set()
+            in_the_way = exc.blocking_key_ids - live
+            if not in_the_way or not in_the_way <= ours:
                 raise
-            for key_id in sorted(exc.blocking_key_ids):
+            for key_id in sorted(in_the_way):
                 self._retire(key_id, deactivate=False)
             return self._call(lambda: self.provider.issue(ctx))
 
@@ -409,12 +427,14 @@ class _Run:
         crashpoint("after-live-write")
         self._write_live_metadata(mount, path, credential)
         crashpoint("after-metadata")
-        self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule)))
-        self._announce_promotion(credential, mount, path, version)
+        self._finish_promotion(credential, mount, path, version)
         crashpoint("after-promote")
 
-    def _announce_promotion(self, credential: IssuedCredential, mount: str, path: str, version: int) -> None:
+    def _finish_promotion(self, credential: IssuedCredential, mount: str, path: str, version: int) -> None:
+        # Logged before the record says so: after a crash in between, the
+        # recovery logs it again (at least once), never not at all.
         self.emit("credential.promoted", key_id=credential.key_id, vault_path=f"{mount}/{path}", vault_version=version)
+        self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule)))
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
         duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None
@@ -470,8 +490,7 @@ class _Run:
                 if live_version is not None:
                     # It reached the live path after all: it is live, keep it.
                     self._write_live_metadata(mount, path, credential)
-                    self._apply(machine.Promoted(live_version, draw_jitter(self.cred.spec.schedule)))
-                    self._announce_promotion(credential, mount, path, live_version)
+                    self._finish_promotion(credential, mount, path, live_version)
                     return
                 self._call(lambda: self.provider.revoke(credential.handle))
                 crashpoint("after-rollback-call")
@@ -479,9 +498,9 @@ class _Run:
                 self._fail("rollback", exc)
                 return
         failed_step, error = pending.failed_step or "verify", self.record.last_error or "verification failed"
-        self._apply(machine.RolledBack())
         if pending.credential is not None:
             self.emit("rotation.rolled_back", "warning", key_id=pending.credential.key_id)
+        self._apply(machine.RolledBack())
         self._report_failure(failed_step, error)
 
     def _retire(self, key_id: str, *, deactivate: bool) -> None:
@@ -501,8 +520,8 @@ class _Run:
             self._fail(step, exc, key_id=key_id)
             self.log = log
             return
-        self._apply(machine.Deactivated(key_id) if deactivate else machine.Revoked(key_id))
         self.emit(f"credential.{'deactivated' if deactivate else 'revoked'}", key_id=key_id)
+        self._apply(machine.Deactivated(key_id) if deactivate else machine.Revoked(key_id))
         self.log = log
         crashpoint(f"after-{step}")
 
