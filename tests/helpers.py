@@ -82,3 +82,58 @@ class SecretLedger:
     def assert_clean(self) -> None:
         for where, text in self.outputs:
             assert_no_leaks(text, self.values, where=where)
+
+
+class DaemonProcess:
+    """`rotator run` in the background, its stdout events collected as they come."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        import threading
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "ROTATOR_", "AWS_"))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rotator", "run", *args], env={**base, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+
+    def events(self) -> list[dict[str, Any]]:
+        return parse_events("".join(list(self.lines)))
+
+    def wait_for(self, predicate: Any, *, timeout: float = 60.0, what: str = "an event") -> list[dict[str, Any]]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.events()
+            if predicate(events):
+                return events
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; stderr: {''.join(self.err)[-1500:]}")
+
+    def stop(self, sig: int | None = None, timeout: float = 60.0) -> int:
+        import signal as signals
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signals.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        return code
+
+    def output(self) -> str:
+        return "".join(self.lines) + "".join(self.err)
