@@ -187,7 +187,8 @@ class AwsIamAccessKeyProvider(Provider):
         except Exception as exc:
             raise _translate(exc, f"verifying key {credential.key_id}") from None
         arn = identity.get("Arn", "")
-        if not arn.endswith(f":user/{self.params.user_name}") and f"user/{self.params.user_name}" not in arn.split(":")[-1]:
+        resource = arn.split(":", 5)[-1]  # user/NAME or user/PATH/NAME
+        if not (resource.startswith("user/") and resource.rsplit("/", 1)[-1] == self.params.user_name):
             raise PermanentError(f"key {credential.key_id} authenticates as {arn}, not as user {self.params.user_name}")
 
     def retire_delay(self) -> timedelta | None:
