@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -39,6 +40,10 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable", "ServiceFailure", "InternalFailure", "RequestTimeout", "RequestExpired",
     "IDPCommunicationError", "ConcurrentModification",
 }
+# What picks the identity boto3 uses, besides params: part of the client cache key.
+_IDENTITY_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+_CLIENTS: dict[tuple[str | None, ...], tuple[Any, datetime | None]] = {}
+_CLIENTS_LOCK = threading.Lock()
 _BOTO_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
 
 
@@ -103,12 +108,6 @@ class AwsIamAccessKeyProvider(Provider):
 
     params: AwsIamParams
 
-    def __init__(self, params: BaseModel, context: Any) -> None:
-        super().__init__(params, context)
-        self._session_lock = threading.Lock()
-        self._iam: Any = None
-        self._iam_expires: datetime | None = None
-
     # -- clients -----------------------------------------------------------------
 
     def _session(self) -> tuple[boto3.session.Session, datetime | None]:
@@ -130,13 +129,18 @@ class AwsIamAccessKeyProvider(Provider):
 
     @property
     def iam(self) -> Any:
-        # Assumed-role credentials expire: renew them a few minutes before.
-        with self._session_lock:
+        """An IAM client shared by every credential with the same identity:
+        a boto3 client costs megabytes, and thousands of credentials must
+        not hold one each. Assumed-role clients are renewed 5 min early."""
+        key = (self.params.region, self.params.role_arn, *(os.environ.get(v) for v in _IDENTITY_ENV))
+        with _CLIENTS_LOCK:
             now = self.context.clock.now()
-            if self._iam is None or (self._iam_expires is not None and self._iam_expires - now < timedelta(minutes=5)):
-                session, self._iam_expires = self._session()
-                self._iam = session.client("iam", config=_BOTO_CONFIG)
-            return self._iam
+            cached = _CLIENTS.get(key)
+            if cached is None or (cached[1] is not None and cached[1] - now < timedelta(minutes=5)):
+                session, expires = self._session()
+                cached = (session.client("iam", config=_BOTO_CONFIG), expires)
+                _CLIENTS[key] = cached
+            return cached[0]
 
     # -- the provider interface -----------------------------------------------
 

@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rotator.errors import ConfigProblem
 from rotator.fields import Duration, VaultMount, VaultPath, format_duration, secret_lookalike
@@ -95,13 +95,42 @@ class CredentialSpec(_Strict):
     grace: Duration = Field(description="how long the previous credential stays valid after the new one is live")
     vault: VaultTarget
     params: dict[str, Any] = Field(default_factory=dict, description="validated by the provider")
+    # Compliance (docs/COMPLIANCE.md): off unless unused_after is set.
+    unused_after: Duration | None = Field(
+        default=None, description="report a key the rotator made as unused (credential.unused) when not used for this long"
+    )
+    on_unused: Literal["report", "disable"] = Field(
+        default="report",
+        description="report: only report unused keys; disable: also revoke unused orphaned keys of this credential "
+        "(never the live key, never a key within its grace)",
+    )
 
     # Set by the loader, not read from the file.
     source: str = Field(default="", exclude=True)
 
+    @field_validator("unused_after")
+    @classmethod
+    def _check_unused_after(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("on_unused")
+    @classmethod
+    def _check_on_unused(cls, value: str, info: ValidationInfo) -> str:
+        if value == "disable" and info.data.get("unused_after") is None:
+            raise ValueError("disable needs unused_after (how long a key must go unused)")
+        return value
+
     def fingerprint(self) -> str:
         """A stable digest of the file's meaning (changes when the file does)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        # Fields added later are left out at their defaults, so the
+        # fingerprints of existing files stay what they were.
+        for key, default in (("unused_after", None), ("on_unused", "report")):
+            if data.get(key) == default:
+                data.pop(key, None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -120,20 +149,25 @@ class LoadResult:
     failed_files: set[str] = field(default_factory=set)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it (most wheels are): ten
+# times faster on a directory of thousands of files.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
     """A YAML loader that rejects a mapping key given twice."""
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
+def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[str] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
-            )
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+        if isinstance(key_node, yaml.ScalarNode):
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key_node.value!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key_node.value)
+    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

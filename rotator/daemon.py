@@ -27,6 +27,7 @@ import schedule as tick_schedule
 from rotator import __version__, machine, metrics
 from rotator.app import App, load_credentials
 from rotator.audit import get_logger
+from rotator.compliance import ComplianceScanner
 from rotator.config import LoadedCredential, LoadResult
 from rotator.engine import ReconcileResult
 from rotator.errors import RotatorError
@@ -51,6 +52,7 @@ class PassSummary:
     failed: int = 0
     locked: int = 0
     results: dict[str, ReconcileResult] = field(default_factory=dict)
+    futures: dict[str, Future[ReconcileResult]] = field(default_factory=dict)
 
 
 class Daemon:
@@ -68,6 +70,7 @@ class Daemon:
         self._pool = ThreadPoolExecutor(max_workers=app.settings.max_concurrency, thread_name_prefix="rotate")
         self.log = get_logger()
         self.last_tick_at: float | None = None
+        self.compliance = ComplianceScanner.for_app(app)  # unused/unmanaged/overdue findings, hourly
 
     # -- configuration -----------------------------------------------------------
 
@@ -171,7 +174,7 @@ class Daemon:
             future = self._pool.submit(self._reconcile, view)
             self._in_flight[name] = future
             started[name] = future
-        summary = PassSummary()
+        summary = PassSummary(futures=started)
         if wait:
             for name, future in started.items():
                 result = future.result()
@@ -189,8 +192,15 @@ class Daemon:
         self._notify("READY=1")
         jobs = tick_schedule.Scheduler()
         jobs.every(settings.tick_seconds).seconds.do(self._tick)
-        self._tick()
+        started = time.monotonic()
+        first = self._tick()
         while not self.shutdown.is_set():
+            if first is not None and all(f.done() for f in first.futures.values()):
+                # Every credential's state has been read once: from here on,
+                # idle ticks need no Vault request.
+                self.log.info("daemon.state_loaded", credentials=len(first.futures),
+                              duration_ms=int((time.monotonic() - started) * 1000))
+                first = None
             idle = jobs.idle_seconds
             self.shutdown.wait(timeout=max(0.05, min(idle if idle is not None else 1.0, 1.0)))
             if self.reload_requested.is_set():
@@ -203,10 +213,13 @@ class Daemon:
         self.close()
         self.log.info("daemon.stopped", version=__version__, credentials=len(self.views))
 
-    def _tick(self) -> None:
+    def _tick(self) -> PassSummary:
         self.last_tick_at = time.monotonic()
         self._notify("WATCHDOG=1")
-        self.run_pass(wait=False)
+        self.app.store.maintain_token()  # renew or log in again when due; never raises
+        summary = self.run_pass(wait=False)
+        self.compliance.tick([v.cred for v in list(self.views.values())], self._pool.submit)
+        return summary
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
