@@ -37,7 +37,10 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_
         from rotator.auditfile import AuditFile
 
         sink = AuditFile(settings.audit_file).append
-    audit.configure(fmt=settings.effective_log_format(), stream=stream or sys.stdout, audit_sink=sink)
+    from rotator.alerts import install as install_alerts
+
+    audit.configure(fmt=settings.effective_log_format(), stream=stream or sys.stdout, audit_sink=sink,
+                    alert_sink=install_alerts(settings))
 
 
 def load_credentials(settings: Settings) -> LoadResult:

@@ -137,7 +137,22 @@ def _sink_processor(sink: AuditSink) -> Callable[..., MutableMapping[str, Any]]:
     return process
 
 
-def configure(*, fmt: str = "json", stream: TextIO | None = None, audit_sink: AuditSink | None = None, level: int = logging.INFO) -> None:
+AlertSink = Callable[[dict[str, Any]], None]
+
+
+def _alert_processor(sink: AlertSink) -> Callable[..., MutableMapping[str, Any]]:
+    # After redaction (and the audit file): alerts see what the log line holds.
+    def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        sink(dict(event_dict))
+        return event_dict
+
+    return process
+
+
+def configure(
+    *, fmt: str = "json", stream: TextIO | None = None, audit_sink: AuditSink | None = None,
+    alert_sink: AlertSink | None = None, level: int = logging.INFO,
+) -> None:
     """Set up structlog for the whole process. Call once, early."""
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -150,6 +165,8 @@ def configure(*, fmt: str = "json", stream: TextIO | None = None, audit_sink: Au
     ]
     if audit_sink is not None:
         processors.append(_sink_processor(audit_sink))
+    if alert_sink is not None:
+        processors.append(_alert_processor(alert_sink))
     if fmt == "console":
         processors.append(structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty(), sort_keys=False))
     else:

@@ -195,6 +195,31 @@ def status(as_json: bool, config_dir: Path | None) -> None:
         click.echo(render_status_table(rows))
 
 
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "markdown"]), default="markdown", show_default=True)
+@config_dir_option
+def report(fmt: str, config_dir: Path | None) -> None:
+    """Compliance inventory: every credential with owner, policy (interval or
+    cron, grace), last rotated, age, next due, overdue, last error, pending
+    revocations, and the unused and unmanaged keys found at the provider.
+    Never prints secret values. Exits 1 only when Vault is unreachable."""
+    from rotator.audit import SECRETS
+    from rotator.report import build_report, render
+
+    settings = _settings(config_dir)
+    configure_logging(settings, stream=sys.stderr, with_audit_file=False)
+    result = load_credentials(settings)
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    try:
+        app = build_app(settings)
+        text = render(build_report(app, result), fmt)
+    except RotatorError as exc:
+        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(SECRETS.scrub(text))  # a safety net: no value the process read can pass
+
+
 @cli.group()
 def audit() -> None:
     """Work with audit files."""
@@ -210,10 +235,46 @@ def audit_verify(files: tuple[Path, ...]) -> None:
 
     result = verify(list(files))
     if result.ok:
-        click.echo(f"intact: {result.events} event(s) in {len(files)} file(s)" + (f"; {result.reason}" if result.reason else ""))
-        return
-    click.echo(f"{result.file}:{result.line}: {result.reason}")
-    sys.exit(EXIT_FAILED)
+        first = (result.continues_from or 0) + 1
+        span = f", seq {first} to {result.last.seq}" if result.last is not None else ""
+        click.echo(f"intact: {result.events} event(s) in {len(files)} file(s){span}")
+    else:
+        where = f"{result.file}:{result.line}" if result.line is not None else f"{result.file}"
+        click.echo(f"{where}: {result.reason}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.ok and result.continues_from is not None:
+        click.echo(f"note: to prove the link, verify it together with the file(s) ending at seq {result.continues_from}, oldest first")
+    if not result.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@audit.command("seal")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--previous", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The rotated file the chain continues from (decompressed), when FILE is empty or absent.")
+def audit_seal(file: Path, previous: Path | None) -> None:
+    """Let appends resume after a torn write (or a lost sidecar), recording
+    the break in the chain itself (docs/AUDIT.md section 5).
+
+    Without --previous, FILE must end in a torn line with every other line
+    intact: it is moved aside to FILE.broken-TIME as evidence and a new FILE
+    starts with an audit.chain_broken event. With --previous, FILE must be
+    empty or absent and continues the chain from PREVIOUS. Exits 0 when
+    sealed, 1 when refused (nothing is changed)."""
+    from rotator.auditfile import AuditChainError, read_chain_state, seal
+
+    try:
+        aside = seal(file, previous=previous)
+        state = read_chain_state(file)
+    except (AuditChainError, OSError) as exc:
+        click.echo(f"rotator: not sealed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    tip = f" (tip: seq {state.tip.seq})" if state is not None else ""
+    if aside is not None:
+        click.echo(f"sealed: the torn file is kept as {aside}; {file} continues the chain with an audit.chain_broken event{tip}")
+    else:
+        click.echo(f"sealed: {file} continues the chain from {previous}{tip}")
 
 
 @cli.command()

@@ -11,11 +11,17 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rotator.fields import check_vault_path
+from rotator.fields import check_api_url, check_vault_path
 from rotator.vault import VaultConnection
+
+
+_REQUIRED_BY_AUTH_METHOD = {
+    "approle": ("vault_role_id", "vault_secret_id_file"),
+    "kubernetes": ("vault_k8s_role",),
+}
 
 
 class Settings(BaseSettings):
@@ -23,9 +29,10 @@ class Settings(BaseSettings):
 
     config_dir: Path = Field(default=Path("/etc/rotator/credentials.d"), description="directory of credential files")
     vault_auth: Literal["token", "approle", "kubernetes"] = Field(default="token", description="how to log in to Vault")
-    vault_role_id: str | None = Field(default=None, description="AppRole role id")
-    vault_secret_id_file: str | None = Field(default=None, description="file holding the AppRole secret id")
-    vault_k8s_role: str | None = Field(default=None, description="Vault role for Kubernetes auth")
+    vault_auth_mount: str | None = Field(default=None, description="mount path of the auth method (default: approle or kubernetes)")
+    vault_role_id: str | None = Field(default=None, validate_default=True, repr=False, description="AppRole role id")
+    vault_secret_id_file: str | None = Field(default=None, validate_default=True, description="file holding the AppRole secret id")
+    vault_k8s_role: str | None = Field(default=None, validate_default=True, description="Vault role for Kubernetes auth")
     vault_k8s_token_file: str = Field(
         default="/var/run/secrets/kubernetes.io/serviceaccount/token", description="service-account token file"
     )
@@ -37,6 +44,12 @@ class Settings(BaseSettings):
     audit_file: Path | None = Field(default=None, description="also append hash-chained audit events to this file")
     metrics_addr: str | None = Field(default=None, description="host:port for /metrics, /healthz, /readyz")
     log_format: Literal["json", "console"] | None = Field(default=None, description="json or console (default: console on a TTY, else json)")
+    # Compliance and alerts (docs/COMPLIANCE.md). Webhook URLs can carry a
+    # token in their path (Slack's do), so they are never printed.
+    compliance_scan_seconds: float = Field(default=3600.0, gt=0, description="how often each credential is scanned for unused, unmanaged and overdue keys")
+    alert_webhook_url: str | None = Field(default=None, repr=False, description="POST each alert as JSON to this URL (https, or http on loopback)")
+    alert_slack_webhook_url: str | None = Field(default=None, repr=False, description="Slack incoming-webhook URL for alerts")
+    alert_dedup_seconds: float = Field(default=3600.0, ge=0, description="an alert for the same event, credential and key is sent once per this window")
 
     vault_addr: str = Field(default="http://127.0.0.1:8200", validation_alias=AliasChoices("VAULT_ADDR"))
     vault_token: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_TOKEN"), repr=False)
@@ -48,6 +61,32 @@ class Settings(BaseSettings):
     @classmethod
     def _safe_path(cls, value: str) -> str:
         return check_vault_path(value)
+
+    @field_validator("alert_webhook_url", "alert_slack_webhook_url")
+    @classmethod
+    def _alert_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            return check_api_url(value)
+        except ValueError:
+            # check_api_url quotes the URL; a webhook URL is a secret.
+            raise ValueError("must be an https:// URL (plain http:// only for loopback hosts), with no query or user info") from None
+
+    @field_validator("vault_auth_mount")
+    @classmethod
+    def _auth_mount(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return check_vault_path(value.strip().strip("/").removeprefix("auth/"))
+
+    @field_validator("vault_role_id", "vault_secret_id_file", "vault_k8s_role")
+    @classmethod
+    def _required_by_auth_method(cls, value: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("vault_auth")
+        if info.field_name in _REQUIRED_BY_AUTH_METHOD.get(str(method), ()) and not (value or "").strip():
+            raise ValueError(f"ROTATOR_{str(info.field_name).upper()} must be set when ROTATOR_VAULT_AUTH={method}")
+        return value
 
     @field_validator("vault_skip_verify", mode="before")
     @classmethod
@@ -74,6 +113,7 @@ class Settings(BaseSettings):
             namespace=self.vault_namespace,
             verify=verify,
             auth_method=self.vault_auth,
+            auth_mount=self.vault_auth_mount,
             role_id=self.vault_role_id,
             secret_id_file=self.vault_secret_id_file,
             k8s_role=self.vault_k8s_role,

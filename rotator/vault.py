@@ -10,14 +10,18 @@ Invariants:
   `delete_version_after`) stay as they were;
 - Vault's errors leave this module as `TransientError` (5xx, 429, sealed,
   unreachable), `CasMismatchError`, `NotFoundError` or `PermanentError`;
-  messages name paths, never values.
+  messages name paths, never values, tokens or login secrets;
+- every request goes through `TokenSession` (rotator.vault_auth): the token
+  is renewed or replaced before it expires, and a request refused because
+  the token was revoked is retried once after a new login.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import hvac
@@ -32,6 +36,7 @@ from rotator.errors import (
     VaultUnavailableError,
 )
 from rotator.fields import parse_vault_ref
+from rotator.vault_auth import TokenLease, TokenSession, VaultDeniedError
 
 T = TypeVar("T")
 
@@ -40,21 +45,30 @@ MAX_METADATA_KEYS = 64
 MAX_METADATA_KEY_BYTES = 128
 MAX_METADATA_VALUE_BYTES = 512
 
+DEFAULT_AUTH_MOUNTS = {"approle": "approle", "kubernetes": "kubernetes"}
+READY_CACHE_SECONDS = 2.0  # /readyz may be probed often: one lookup per window
+READY_TIMEOUT_SECONDS = 3.0
+
 
 @dataclass(frozen=True)
 class VaultConnection:
     """How to reach Vault and log in. Built from settings by the caller."""
 
     url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     namespace: str | None = None
     verify: bool | str = True  # False, True, or a CA bundle path
     auth_method: str = "token"  # token | approle | kubernetes
-    role_id: str | None = None
+    auth_mount: str | None = None  # default: the method's name
+    role_id: str | None = field(default=None, repr=False)
     secret_id_file: str | None = None
     k8s_role: str | None = None
     k8s_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     timeout: float = 10.0
+
+    @property
+    def effective_auth_mount(self) -> str | None:
+        return self.auth_mount or DEFAULT_AUTH_MOUNTS.get(self.auth_method)
 
 
 @dataclass(frozen=True)
@@ -90,9 +104,9 @@ def _translate(exc: Exception, what: str) -> Exception:
     if isinstance(exc, (hvac_errors.VaultDown, hvac_errors.VaultNotInitialized)):
         return VaultUnavailableError(f"Vault sealed or down while {what}")
     if isinstance(exc, hvac_errors.Forbidden):
-        return PermanentError(f"Vault denied {what} (403): check the rotator's policy")
+        return VaultDeniedError(f"Vault denied {what} (403): check the rotator's policy, and that its token is still valid")
     if isinstance(exc, hvac_errors.Unauthorized):
-        return PermanentError(f"Vault rejected the token while {what} (401)")
+        return VaultDeniedError(f"Vault rejected the token while {what} (401)")
     if isinstance(exc, hvac_errors.VaultError):
         return PermanentError(f"Vault refused {what}: {_message(exc)}")
     return exc
@@ -101,21 +115,33 @@ def _translate(exc: Exception, what: str) -> Exception:
 class VaultStore:
     """KV v2 reads and check-and-set writes, secret references, health."""
 
-    def __init__(self, connection: VaultConnection, *, client: hvac.Client | None = None) -> None:
+    def __init__(
+        self,
+        connection: VaultConnection,
+        *,
+        client: hvac.Client | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.connection = connection
+        logs_in = connection.auth_method in DEFAULT_AUTH_MOUNTS
         self._client = client or hvac.Client(
             url=connection.url,
-            token=connection.token,
+            # "" rather than None: a login method must not pick up ~/.vault-token
+            token="" if logs_in else connection.token,
             namespace=connection.namespace,
             verify=connection.verify,
             timeout=connection.timeout,
         )
-        self._login_lock = threading.Lock()
+        self._now = monotonic
+        self._session = TokenSession(_HvacAuthenticator(self), monotonic=monotonic)
+        self._ready_lock = threading.Lock()
+        self._ready: tuple[bool, float] | None = None
         self.requests_made = 0  # counted for the idle-tick benchmark and metrics
 
     # -- plumbing ----------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _send(self, what: str, fn: Callable[[], T], *, hide: str | None = None) -> T:
+        """One request, its errors translated; `hide`: a login secret no message may carry."""
         self.requests_made += 1
         try:
             return fn()
@@ -123,36 +149,60 @@ class VaultStore:
             translated = _translate(exc, what)
             if translated is exc:
                 raise
+            if hide and hide in str(translated):
+                translated = type(translated)(str(translated).replace(hide, "[REDACTED]"))
             raise translated from None
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """A request with a valid token: renewed or replaced first when due,
+        and retried once after a new login if Vault rejected a revoked token."""
+        self._session.ensure()
+        generation = self._session.generation
+        try:
+            return self._send(what, fn)
+        except VaultDeniedError:
+            if not self._session.recover(generation):
+                raise
+        return self._send(what, fn)
 
     @property
     def _kv(self) -> Any:
         return self._client.secrets.kv.v2
 
+    # -- authentication and health -------------------------------------------
+
     def login(self) -> None:
-        """Log in with the configured method (token: nothing to do)."""
-        conn = self.connection
-        with self._login_lock:
-            if conn.auth_method == "approle":
-                secret_id = _read_file(conn.secret_id_file, "ROTATOR_VAULT_SECRET_ID_FILE")
-                self._call("logging in with AppRole", lambda: self._client.auth.approle.login(role_id=conn.role_id, secret_id=secret_id))
-            elif conn.auth_method == "kubernetes":
-                jwt = _read_file(conn.k8s_token_file, "the service-account token file")
-                self._call("logging in with Kubernetes auth", lambda: self._client.auth.kubernetes.login(role=conn.k8s_role, jwt=jwt))
+        """Log in with the configured method, or check the given token.
+
+        Raises when Vault refuses; an unreachable Vault is only logged, and
+        the login is retried on first use."""
+        if self.connection.auth_method == "token" and not self._client.token:
+            raise PermanentError("VAULT_TOKEN is not set (ROTATOR_VAULT_AUTH=token); set it, or choose approle or kubernetes")
+        self._session.start()
+
+    def maintain_token(self) -> None:
+        """Renew the token or log in again when due; never raises (call it each tick)."""
+        self._session.maintain()
 
     def token_info(self) -> dict[str, Any]:
         """The token's own lookup (ttl, renewable); raises if Vault is unreachable or the token invalid."""
         return self._call("looking up the token", lambda: self._client.auth.token.lookup_self())["data"]
 
-    def renew_token(self, increment: int | None = None) -> dict[str, Any]:
-        return self._call("renewing the token", lambda: self._client.auth.token.renew_self(increment=increment))["auth"]
-
     def is_ready(self) -> bool:
-        try:
-            self.token_info()
-            return True
-        except Exception:  # readiness is a yes/no
-            return False
+        """Vault reachable and the token valid; cached for READY_CACHE_SECONDS."""
+        with self._ready_lock:
+            if self._ready is not None and self._now() - self._ready[1] < READY_CACHE_SECONDS:
+                return self._ready[0]
+            try:
+                self._call(
+                    "checking readiness",
+                    lambda: self._client.adapter.get("/v1/auth/token/lookup-self", timeout=min(self.connection.timeout, READY_TIMEOUT_SECONDS)),
+                )
+                ready = True
+            except Exception:  # readiness is a yes/no
+                ready = False
+            self._ready = (ready, self._now())
+            return ready
 
     # -- KV v2 -------------------------------------------------------------
 
@@ -255,11 +305,59 @@ class VaultStore:
         return value
 
 
+class _HvacAuthenticator:
+    """`Authenticator` for `TokenSession`, over the store's hvac client.
+
+    Login secrets are read from their files at each login (so a rotated
+    secret id or a refreshed service-account token is picked up) and
+    never kept."""
+
+    def __init__(self, store: VaultStore) -> None:
+        self._store = store
+        self.method = store.connection.auth_method
+        self.mount = store.connection.effective_auth_mount
+
+    @property
+    def can_log_in(self) -> bool:
+        return self.method in DEFAULT_AUTH_MOUNTS
+
+    def log_in(self) -> TokenLease:
+        conn, client, mount = self._store.connection, self._store._client, self.mount
+        if self.method == "approle":
+            secret_id = _read_file(conn.secret_id_file, "ROTATOR_VAULT_SECRET_ID_FILE")
+            response = self._store._send(
+                f"logging in with AppRole at auth/{mount}",
+                lambda: client.auth.approle.login(role_id=conn.role_id, secret_id=secret_id, mount_point=mount),
+                hide=secret_id,
+            )
+        elif self.method == "kubernetes":
+            jwt = _read_file(conn.k8s_token_file, "the service-account token file")
+            response = self._store._send(
+                f"logging in with Kubernetes auth at auth/{mount} as role {conn.k8s_role}",
+                lambda: client.auth.kubernetes.login(role=conn.k8s_role, jwt=jwt, mount_point=mount),
+                hide=jwt,
+            )
+        else:
+            raise PermanentError(f"the {self.method!r} auth method cannot log in again: give a new VAULT_TOKEN")
+        return TokenLease.from_auth(response["auth"])
+
+    def look_up(self) -> TokenLease:
+        client = self._store._client
+        return TokenLease.from_lookup(self._store._send("looking up the token", lambda: client.auth.token.lookup_self())["data"])
+
+    def renew(self) -> TokenLease:
+        client = self._store._client
+        return TokenLease.from_auth(self._store._send("renewing the token", lambda: client.auth.token.renew_self())["auth"])
+
+
 def _read_file(path: str | None, what: str) -> str:
     if not path:
         raise PermanentError(f"{what} is not set")
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
+            value = handle.read().strip()
     except OSError as exc:
         raise PermanentError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not value:
+        raise PermanentError(f"{what} {path} is empty")
+    return value

@@ -87,9 +87,16 @@ def _wait_until(probe, *, what: str, process: _Process, timeout: float = 30.0) -
 class OpenBaoServer:
     """`bao server -dev` on a free loopback port, KV v2 mounted at `secret/`."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, audit_log: Path | None = None) -> None:
         self.port = port or free_port()
         self.addr = f"http://127.0.0.1:{self.port}"
+        extra: list[str] = []
+        if audit_log is not None:
+            # OpenBao 2 declares audit devices in its config, not through the API.
+            config = workdir / "audit.hcl"
+            workdir.mkdir(parents=True, exist_ok=True)
+            config.write_text(f'audit "file" "log" {{\n  options {{\n    file_path = "{audit_log}"\n  }}\n}}\n')
+            extra.append(f"-config={config}")
         self.token = ROOT_TOKEN
         workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
@@ -100,6 +107,7 @@ class OpenBaoServer:
                 f"-dev-root-token-id={self.token}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 "-dev-no-store-token",
+                *extra,
             ],
             env,
             workdir / "openbao.log",
