@@ -329,6 +329,7 @@ class StripeWebhookSecretProvider(_StripeProvider):
     kind = "stripe.webhook_secret"
     params_model = StripeWebhookSecretParams
     live_fields = ("signing_secret", "endpoint_id")
+    reports_last_use = False  # Stripe says nothing of when an endpoint last received an event
     params: StripeWebhookSecretParams
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:

@@ -126,6 +126,9 @@ class Provider(ABC):
     # title, a name). False where it is a second call (AWS user tags): then a
     # crash between the two leaves an unmarked key, found by creation time.
     is_marking_atomic: ClassVar[bool] = True
+    # False where the API says nothing of when a key was last used (Stripe
+    # webhook endpoints): compliance then never calls such a key unused.
+    reports_last_use: ClassVar[bool] = True
 
     def __init__(self, params: BaseModel, context: ProviderContext) -> None:
         self.params = params
