@@ -27,6 +27,8 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -229,6 +231,13 @@ class ComplianceScanner:
         self._running: Future[None] | None = None
         self._lock = threading.Lock()
 
+    def _spread(self, name: str) -> datetime:
+        """A credential's first scan: at a stable offset within the window, so
+        thousands of credentials are scanned evenly, not all at once."""
+        window = max(1, int(self.interval.total_seconds()))
+        offset = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % window
+        return self._first_scan_at + timedelta(seconds=offset)
+
     @classmethod
     def for_app(cls, app: App) -> ComplianceScanner:
         settings = app.settings
@@ -246,7 +255,7 @@ class ComplianceScanner:
             now = self.engine.clock.now()
             creds = list(creds)
             self._forget_removed({c.spec.name for c in creds})
-            due = [c for c in creds if self._next_scan_at.get(c.spec.name, self._first_scan_at) <= now]
+            due = [c for c in creds if self._next_scan_at.get(c.spec.name, self._spread(c.spec.name)) <= now]
             if not due:
                 return
             for cred in due:

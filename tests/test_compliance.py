@@ -323,7 +323,7 @@ def test_a_failing_provider_is_logged_and_the_tick_never_raises(estate: GitHubEs
     with ThreadPoolExecutor(max_workers=2) as pool:
         scanner.tick([cred], pool.submit)
         assert scanner._running is None, "the first scan waits a minute after start-up"
-        estate.clock.advance(timedelta(seconds=60))
+        estate.clock.advance(timedelta(seconds=60) + scanner.interval)  # past the delay and the spread offset
         scanner.tick([cred], pool.submit)
         job = scanner._running
         assert job is not None
@@ -333,6 +333,17 @@ def test_a_failing_provider_is_logged_and_the_tick_never_raises(estate: GitHubEs
     (failed,) = estate.found("compliance.scan_failed")
     assert failed["credential"] == "broken" and "403" in failed["error"]
     estate.fake.clear_faults()
+
+
+def test_first_scans_are_spread_over_the_window(estate: GitHubEstate) -> None:
+    """Thousands of credentials are scanned evenly across the window, not all at start-up."""
+    scanner = _scanner(estate)
+    firsts = [scanner._spread(f"cred-{i}") for i in range(1000)]
+    start = min(firsts)
+    offsets = sorted((t - start).total_seconds() for t in firsts)
+    window = scanner.interval.total_seconds()
+    assert offsets[-1] < window
+    assert sum(1 for o in offsets if o < window / 2) in range(400, 600)
 
 
 def test_the_daemon_tick_scans_in_its_worker_pool(estate: GitHubEstate) -> None:
@@ -345,7 +356,7 @@ def test_the_daemon_tick_scans_in_its_worker_pool(estate: GitHubEstate) -> None:
     hand = str(estate.fake.add_deploy_key(REPO, public, title="someone's key"))
     daemon = Daemon(estate.app)
     daemon.load()
-    estate.clock.advance(timedelta(seconds=60))  # past the start-up delay of the first scan
+    estate.clock.advance(timedelta(seconds=60) + daemon.compliance.interval)  # past the delay and the spread offset
     daemon._tick()
     job = daemon.compliance._running
     assert job is not None
