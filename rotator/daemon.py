@@ -70,6 +70,7 @@ class Daemon:
         self._pool = ThreadPoolExecutor(max_workers=app.settings.max_concurrency, thread_name_prefix="rotate")
         self.log = get_logger()
         self.last_tick_at: float | None = None
+        self._last_change_poll: float | None = None
         self.compliance = ComplianceScanner.for_app(app)  # unused/unmanaged/overdue findings, hourly
 
     # -- configuration -----------------------------------------------------------
@@ -193,6 +194,7 @@ class Daemon:
         jobs = tick_schedule.Scheduler()
         jobs.every(settings.tick_seconds).seconds.do(self._tick)
         started = time.monotonic()
+        self._poll_changes(force=True)  # the baseline, before any record is read
         first = self._tick()
         while not self.shutdown.is_set():
             if first is not None and all(f.done() for f in first.futures.values()):
@@ -217,9 +219,27 @@ class Daemon:
         self.last_tick_at = time.monotonic()
         self._notify("WATCHDOG=1")
         self.app.store.maintain_token()  # renew or log in again when due; never raises
+        self._poll_changes()
         summary = self.run_pass(wait=False)
         self.compliance.tick([v.cred for v in list(self.views.values())], self._pool.submit)
         return summary
+
+    def _poll_changes(self, *, force: bool = False) -> None:
+        """Forget the wake time of credentials others changed, so the next
+        pass reads their records again."""
+        now = time.monotonic()
+        if not force and self._last_change_poll is not None and now - self._last_change_poll < self.app.settings.change_poll_seconds:
+            return
+        self._last_change_poll = now
+        try:
+            changed = self.engine.changes.poll()
+        except RotatorError as exc:
+            self.log.warning("changes.poll_failed", error=str(exc))
+            return
+        with self._lock:
+            for name, view in self.views.items():
+                if changed is None or name in changed:
+                    view.wake_at = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from rotator import __version__, machine, retry
 from rotator.audit import get_logger, register_secret
 from rotator.clock import Clock, SystemClock, to_rfc3339
+from rotator.changes import ChangeFeed
 from rotator.config import LoadedCredential
 from rotator.errors import CasMismatchError, LeaseLostError, PermanentError, RotatorError, TransientError
 from rotator.faults import crashpoint
@@ -81,6 +82,7 @@ class Engine:
         self.shutdown = shutdown or threading.Event()
         self.identity = holder_identity()
         self.holder = holder or self.identity.holder
+        self.changes = ChangeFeed(store, mount=self.options.state_mount, prefix=self.options.state_prefix, holder=self.holder)
         self._providers: dict[tuple[str, str, str], Provider] = {}
         self._providers_lock = threading.Lock()
 
@@ -238,6 +240,7 @@ class _Run:
             self.emit("rotation.failed", "error", step="persist", error=str(exc), will_retry=True, next_attempt_at=None)
             self.status = "failed"
         self.release()
+        self.engine.changes.record(self.record.credential)
         return ReconcileResult(self.status, self.record, self.version, self.events, self.duration_seconds)
 
     def _bind_rotation(self, rotation_id: str) -> None:

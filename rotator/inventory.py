@@ -54,7 +54,7 @@ def collect_status(app: App, result: LoadResult) -> list[dict[str, Any]]:
     now = app.engine.clock.now()
     names = set(result.credentials)
     prefix = app.settings.state_prefix
-    stored = set(app.store.walk(app.settings.state_mount, prefix))
+    stored = {name for name in app.store.walk(app.settings.state_mount, prefix) if not name.startswith("_")}
     rows = []
     for name in sorted(names | stored):
         record, _ = app.engine.read_record(name) if name in stored else (None, 0)

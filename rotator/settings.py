@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     state_prefix: str = Field(default="rotator/state", description="path prefix of the state records")
     tick_seconds: float = Field(default=10.0, gt=0, description="how often the daemon looks for due work")
     max_concurrency: int = Field(default=8, ge=1, le=256, description="rotations in flight at once")
+    change_poll_seconds: float = Field(default=30.0, gt=0, description="how often the daemon reads the change feed to notice state changes made by others (rotator rotate, other replicas)")
     lease_seconds: float = Field(default=300.0, ge=10, description="how long a credential's lease lasts before another replica may take over")
     audit_file: Path | None = Field(default=None, description="also append hash-chained audit events to this file")
     metrics_addr: str | None = Field(default=None, description="host:port for /metrics, /healthz, /readyz")

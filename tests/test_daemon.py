@@ -140,3 +140,20 @@ def test_health_readiness_metrics_and_systemd_notifications(rotator_env, config_
             break
     listener.close()
     assert "READY=1" in messages and "WATCHDOG=1" in messages and messages[-1] == "STOPPING=1"
+
+
+def test_a_running_daemon_notices_a_manual_rotation_and_revokes_after_grace(rotator_env, config_dir: Path, iam_user: str, iam_admin, bao_client) -> None:  # type: ignore[no-untyped-def]
+    """`rotator rotate` beside a running daemon: the daemon learns of the new grace period from the change feed."""
+    from helpers import run_rotator
+
+    write_credential(config_dir, iam_user, params={"user_name": iam_user, "delete_after_deactivation": "0s"}, grace="2s")
+    env = {**rotator_env, "ROTATOR_TICK_SECONDS": "0.5", "ROTATOR_CHANGE_POLL_SECONDS": "1"}
+    daemon = DaemonProcess(env)
+    daemon.wait_for(lambda ev: completed(ev, iam_user), what="the first rotation")
+    manual = run_rotator(["rotate", iam_user], env)
+    assert manual.returncode == 0, manual.stdout + manual.stderr
+    revoked = daemon.wait_for(lambda ev: "credential.revoked" in names(ev), timeout=30, what="the daemon revoking the old key")
+    assert len(completed(revoked)) == 1, "the daemon itself rotated only once"
+    assert daemon.stop() == 0
+    assert len(iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]) == 1
+    scan(SecretLedger(), bao_client, [f"apps/{iam_user}"], daemon.output(), manual.stdout, manual.stderr)

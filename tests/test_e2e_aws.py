@@ -17,7 +17,8 @@ def test_two_rotations_give_two_versions_and_revoke_each_old_key(aws_world: AwsW
     for expected_version in (1, 2, 3):
         code, events = w.cli("rotate", w.name)
         assert code == 0, events
-        assert names(events)[:1] == ["rotation.started"] and "rotation.completed" in names(events)
+        rotation_events = [n for n in names(events) if n.startswith(("rotation.", "credential."))]
+        assert rotation_events[:1] == ["rotation.started"] and rotation_events[-1] == "rotation.completed"
         data, meta = w.live()
         assert data is not None and meta["current_version"] == expected_version
         assert w.works(data)
