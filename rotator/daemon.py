@@ -71,6 +71,7 @@ class Daemon:
         self.log = get_logger()
         self.last_tick_at: float | None = None
         self._last_change_poll: float | None = None
+        self._was_degraded = False
         self.compliance = ComplianceScanner.for_app(app)  # unused/unmanaged/overdue findings, hourly
 
     # -- configuration -----------------------------------------------------------
@@ -220,9 +221,24 @@ class Daemon:
         self._notify("WATCHDOG=1")
         self.app.store.maintain_token()  # renew or log in again when due; never raises
         self._poll_changes()
+        self._report_health()
         summary = self.run_pass(wait=False)
         self.compliance.tick([v.cred for v in list(self.views.values())], self._pool.submit)
         return summary
+
+    def _report_health(self) -> None:
+        """Log and tell systemd when the daemon becomes degraded or recovers."""
+        degraded = self.is_degraded
+        if degraded == self._was_degraded:
+            return
+        self._was_degraded = degraded
+        if degraded:
+            failing = sorted(name for name, view in self.views.items() if view.failing)
+            self.log.warning("daemon.degraded", failing_credentials=failing, config_problems=len(self.config_problems))
+            self._notify(f"STATUS=degraded: {len(failing)} credential(s) failing, {len(self.config_problems)} config problem(s)")
+        else:
+            self.log.info("daemon.recovered")
+            self._notify("STATUS=ok")
 
     def _poll_changes(self, *, force: bool = False) -> None:
         """Forget the wake time of credentials others changed, so the next

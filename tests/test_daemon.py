@@ -157,3 +157,20 @@ def test_a_running_daemon_notices_a_manual_rotation_and_revokes_after_grace(rota
     assert daemon.stop() == 0
     assert len(iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]) == 1
     scan(SecretLedger(), bao_client, [f"apps/{iam_user}"], daemon.output(), manual.stdout, manual.stderr)
+
+
+def test_a_broken_file_and_a_failing_provider_never_stop_the_others(rotator_env, config_dir: Path, iam_user: str, bao_client) -> None:  # type: ignore[no-untyped-def]
+    """One bad file and one failing credential: the good one rotates; the daemon says it is degraded."""
+    write_credential(config_dir, iam_user, params={"user_name": iam_user})
+    write_credential(config_dir, "ghost", params={"user_name": "no-such-user-anywhere"})
+    (config_dir / "broken.yaml").write_text("provider: aws.iam_access_key\nowner: x\ncolour: blue\n")
+    daemon = DaemonProcess({**rotator_env, "ROTATOR_TICK_SECONDS": "0.5"})
+    events = daemon.wait_for(lambda ev: completed(ev, iam_user) and "daemon.degraded" in names(ev), what="a rotation and the degraded report")
+    assert daemon.stop() == 0
+    invalid = [e for e in events if e["event"] == "config.invalid"]
+    assert {Path(e["file"]).name for e in invalid} == {"broken.yaml"}
+    degraded = next(e for e in daemon.events() if e["event"] == "daemon.degraded")
+    assert degraded["failing_credentials"] == ["ghost"] and degraded["config_problems"] >= 1
+    failed = [e for e in events if e["event"] == "rotation.failed" and e["credential"] == "ghost"]
+    assert failed and failed[0]["will_retry"] is False
+    scan(SecretLedger(), bao_client, [f"apps/{iam_user}"], daemon.output())
