@@ -71,7 +71,7 @@ class Daemon:
         self.log = get_logger()
         self.last_tick_at: float | None = None
         self._last_change_poll: float | None = None
-        self._was_degraded = False
+        self._health: tuple[tuple[str, ...], int] = ((), 0)
         self.compliance = ComplianceScanner.for_app(app)  # unused/unmanaged/overdue findings, hourly
 
     # -- configuration -----------------------------------------------------------
@@ -227,14 +227,14 @@ class Daemon:
         return summary
 
     def _report_health(self) -> None:
-        """Log and tell systemd when the daemon becomes degraded or recovers."""
-        degraded = self.is_degraded
-        if degraded == self._was_degraded:
+        """Log and tell systemd whenever what is failing changes."""
+        failing = tuple(sorted(name for name, view in list(self.views.items()) if view.failing))
+        health = (failing, len(self.config_problems))
+        if health == self._health:
             return
-        self._was_degraded = degraded
-        if degraded:
-            failing = sorted(name for name, view in self.views.items() if view.failing)
-            self.log.warning("daemon.degraded", failing_credentials=failing, config_problems=len(self.config_problems))
+        self._health = health
+        if failing or self.config_problems:
+            self.log.warning("daemon.degraded", failing_credentials=list(failing), config_problems=len(self.config_problems))
             self._notify(f"STATUS=degraded: {len(failing)} credential(s) failing, {len(self.config_problems)} config problem(s)")
         else:
             self.log.info("daemon.recovered")
