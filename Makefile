@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench schema clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ test: install
 
 demo: install
 	$(VENV)/bin/rotator demo
+
+bench: install
+	$(PY) bench/scale.py --write docs/PERFORMANCE.md
+
+# After changing a model: regenerate the schema editors read.
+schema: install
+	$(VENV)/bin/rotator schema > config/credential.schema.json
 
 clean:
 	rm -rf $(VENV) .demo build dist *.egg-info

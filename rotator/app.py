@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
@@ -14,7 +15,7 @@ from rotator import audit
 from rotator.clock import Clock, SystemClock
 from rotator.config import LoadResult, load_directory
 from rotator.engine import Engine, EngineOptions
-from rotator.errors import ConfigError, ConfigProblem
+from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.provider import load_provider_errors, load_providers
 from rotator.settings import Settings
 from rotator.vault import VaultStore
@@ -36,11 +37,25 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_
     if with_audit_file and settings.audit_file is not None:
         from rotator.auditfile import AuditFile
 
-        sink = AuditFile(settings.audit_file).append
+        sink = _never_blocking(AuditFile(settings.audit_file).append)
     from rotator.alerts import install as install_alerts
 
     audit.configure(fmt=settings.effective_log_format(), stream=stream or sys.stdout, audit_sink=sink,
                     alert_sink=install_alerts(settings))
+
+
+def _never_blocking(append: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An audit file that cannot be written (disk full, a torn tail left by
+    another process) must not stop rotations half-way: the event still goes
+    to stdout, marked with `audit_file_error`, for the log pipeline."""
+
+    def sink(event: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return append(event)
+        except (OSError, RotatorError) as exc:
+            return {**event, "audit_file_error": f"{type(exc).__name__}: {exc}"}
+
+    return sink
 
 
 def load_credentials(settings: Settings) -> LoadResult:

@@ -130,6 +130,12 @@ def _order_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
     return {**head, **event_dict}
 
 
+def _drop_chain_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in ("prev_hash", "hash"):
+        event_dict.pop(key, None)
+    return event_dict
+
+
 def _sink_processor(sink: AuditSink) -> Callable[..., MutableMapping[str, Any]]:
     def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         return sink(dict(event_dict))
@@ -168,6 +174,8 @@ def configure(
     if alert_sink is not None:
         processors.append(_alert_processor(alert_sink))
     if fmt == "console":
+        # People read the console: the chain's hashes stay in the audit file.
+        processors.append(_drop_chain_fields)
         processors.append(structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty(), sort_keys=False))
     else:
         processors.append(structlog.processors.JSONRenderer(ensure_ascii=False))

@@ -28,6 +28,16 @@ from rotator.settings import Settings
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
+def _configure_logging(settings: Settings) -> None:
+    """Logging for `run` and `rotate`; an audit file that cannot be continued
+    (a torn or altered tail) is a message and exit 1, never a traceback."""
+    try:
+        configure_logging(settings)
+    except RotatorError as exc:
+        click.echo(f"rotator: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
 def _settings(config_dir: Path | None = None) -> Settings:
     try:
         settings = load_settings()
@@ -92,7 +102,7 @@ def run(config_dir: Path | None, once: bool) -> None:
     from rotator.systemd import notify
 
     settings = _settings(config_dir)
-    configure_logging(settings)
+    _configure_logging(settings)
     if settings.vault_skip_verify:
         _log().warning("vault.tls_verify_disabled", reason="VAULT_SKIP_VERIFY is set")
     shutdown = threading.Event()
@@ -143,7 +153,7 @@ def rotate(name: str, revoke_now: bool, wait_seconds: float, config_dir: Path | 
     from rotator.machine import Request
 
     settings = _settings(config_dir)
-    configure_logging(settings)
+    _configure_logging(settings)
     result = load_credentials(settings)
     cred = result.credentials.get(name)
     if cred is None:

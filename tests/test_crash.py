@@ -123,3 +123,37 @@ def test_a_restarted_process_takes_over_its_dead_predecessors_lease_at_once(aws_
     code, events = w.cli("run", "--once")
     assert code == 0 and "rotation.completed" in names(events)
     assert [e["reason"] for e in events if e["event"] == "rotation.started"] == ["recovery"]
+
+
+def test_the_audit_chain_survives_a_sigkill_and_restart(aws_world: AwsWorld, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Events of a killed process and of its successor form one intact chain."""
+    from helpers import run_rotator
+
+    w = aws_world
+    audit_file = tmp_path / "audit.jsonl"
+    env = {"ROTATOR_AUDIT_FILE": str(audit_file)}
+    assert w.cli("rotate", w.name, extra_env=env)[0] == 0
+    assert w.cli("rotate", w.name, extra_env={**env, ENV: "after-verify"})[0] == -9
+    assert w.cli("run", "--once", extra_env=env)[0] == 0
+    verify = run_rotator(["audit", "verify", str(audit_file)], {})
+    assert verify.returncode == 0, verify.stdout
+    import json
+
+    events = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert names(events).count("rotation.completed") == 2
+    w.ledger.capture("audit file", audit_file.read_text())
+
+
+def test_a_torn_audit_file_stops_run_with_a_message_not_a_traceback(aws_world: AwsWorld, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A crash mid-write leaves a torn last line: the next run refuses to chain over it, cleanly."""
+    from helpers import run_rotator
+
+    w = aws_world
+    audit_file = tmp_path / "audit.jsonl"
+    assert w.cli("rotate", w.name, extra_env={"ROTATOR_AUDIT_FILE": str(audit_file)})[0] == 0
+    with audit_file.open("a") as handle:
+        handle.write('{"seq": 99, "event": "torn')
+    result = run_rotator(["run", "--once"], {**w.env, "ROTATOR_AUDIT_FILE": str(audit_file)})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "audit" in result.stderr.lower()

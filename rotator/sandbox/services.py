@@ -39,6 +39,17 @@ def _bin(name: str) -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by SIGKILL, so a
+    killed demo or test run leaves no server behind (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class _Process:
     args: list[str]
@@ -49,7 +60,8 @@ class _Process:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a signal, no locks taken
         )
 
     def stop(self) -> None:
