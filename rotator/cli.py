@@ -15,17 +15,20 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from rotator import __version__
-from rotator.app import build_app, configure_logging, load_credentials, load_settings
+from rotator.app import App, build_app, configure_logging, load_credentials, load_settings
 from rotator.clock import to_rfc3339
+from rotator.config import LoadResult
 from rotator.errors import ConfigError, RotatorError
 from rotator.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+T = TypeVar("T")
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -188,17 +191,7 @@ def status(as_json: bool, config_dir: Path | None) -> None:
     Exits 1 when Vault is unreachable."""
     from rotator.inventory import collect_status, render_status_table
 
-    settings = _settings(config_dir)
-    configure_logging(settings, stream=sys.stderr, with_audit_file=False)
-    result = load_credentials(settings)
-    for problem in result.problems:
-        click.echo(str(problem), err=True)
-    try:
-        app = build_app(settings)
-        rows = collect_status(app, result)
-    except RotatorError as exc:
-        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    rows = _read_state(config_dir, collect_status)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=_json_default))
     else:
@@ -216,18 +209,8 @@ def report(fmt: str, config_dir: Path | None) -> None:
     from rotator.audit import SECRETS
     from rotator.report import build_report, render
 
-    settings = _settings(config_dir)
-    configure_logging(settings, stream=sys.stderr, with_audit_file=False)
-    result = load_credentials(settings)
-    for problem in result.problems:
-        click.echo(str(problem), err=True)
-    try:
-        app = build_app(settings)
-        text = render(build_report(app, result), fmt)
-    except RotatorError as exc:
-        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    click.echo(SECRETS.scrub(text))  # a safety net: no value the process read can pass
+    report_rows = _read_state(config_dir, build_report)
+    click.echo(SECRETS.scrub(render(report_rows, fmt)))  # a safety net: no value the process read can pass
 
 
 @cli.group()
@@ -298,6 +281,21 @@ def demo(duration: float | None, workdir: Path) -> None:
     from rotator.demo import run_demo
 
     sys.exit(run_demo(workdir=workdir, duration=duration))
+
+
+def _read_state(config_dir: Path | None, collect: Callable[[App, LoadResult], T]) -> T:
+    """What `status` and `report` share: files, then Vault; problems with the
+    files go to stderr, an unreachable Vault is exit 1."""
+    settings = _settings(config_dir)
+    configure_logging(settings, stream=sys.stderr, with_audit_file=False)
+    result = load_credentials(settings)
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    try:
+        return collect(build_app(settings), result)
+    except RotatorError as exc:
+        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 def _json_default(value: Any) -> Any:
