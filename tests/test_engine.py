@@ -24,7 +24,7 @@ from rotator.errors import TransientError
 from rotator.provider import IssuedCredential
 from rotator.settings import Settings
 from rotator.testing.leaks import assert_no_leaks
-from rotator.vault import VaultConnection, VaultStore
+from rotator.vault import VaultStore
 
 
 class EventLog:
