@@ -250,7 +250,18 @@ class _Run:
         self.persist(machine.apply(self.record, outcome, self.policy, self.engine.clock.now()))
 
     def _call(self, fn: Callable[[], T], policy: retry.RetryPolicy = retry.API, *, max_seconds: float | None = None) -> T:
-        return retry.call_with_retry(fn, policy=policy, clock=self.engine.clock, shutdown=self.engine.shutdown, max_seconds=max_seconds)
+        def guarded() -> T:
+            try:
+                return fn()
+            except RotatorError:
+                raise
+            except Exception as exc:
+                # A plugin bug becomes a failed step, not a crashed reconcile
+                # holding its lease; its message may quote a value, so only
+                # the type is kept.
+                raise PermanentError(f"{self.provider.kind} raised {type(exc).__name__} (a bug in the provider?)") from None
+
+        return retry.call_with_retry(guarded, policy=policy, clock=self.engine.clock, shutdown=self.engine.shutdown, max_seconds=max_seconds)
 
     def _do(self, action: machine.Action) -> None:
         match action:

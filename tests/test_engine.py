@@ -184,3 +184,22 @@ def test_in_process_output_holds_no_secret(world, events: EventLog) -> None:  # 
     w.engine.reconcile(w.cred)
     secrets = [first["secret_access_key"], w.live().data["secret_access_key"]]
     assert_no_leaks(events.stream.getvalue(), secrets, where="the event stream")
+
+
+class BuggyIssue(AwsIamAccessKeyProvider):
+    """A provider whose issue() has a bug that raises a non-project error quoting a value."""
+
+    def issue(self, ctx):  # type: ignore[no-untyped-def]
+        raise KeyError("sk_live_" + "x" * 24)
+
+
+def test_a_provider_bug_is_a_failed_step_that_releases_the_lease_and_quotes_nothing(world, events: EventLog) -> None:  # type: ignore[no-untyped-def]
+    """An unexpected exception in a plugin is reported by type only, and the lease is released."""
+    w = world
+    buggy = LoadedCredential(w.cred.spec, BuggyIssue, w.cred.params)
+    result = w.engine.reconcile(buggy)
+    assert result.status == "failed"
+    failed = next(e for e in events.events() if e["event"] == "rotation.failed")
+    assert failed["step"] == "issue" and "KeyError" in failed["error"] and "sk_live_" not in events.stream.getvalue()
+    record, _ = w.engine.read_record(w.cred.spec.name)
+    assert record.lease is None and record.pending is not None and record.pending.phase == "issuing"
