@@ -131,7 +131,7 @@ class VaultStore:
             namespace=connection.namespace,
             verify=connection.verify,
             timeout=connection.timeout,
-            session=_session_for(connection.url),
+            session=_session_for(connection.url, connection.verify),
         )
         self._now = monotonic
         self._session = TokenSession(_HvacAuthenticator(self), monotonic=monotonic)
@@ -351,13 +351,15 @@ class _HvacAuthenticator:
         return TokenLease.from_auth(self._store._send("renewing the token", lambda: client.auth.token.renew_self())["auth"])
 
 
-def _session_for(url: str) -> requests.Session:
+def _session_for(url: str, verify: bool | str) -> requests.Session:
     """A session that reads proxy settings (HTTPS_PROXY, NO_PROXY) once, not
     on every request: requests' per-request environment scan cost half a
     millisecond of CPU per Vault call, which 10,000 credentials feel."""
     session = requests.Session()
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(url)
+    # hvac prefers a given session's own verify over its argument.
+    session.verify = verify
     return session
 
 
