@@ -119,6 +119,7 @@ def run(config_dir: Path | None, once: bool) -> None:
     if not settings.config_dir.is_dir():
         sys.exit(EXIT_CONFIG)
     if once:
+        daemon.preload_state()
         summary = daemon.run_pass(wait=True)
         daemon.close()
         sys.exit(EXIT_FAILED if summary.failed else EXIT_CONFIG if result.problems else EXIT_OK)

@@ -102,6 +102,24 @@ class Daemon:
             self.config_problems = [str(p) for p in result.problems]
             self.failed_files = result.failed_files
 
+    def preload_state(self) -> int:
+        """Read the state records of every credential not yet known, in bulk
+        (start-up, reload); whatever fails is read one by one by the pass."""
+        with self._lock:
+            unknown = {self.engine.state_path(v.cred.spec.name): v for v in self.views.values() if v.wake_at is None}
+        try:
+            found = self.app.store.read_many(self.app.settings.state_mount, list(unknown))
+        except RotatorError as exc:
+            self.log.warning("state.preload_failed", error=str(exc))
+            return 0
+        for path, current in found.items():
+            try:
+                record = StateRecord.from_vault(current.data) if current.data is not None else None
+            except ValueError:
+                continue  # unreadable here: the engine reports it when it acts
+            self._remember(unknown[path], ReconcileResult("idle", record, current.version))
+        return len(found)
+
     @property
     def is_degraded(self) -> bool:
         return bool(self.config_problems) or any(v.failing for v in self.views.values())
@@ -196,12 +214,13 @@ class Daemon:
         jobs.every(settings.tick_seconds).seconds.do(self._tick)
         started = time.monotonic()
         self._poll_changes(force=True)  # the baseline, before any record is read
+        self.preload_state()
         first = self._tick()
         while not self.shutdown.is_set():
             if first is not None and all(f.done() for f in first.futures.values()):
                 # Every credential's state has been read once: from here on,
                 # idle ticks need no Vault request.
-                self.log.info("daemon.state_loaded", credentials=len(first.futures),
+                self.log.info("daemon.state_loaded", credentials=len(self.views),
                               duration_ms=int((time.monotonic() - started) * 1000))
                 first = None
             idle = jobs.idle_seconds
@@ -210,6 +229,7 @@ class Daemon:
                 self.reload_requested.clear()
                 self.log.info("config.reload")
                 self.load()
+                self.preload_state()
             if not self.shutdown.is_set():
                 jobs.run_pending()
         self._notify("STOPPING=1")

@@ -18,11 +18,16 @@ Invariants:
 
 from __future__ import annotations
 
+import http.client
+import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import hvac
 import hvac.exceptions as hvac_errors
@@ -225,6 +230,54 @@ class VaultStore:
         meta = self.read_metadata(mount, path)
         return Versioned(None, meta.current_version if meta else 0)
 
+    def read_many(self, mount: str, paths: list[str], *, workers: int = 8) -> dict[str, Versioned]:
+        """Read many KV v2 paths at start-up, fast: a thread pool of plain
+        keep-alive HTTP connections, without requests' per-call overhead
+        (a millisecond of CPU each; 10,000 records felt it). Paths that fail
+        are left out: the caller reads those one by one later."""
+        self._session.ensure()
+        headers = {"X-Vault-Token": self._client.token or ""}
+        if self.connection.namespace:
+            headers["X-Vault-Namespace"] = self.connection.namespace
+        base = urlsplit(self.connection.url)
+        if requests.utils.get_environ_proxies(self.connection.url):
+            return {}  # through a proxy: leave it to the ordinary path
+        local = threading.local()
+
+        def connection() -> http.client.HTTPConnection:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                port = base.port
+                if base.scheme == "https":
+                    conn = http.client.HTTPSConnection(base.hostname or "", port, timeout=self.connection.timeout, context=_ssl_context(self.connection.verify))
+                else:
+                    conn = http.client.HTTPConnection(base.hostname or "", port, timeout=self.connection.timeout)
+                local.conn = conn
+            return conn
+
+        prefix = base.path.rstrip("/")
+
+        def read_one(path: str) -> tuple[str, Versioned | None]:
+            self.requests_made += 1
+            try:
+                conn = connection()
+                conn.request("GET", f"{prefix}/v1/{mount}/data/{quote(path)}", headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                local.conn = None
+                return path, None
+            if response.status == 404:
+                return path, Versioned(None, 0) if not body or b'"data":null' not in body else None
+            if response.status != 200:
+                return path, None
+            payload = json.loads(body)["data"]
+            return path, Versioned(payload.get("data"), int(payload["metadata"]["version"]))
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vault-read") as pool:
+            found = dict(pool.map(read_one, paths))
+        return {path: value for path, value in found.items() if value is not None}
+
     def read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
         try:
             response = self._call(
@@ -349,6 +402,15 @@ class _HvacAuthenticator:
     def renew(self) -> TokenLease:
         client = self._store._client
         return TokenLease.from_auth(self._store._send("renewing the token", lambda: client.auth.token.renew_self())["auth"])
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
 
 
 def _session_for(url: str, verify: bool | str) -> requests.Session:

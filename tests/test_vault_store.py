@@ -218,3 +218,23 @@ def test_namespace_is_sent_to_vault(openbao: OpenBaoServer, bao_client: hvac.Cli
     outside = VaultStore(VaultConnection(url=openbao.addr, token=openbao.token))
     with pytest.raises(PermanentError):
         outside.write("kv", "app/one", {"v": "1"}, cas=0)  # no kv/ mount in the root namespace
+
+
+def test_read_many_matches_one_by_one_reads(openbao: OpenBaoServer, bao_client: hvac.Client, unique: str) -> None:
+    """The start-up bulk read returns what single reads return; what it cannot read it leaves out."""
+    store = VaultStore(VaultConnection(url=openbao.addr, token=openbao.token))
+    base = f"bulk-{unique}"
+    for i in range(20):
+        bao_client.secrets.kv.v2.create_or_update_secret(path=f"{base}/r{i}", secret={"i": i}, mount_point="secret")
+    bao_client.secrets.kv.v2.create_or_update_secret(path=f"{base}/r3", secret={"i": "again"}, mount_point="secret")
+    bao_client.secrets.kv.v2.delete_latest_version_of_secret(path=f"{base}/r5", mount_point="secret")
+    paths = [f"{base}/r{i}" for i in range(20)] + [f"{base}/missing"]
+    found = store.read_many("secret", paths, workers=4)
+    assert found[f"{base}/missing"] == Versioned(None, 0)
+    assert found[f"{base}/r3"] == Versioned({"i": "again"}, 2)
+    assert f"{base}/r5" not in found, "a deleted latest version is left to the careful path"
+    for i in (0, 7, 19):
+        assert found[f"{base}/r{i}"] == store.read("secret", f"{base}/r{i}")
+
+    limited = VaultStore(VaultConnection(url=openbao.addr, token=vault_policy_token(bao_client)))
+    assert limited.read_many("secret", [f"{base}/r0"]) == {}, "denied reads are left out, not guessed"
