@@ -223,6 +223,9 @@ class ComplianceScanner:
 
     def __init__(self, engine: Engine, *, interval: timedelta, allowance: timedelta) -> None:
         self.engine = engine
+        # The daemon's last-read record of a credential, if any: scans that
+        # find nothing then cost no Vault request.
+        self.remembered: Callable[[str], StateRecord | None] | None = None
         self.interval = interval
         self.allowance = allowance
         self._next_scan_at: dict[str, datetime] = {}
@@ -255,7 +258,10 @@ class ComplianceScanner:
             now = self.engine.clock.now()
             creds = list(creds)
             self._forget_removed({c.spec.name for c in creds})
-            due = [c for c in creds if self._next_scan_at.get(c.spec.name, self._spread(c.spec.name)) <= now]
+            for cred in creds:
+                if cred.spec.name not in self._next_scan_at:
+                    self._next_scan_at[cred.spec.name] = self._spread(cred.spec.name)
+            due = [c for c in creds if self._next_scan_at[c.spec.name] <= now]
             if not due:
                 return
             for cred in due:
@@ -283,12 +289,19 @@ class ComplianceScanner:
         spec, engine = cred.spec, self.engine
         provider = engine.provider_for(cred)
         keys = self._list(provider) if provider.can_list else None
+        options = {"allowance": self.allowance, "is_marking_atomic": provider.is_marking_atomic,
+                   "reports_last_use": provider_reports_last_use(provider)}
+        remembered = self.remembered(spec.name) if self.remembered is not None else None
+        if remembered is not None and not assess(spec, remembered, keys, engine.clock.now(), **options):
+            # Nothing to report by what the daemon last read: no Vault request.
+            # Any finding is confirmed against a fresh read below.
+            self._report(cred, [], engine.clock.now())
+            return []
         # The record is read after listing: a key a rotation made meanwhile is
         # then either known to it or covered by its pending rotation.
         record, _ = engine.read_record(spec.name)
         now = engine.clock.now()
-        findings = assess(spec, record, keys, now, allowance=self.allowance, is_marking_atomic=provider.is_marking_atomic,
-                          reports_last_use=provider_reports_last_use(provider))
+        findings = assess(spec, record, keys, now, **options)
         self._report(cred, findings, now)
         if keys is not None and spec.on_unused == "disable":
             self._disable_orphans(cred, provider, findings, keys)

@@ -139,6 +139,10 @@ class LoadedCredential:
     spec: CredentialSpec
     provider_cls: ProviderFactory
     params: BaseModel
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = self.spec.fingerprint()  # computed once: 10,000 files ask often
 
 
 @dataclass

@@ -73,6 +73,7 @@ class Daemon:
         self._last_change_poll: float | None = None
         self._health: tuple[tuple[str, ...], int] = ((), 0)
         self.compliance = ComplianceScanner.for_app(app)  # unused/unmanaged/overdue findings, hourly
+        self.compliance.remembered = lambda name: (view.record if (view := self.views.get(name)) else None)
 
     # -- configuration -----------------------------------------------------------
 
@@ -89,7 +90,7 @@ class Daemon:
             new: dict[str, CredentialView] = {}
             for name, cred in result.credentials.items():
                 view = old.get(name)
-                if view is not None and view.cred.spec.fingerprint() == cred.spec.fingerprint():
+                if view is not None and view.cred.fingerprint == cred.fingerprint:
                     new[name] = view
                 else:
                     new[name] = CredentialView(cred)  # new or changed: read its record again

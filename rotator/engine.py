@@ -84,6 +84,7 @@ class Engine:
         self.holder = holder or self.identity.holder
         self.changes = ChangeFeed(store, mount=self.options.state_mount, prefix=self.options.state_prefix, holder=self.holder)
         self._providers: dict[tuple[str, str, str], Provider] = {}
+        self._policies: dict[tuple[str, str, str], Policy] = {}
         self._providers_lock = threading.Lock()
 
     # -- wiring --------------------------------------------------------------
@@ -103,16 +104,19 @@ class Engine:
         return value
 
     def provider_for(self, cred: LoadedCredential) -> Provider:
-        key = (cred.spec.name, cred.spec.fingerprint(), cred.provider_cls.__qualname__)
+        key = (cred.spec.name, cred.fingerprint, cred.provider_cls.__qualname__)
         with self._providers_lock:
             provider = self._providers.get(key)
             if provider is None:
-                context = ProviderContext(
-                    read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown, user_agent=f"rotator/{__version__}"
-                )
-                provider = cred.provider_cls(cred.params, context)
+                provider = self._new_provider(cred)
+                for stale in [k for k in self._providers if k[0] == cred.spec.name]:
+                    self._providers.pop(stale).close()  # the file changed: its old provider goes
                 self._providers[key] = provider
             return provider
+
+    def _new_provider(self, cred: LoadedCredential) -> Provider:
+        context = ProviderContext(read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown, user_agent=f"rotator/{__version__}")
+        return cred.provider_cls(cred.params, context)
 
     def close(self) -> None:
         """Close every provider (they may hold short-lived tokens of their own)."""
@@ -125,13 +129,16 @@ class Engine:
                 get_logger().warning("provider.close_failed", provider=provider.kind, error=f"{type(exc).__name__}: {exc}")
 
     def policy_for(self, cred: LoadedCredential, provider: Provider | None = None) -> Policy:
-        provider = provider or self.provider_for(cred)
-        return Policy(
-            schedule=cred.spec.schedule,
-            grace=cred.spec.grace,
-            retire_delay=provider.retire_delay(),
-            fingerprint=cred.spec.fingerprint(),
-        )
+        """The machine's view of a credential file. Cached, and made without
+        keeping a provider around: a daemon with thousands of idle
+        credentials keeps providers only for those it acted on."""
+        key = (cred.spec.name, cred.fingerprint, cred.provider_cls.__qualname__)
+        policy = self._policies.get(key)
+        if policy is None:
+            provider = provider or self._providers.get(key) or self._new_provider(cred)
+            policy = Policy(schedule=cred.spec.schedule, grace=cred.spec.grace, retire_delay=provider.retire_delay(), fingerprint=cred.fingerprint)
+            self._policies[key] = policy
+        return policy
 
     # -- the reconcile loop ------------------------------------------------------
 
