@@ -78,12 +78,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def audit_requests(path: Path) -> int:
-    """Requests OpenBao's audit device logged (one "request" entry each)."""
+def audit_requests(path: Path) -> list[str]:
+    """Paths of the requests OpenBao's audit device logged, in order."""
     if not path.exists():
-        return 0
+        return []
+    paths = []
     with path.open() as handle:
-        return sum(1 for line in handle if '"type":"request"' in line)
+        for line in handle:
+            entry = json.loads(line)
+            if entry.get("type") == "request":
+                paths.append(entry.get("request", {}).get("path", "?"))
+    return paths
 
 
 def machine() -> str:
@@ -136,6 +141,7 @@ def run(count: int, idle_seconds: float) -> dict[str, float | int | str]:
             cpu0, audit0, t_idle = cpu_seconds(proc.pid), audit_requests(audit_log), time.monotonic()
             time.sleep(idle_seconds)
             cpu1, audit1, t_end = cpu_seconds(proc.pid), audit_requests(audit_log), time.monotonic()
+            idle_paths = audit1[len(audit0):]
             rss = rss_mb(proc.pid)
             proc.terminate()
             proc.wait(timeout=60)
@@ -149,8 +155,11 @@ def run(count: int, idle_seconds: float) -> dict[str, float | int | str]:
                 "idle_cpu_percent_of_core": round(100 * (cpu1 - cpu0) / idle_wall, 3),
                 "idle_seconds": round(idle_wall, 1),
                 "idle_ticks": int(idle_wall // TICK_SECONDS),
-                "vault_requests_idle": audit1 - audit0,
-                "vault_requests_per_idle_tick": round((audit1 - audit0) / max(1, int(idle_wall // TICK_SECONDS)), 2),
+                "vault_requests_idle": len(idle_paths),
+                "vault_requests_per_idle_tick": round(len(idle_paths) / max(1, int(idle_wall // TICK_SECONDS)), 2),
+                "idle_request_paths": ", ".join(sorted(set(idle_paths))) or "none",
+                "credential_requests_per_idle_tick": round(
+                    sum(1 for p in idle_paths if not p.endswith("/_changes")) / max(1, int(idle_wall // TICK_SECONDS)), 2),
                 "rotations_started": rotations,
                 "machine": machine(),
                 "date": datetime.now(UTC).strftime("%Y-%m-%d"),
@@ -164,7 +173,10 @@ def render(result: dict[str, float | int | str]) -> str:
         ("start-up (files loaded, all state read once)", f"{result['startup_s']} s", "≤ 10 s", float(result["startup_s"]) <= 10),
         ("resident memory after idling", f"{result['rss_mb']} MB", "≤ 150 MB", float(result["rss_mb"]) <= 150),
         ("CPU per idle minute", f"{result['idle_cpu_percent_of_core']} % of a core", "≤ 1 %", float(result["idle_cpu_percent_of_core"]) <= 1),
-        ("Vault requests per idle tick", f"{result['vault_requests_per_idle_tick']}", "0", float(result["vault_requests_per_idle_tick"]) == 0),
+        ("Vault requests per idle tick for credentials", f"{result['credential_requests_per_idle_tick']}", "0",
+         float(result["credential_requests_per_idle_tick"]) == 0),
+        ("Vault requests per idle tick, all", f"{result['vault_requests_per_idle_tick']}", "0",
+         float(result["vault_requests_per_idle_tick"]) == 0),
     ]
     rows = "\n".join(f"| {what} | {value} | {target} | {'met' if ok else 'MISSED'} |" for what, value, target, ok in targets)
     return f"""# Performance
@@ -183,13 +195,34 @@ Machine: {result['machine']}. Date: {result['date']}.
 
 Details: seeding {result['credentials']:,} state records took {result['seeded_in_s']} s (not part of
 start-up); the idle window was {result['idle_seconds']} s ({result['idle_ticks']} ticks) with
-{result['vault_requests_idle']} Vault requests; {result['rotations_started']} rotations started (expected 0).
+{result['vault_requests_idle']} Vault requests (paths: {result['idle_request_paths']}); {result['rotations_started']} rotations
+started (expected 0).
 
-How: due times are kept in memory from the last record read for each
-credential (`machine.next_wake_at`), so a tick with nothing due reads
-nothing; under the lease the engine re-reads the record and confirms before
-acting. Credential files are parsed with libyaml. These are single-run
-figures on a shared 2-core machine: compare them as ratios, not absolutes.
+How:
+- start-up parses the files with libyaml, then reads every state record in
+  bulk over plain keep-alive HTTP connections (`VaultStore.read_many`);
+- due times are kept in memory from the last record read for each
+  credential (`machine.next_wake_at`), so a tick with nothing due reads no
+  credential's record; under the lease the engine re-reads the record and
+  confirms before acting;
+- the only idle request is the change feed (`_changes`, docs/STATE.md), read
+  once per `ROTATOR_CHANGE_POLL_SECONDS` (30 s here, so 1 read per 3 ticks)
+  whatever the number of credentials. It is how a daemon notices a
+  `rotator rotate` run beside it or another replica's work; without it a
+  manual rotation's grace period would end unnoticed. That is why the "all"
+  row does not reach the literal 0: raise the poll interval to trade
+  reaction time for requests.
+
+Memory, where it goes (10,000 credentials): about 60 MB is the interpreter
+and its libraries (boto3, hvac, pydantic, structlog, httpx, cryptography),
+about 60 MB the parsed credential files (pydantic models, 6 KB each), and
+about 55 MB the last-read state record of each credential that the daemon
+keeps to know due times and to let compliance scans skip Vault. Keeping a
+compact summary instead of the whole record, or parsing files into plain
+tuples, would reach the 150 MB target; neither is done yet.
+
+These are single-run figures on a shared 2-core machine: compare them as
+ratios, not absolutes.
 """
 
 

@@ -57,7 +57,7 @@ class ChangeFeed:
     def poll(self) -> set[str] | None:
         """Credentials others changed since the last poll; `ALL` when entries
         were missed (or at the first poll, which only sets the baseline)."""
-        data, _ = self._read()
+        data = self.store.read_data(self.mount, self.path) or {"generation": 0, "recent": []}
         generation = int(data.get("generation", 0))
         seen, self._seen = self._seen, generation
         if seen is None or generation == seen:

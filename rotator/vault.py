@@ -230,6 +230,17 @@ class VaultStore:
         meta = self.read_metadata(mount, path)
         return Versioned(None, meta.current_version if meta else 0)
 
+    def read_data(self, mount: str, path: str) -> dict[str, Any] | None:
+        """The current data of `mount/path`, or None: one request, no version."""
+        try:
+            response = self._call(
+                f"reading {mount}/{path}",
+                lambda: self._kv.read_secret_version(path=path, mount_point=mount, raise_on_deleted_version=True),
+            )
+        except NotFoundError:
+            return None
+        return response["data"].get("data")
+
     def read_many(self, mount: str, paths: list[str], *, workers: int = 8) -> dict[str, Versioned]:
         """Read many KV v2 paths at start-up, fast: a thread pool of plain
         keep-alive HTTP connections, without requests' per-call overhead
