@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 import hvac
 import pytest
-
 from helpers import SecretLedger, parse_events, run_rotator, write_credential
+
 from providers.github_http import token_key_id
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.stripe import FakeStripe
@@ -525,3 +525,16 @@ def make_world(
     yield make
     for world in made:
         world.ledger.assert_clean()
+
+
+GRACE = 1.2  # seconds to sleep past the worlds' 1s grace
+
+
+def rotate_ok(w, *args: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """`rotator rotate NAME ARGS` on a world, which must succeed."""
+    from helpers import names
+
+    code, events = w.cli("rotate", w.name, *args)
+    assert code == 0, names(events)
+    assert "rotation.completed" in names(events) and "rotation.failed" not in names(events)
+    return events

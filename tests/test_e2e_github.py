@@ -10,31 +10,25 @@ from datetime import UTC, datetime, timedelta
 from helpers import names
 from provider_worlds import (  # noqa: F401 - fixtures
     DEPLOY_KEY,
+    GRACE,
     TOKEN,
     DeployKeyWorld,
     TokenWorld,
     fake_github,
     github_clock,
     make_world,
+    rotate_ok,
     ssh_fingerprint,
     ssh_public_key,
 )
+
 from rotator.clock import parse_rfc3339
-
-GRACE = 1.2  # seconds to sleep past the worlds' 1s grace
-
-
-def _rotate(w, *args: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    code, events = w.cli("rotate", w.name, *args)
-    assert code == 0, names(events)
-    assert "rotation.completed" in names(events) and "rotation.failed" not in names(events)
-    return events
 
 
 def test_installation_token_works_and_the_old_one_is_rejected_after_grace(make_world) -> None:  # type: ignore[no-untyped-def]
     """The token in Vault lists repositories (200); the superseded one gets 401 after grace, and at once with --revoke-now."""
     w: TokenWorld = make_world(TOKEN)
-    events = _rotate(w)
+    events = rotate_ok(w)
     first, meta = w.live()
     assert first is not None and set(first) == {"token", "expires_at"}
     assert first["token"].startswith("ghs_") and w.status(first) == 200
@@ -46,7 +40,7 @@ def test_installation_token_works_and_the_old_one_is_rejected_after_grace(make_w
     issued = [e["key_id"] for e in events if e["event"] == "credential.issued"]
     assert issued == [w.key_id(first)] and issued[0].startswith("sha256:") and len(issued[0]) == 7 + 16
 
-    _rotate(w)
+    rotate_ok(w)
     second, meta = w.live()
     assert meta["current_version"] == 2, "two rotations, two live versions"
     assert w.status(second) == 200 and w.status(first) == 200, "the old token keeps working during grace"
@@ -56,7 +50,7 @@ def test_installation_token_works_and_the_old_one_is_rejected_after_grace(make_w
     assert w.status(first) == 401 and w.status(second) == 200
     assert w.rotator_keys() == {w.key_id(second)}
 
-    events = _rotate(w, "--revoke-now")
+    events = rotate_ok(w, "--revoke-now")
     third, meta = w.live()
     assert meta["current_version"] == 3
     assert [e["key_id"] for e in events if e["event"] == "credential.revoked"] == [w.key_id(second)]
@@ -67,7 +61,7 @@ def test_installation_token_works_and_the_old_one_is_rejected_after_grace(make_w
 def test_deploy_key_is_valid_openssh_and_the_old_key_is_deleted(make_world) -> None:  # type: ignore[no-untyped-def]
     """ssh-keygen derives the registered public key from the private key in Vault; old keys go after grace or --revoke-now."""
     w: DeployKeyWorld = make_world(DEPLOY_KEY)
-    _rotate(w)
+    rotate_ok(w)
     first, meta = w.live()
     assert first is not None and set(first) == {"private_key", "public_key", "key_id", "fingerprint"}
     assert first["private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -79,7 +73,7 @@ def test_deploy_key_is_valid_openssh_and_the_old_key_is_deleted(make_world) -> N
     assert first["fingerprint"] == ssh_fingerprint(first["public_key"])
     assert meta["custom_metadata"]["rotator-key-id"] == first["key_id"] == w.state()["current"]["key_id"]
 
-    _rotate(w)
+    rotate_ok(w)
     second, meta = w.live()
     assert meta["current_version"] == 2
     assert w.rotator_keys() == {first["key_id"], second["key_id"]}, "the old key stays during grace"
@@ -89,7 +83,7 @@ def test_deploy_key_is_valid_openssh_and_the_old_key_is_deleted(make_world) -> N
     assert w.rotator_keys() == {second["key_id"]} and w.works(second)
     assert w.is_foreign_intact(), "a key added by hand is never touched"
 
-    _rotate(w, "--revoke-now")
+    rotate_ok(w, "--revoke-now")
     third, meta = w.live()
     assert meta["current_version"] == 3
     assert w.rotator_keys() == {third["key_id"]} and w.works(third)
@@ -103,7 +97,7 @@ def test_a_rate_limited_burst_is_waited_out(make_world, fake_github) -> None:  #
     before = len(fake_github.requests)
     started = time.monotonic()
     try:
-        events = _rotate(w)
+        events = rotate_ok(w)
     finally:
         fake_github.clear_faults()
     assert time.monotonic() - started >= 2.5, "each retry-after must be waited out"

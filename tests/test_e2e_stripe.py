@@ -9,31 +9,23 @@ import time
 
 import pytest
 import stripe
-
 from helpers import names
 from provider_worlds import (  # noqa: F401 - fixtures
+    GRACE,
     STRIPE_KEY,
     WEBHOOK,
     StripeKeyWorld,
     WebhookWorld,
     fake_stripe,
     make_world,
+    rotate_ok,
 )
-
-GRACE = 1.2  # seconds to sleep past the worlds' 1s grace
-
-
-def _rotate(w, *args: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    code, events = w.cli("rotate", w.name, *args)
-    assert code == 0, names(events)
-    assert "rotation.completed" in names(events) and "rotation.failed" not in names(events)
-    return events
 
 
 def test_restricted_key_works_and_the_old_one_gets_401(make_world) -> None:  # type: ignore[no-untyped-def]
     """The rk_ key in Vault is accepted at /v1/customers; the superseded one gets 401 after grace or --revoke-now."""
     w: StripeKeyWorld = make_world(STRIPE_KEY)
-    events = _rotate(w)
+    events = rotate_ok(w)
     first, meta = w.live()
     assert first is not None and set(first) == {"api_key", "key_id"}
     assert first["api_key"].startswith("rk_") and w.status(first) == 200
@@ -41,7 +33,7 @@ def test_restricted_key_works_and_the_old_one_gets_401(make_world) -> None:  # t
     assert [e["key_id"] for e in events if e["event"] == "credential.issued"] == [first["key_id"]]
     assert w.fake.key(first["key_id"])["name"].startswith(f"rotator:{w.name}:")
 
-    _rotate(w)
+    rotate_ok(w)
     second, meta = w.live()
     assert meta["current_version"] == 2
     assert w.status(first) == 200 and w.status(second) == 200, "the old key keeps working during grace"
@@ -51,7 +43,7 @@ def test_restricted_key_works_and_the_old_one_gets_401(make_world) -> None:  # t
     assert w.status(first) == 401 and w.status(second) == 200
     assert w.rotator_keys() == {second["key_id"]} and w.is_foreign_intact()
 
-    _rotate(w, "--revoke-now")
+    rotate_ok(w, "--revoke-now")
     third, meta = w.live()
     assert meta["current_version"] == 3
     assert w.status(second) == 401 and w.status(third) == 200
@@ -61,7 +53,7 @@ def test_restricted_key_works_and_the_old_one_gets_401(make_world) -> None:  # t
 def test_a_key_without_customer_permissions_is_verified_by_its_403(make_world) -> None:  # type: ignore[no-untyped-def]
     """A restricted key lacking customers_read authenticates (403, not 401): it goes live."""
     w: StripeKeyWorld = make_world(STRIPE_KEY, foreign=False, params={"permissions": ["webhook_endpoints_read"]})
-    _rotate(w)
+    rotate_ok(w)
     data, _ = w.live()
     assert w.status(data) == 403 and w.works(data)
 
@@ -69,7 +61,7 @@ def test_a_key_without_customer_permissions_is_verified_by_its_403(make_world) -
 def test_webhook_secret_verifies_signed_events_and_the_old_endpoint_goes(make_world) -> None:  # type: ignore[no-untyped-def]
     """The SDK's construct_event verifies the fake's signed event with the secret from Vault; the old endpoint goes after grace."""
     w: WebhookWorld = make_world(WEBHOOK)
-    _rotate(w)
+    rotate_ok(w)
     first, meta = w.live()
     assert first is not None and set(first) == {"signing_secret", "endpoint_id"}
     assert first["signing_secret"].startswith("whsec_") and w.works(first)
@@ -77,7 +69,7 @@ def test_webhook_secret_verifies_signed_events_and_the_old_endpoint_goes(make_wo
     endpoint = next(e for e in w.fake.endpoints(w.account) if e["id"] == first["endpoint_id"])
     assert endpoint["url"] == w.url and endpoint["metadata"]["managed-by"] == "rotator"
 
-    _rotate(w)
+    rotate_ok(w)
     second, meta = w.live()
     assert meta["current_version"] == 2
     assert w.works(first) and w.works(second), "during grace both endpoints receive events"
@@ -103,7 +95,7 @@ def test_a_rate_limited_burst_is_waited_out(make_world, fake_stripe) -> None:  #
     before = len(fake_stripe.requests)
     started = time.monotonic()
     try:
-        events = _rotate(w)
+        events = rotate_ok(w)
     finally:
         fake_stripe.clear_faults()
     assert time.monotonic() - started >= 1.8, "each Retry-After must be waited out"

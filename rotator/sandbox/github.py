@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rotator.clock import Clock, SystemClock, to_rfc3339
+from rotator.sandbox.serving import BackgroundServer
 
 DOCS = "https://docs.github.com/rest"
 TOKEN_LIFETIME = timedelta(hours=1)
@@ -168,30 +169,18 @@ class FakeGitHub:
         self._reset_at = self.clock.now() + timedelta(hours=1)
         self._writes_in_flight: dict[str, int] = {}
         self.max_concurrent_writes: dict[str, int] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> FakeGitHub:
-        server = ThreadingHTTPServer((self._host, self._port), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github", daemon=True
-        )
-        self._thread.start()
+        self._server = BackgroundServer((self._host, self._port), _Handler, name="fake-github", fake=self)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     def __enter__(self) -> FakeGitHub:
         return self.start()
@@ -203,7 +192,7 @@ class FakeGitHub:
     def url(self) -> str:
         """The API base URL to configure as `api_url`."""
         assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
+        host, port = self._server.address
         return f"http://{host}:{port}{self.path_prefix}"
 
     # -- set-up --------------------------------------------------------------

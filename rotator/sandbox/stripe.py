@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from joserfc import jwe
 from joserfc.jwk import RSAKey
+
+from rotator.sandbox.serving import BackgroundServer
 
 MIN_PREVIEW = "2026-08-26.preview"
 _ALNUM = string.ascii_letters + string.digits
@@ -220,29 +222,20 @@ class FakeStripe:
         self._endpoints: dict[str, _Endpoint] = {}
         self._idempotent: dict[tuple[str, str], tuple[str, _Response]] = {}
         self._faults: list[_Fault] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
         self.url = ""
 
     # -- life cycle ------------------------------------------------------------
 
     def start(self, *, port: int = 0) -> FakeStripe:
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-stripe", daemon=True
-        )
-        self._thread.start()
+        self._server = BackgroundServer(("127.0.0.1", port), _handler_for(self), name="fake-stripe")
+        self.url = f"http://127.0.0.1:{self._server.address[1]}"
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     def __enter__(self) -> FakeStripe:
         return self.start()
