@@ -212,16 +212,23 @@ class VaultStore:
 
     # -- KV v2 -------------------------------------------------------------
 
-    def read(self, mount: str, path: str) -> Versioned:
-        """The current version of `mount/path` (data None, version 0 when absent or deleted)."""
+    def _read_payload(self, mount: str, path: str, version: int | None = None) -> dict[str, Any] | None:
+        """KV v2's `data` of a version (the latest by default), or None when absent or deleted."""
+        what = f"reading {mount}/{path}" + (f" version {version}" if version is not None else "")
         try:
             response = self._call(
-                f"reading {mount}/{path}",
-                lambda: self._kv.read_secret_version(path=path, mount_point=mount, raise_on_deleted_version=True),
+                what,
+                lambda: self._kv.read_secret_version(path=path, mount_point=mount, version=version, raise_on_deleted_version=True),
             )
         except NotFoundError:
+            return None
+        return dict(response["data"])
+
+    def read(self, mount: str, path: str) -> Versioned:
+        """The current version of `mount/path` (data None, version 0 when absent or deleted)."""
+        payload = self._read_payload(mount, path)
+        if payload is None:
             return self._version_of_missing(mount, path)
-        payload = response["data"]
         return Versioned(payload.get("data"), int(payload["metadata"]["version"]))
 
     def _version_of_missing(self, mount: str, path: str) -> Versioned:
@@ -232,14 +239,8 @@ class VaultStore:
 
     def read_data(self, mount: str, path: str) -> dict[str, Any] | None:
         """The current data of `mount/path`, or None: one request, no version."""
-        try:
-            response = self._call(
-                f"reading {mount}/{path}",
-                lambda: self._kv.read_secret_version(path=path, mount_point=mount, raise_on_deleted_version=True),
-            )
-        except NotFoundError:
-            return None
-        return response["data"].get("data")
+        payload = self._read_payload(mount, path)
+        return payload.get("data") if payload else None
 
     def read_many(self, mount: str, paths: list[str], *, workers: int = 8) -> dict[str, Versioned]:
         """Read many KV v2 paths at start-up, fast: a thread pool of plain
@@ -290,14 +291,8 @@ class VaultStore:
         return {path: value for path, value in found.items() if value is not None}
 
     def read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
-        try:
-            response = self._call(
-                f"reading {mount}/{path} version {version}",
-                lambda: self._kv.read_secret_version(path=path, mount_point=mount, version=version, raise_on_deleted_version=True),
-            )
-        except NotFoundError:
-            return None
-        return response["data"].get("data")
+        payload = self._read_payload(mount, path, version)
+        return payload.get("data") if payload else None
 
     def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int) -> int:
         """Check-and-set write; returns the new version. `cas=0`: only if absent."""
