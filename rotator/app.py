@@ -16,7 +16,7 @@ from rotator.clock import Clock, SystemClock
 from rotator.config import LoadResult, load_directory
 from rotator.engine import Engine, EngineOptions
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
-from rotator.provider import load_provider_errors, load_providers
+from rotator.provider import load_providers
 from rotator.settings import Settings
 from rotator.vault import VaultStore
 
@@ -59,11 +59,8 @@ def _never_blocking(append: Callable[[dict[str, Any]], dict[str, Any]]) -> Calla
 
 
 def load_credentials(settings: Settings) -> LoadResult:
-    providers = load_providers()
-    result = load_directory(settings.config_dir, providers, state_location=(settings.state_mount, settings.state_prefix))
-    for kind, error in load_provider_errors().items():
-        result.problems.append(ConfigProblem(f"plugin {kind}", "provider", f"failed to load: {error}"))
-    return result
+    # A plugin that fails to load is reported in each file that names it.
+    return load_directory(settings.config_dir, load_providers(), state_location=(settings.state_mount, settings.state_prefix))
 
 
 def build_store(settings: Settings) -> VaultStore:

@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 import click
 
 from rotator import __version__
-from rotator.app import App, build_app, configure_logging, load_credentials, load_settings
+from rotator.app import (
+    App,
+    build_app,
+    configure_logging,
+    load_credentials,
+    load_settings,
+)
 from rotator.clock import to_rfc3339
 from rotator.config import LoadResult
 from rotator.errors import ConfigError, RotatorError
@@ -79,6 +85,10 @@ def validate(config_dir: Path | None) -> None:
     result = load_credentials(settings)
     for problem in result.problems:
         click.echo(str(problem))
+    from rotator.provider import load_provider_errors
+
+    for kind, error in load_provider_errors().items():  # unused by these files: a warning, not a problem
+        click.echo(f"rotator: warning: the {kind} plugin fails to load: {error}", err=True)
     if result.problems:
         sys.exit(EXIT_CONFIG)
     click.echo(f"{len(result.credentials)} credential file(s) valid in {settings.config_dir}", err=True)

@@ -28,7 +28,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future

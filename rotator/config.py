@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,11 +21,25 @@ from typing import Any, Literal
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rotator.errors import ConfigProblem
-from rotator.fields import Duration, VaultMount, VaultPath, format_duration, secret_lookalike
-from rotator.provider import ProviderFactory
+from rotator.fields import (
+    Duration,
+    VaultMount,
+    VaultPath,
+    format_duration,
+    secret_lookalike,
+)
+from rotator.provider import ProviderFactory, ProviderLoadError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -208,7 +223,7 @@ def _scan_for_secrets(value: Any, path: str, file: str) -> list[ConfigProblem]:
     return []
 
 
-def load_file(path: Path, providers: dict[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadedCredential | list[ConfigProblem]:
+def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadedCredential | list[ConfigProblem]:
     """Parse and validate one credential file."""
     file = str(path)
     try:
@@ -229,10 +244,13 @@ def load_file(path: Path, providers: dict[str, ProviderFactory], *, state_locati
         return problems + _problems_from(exc, file)
 
     problems += _schedule_problems(spec, file, state_location)
-    provider_cls = providers.get(spec.provider)
-    if provider_cls is None:
+    if spec.provider not in providers:
         known = ", ".join(sorted(providers)) or "none installed"
         return problems + [ConfigProblem(file, "provider", f"unknown provider {spec.provider!r} (known: {known})")]
+    try:
+        provider_cls = providers[spec.provider]
+    except ProviderLoadError as exc:
+        return problems + [ConfigProblem(file, "provider", f"the {spec.provider} plugin failed to load: {exc}")]
     try:
         params = provider_cls.params_model.model_validate(spec.params)
     except ValidationError as exc:
@@ -259,7 +277,7 @@ def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[st
     return problems
 
 
-def load_directory(config_dir: Path, providers: dict[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadResult:
+def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadResult:
     """Load every credential file; collect every problem; skip only bad files."""
     result = LoadResult()
     if not config_dir.is_dir():
@@ -298,14 +316,18 @@ def load_directory(config_dir: Path, providers: dict[str, ProviderFactory], *, s
     return result
 
 
-def json_schema(providers: dict[str, ProviderFactory]) -> dict[str, Any]:
+def json_schema(providers: Mapping[str, ProviderFactory]) -> dict[str, Any]:
     """The JSON Schema of credential files, with each provider's params."""
     schema = CredentialSpec.model_json_schema(mode="validation")
     schema["properties"].pop("source", None)
     schema["required"] = [r for r in schema.get("required", []) if r != "name"]
     schema["properties"]["provider"]["enum"] = sorted(providers)
     variants = []
-    for kind, cls in sorted(providers.items()):
+    for kind in sorted(providers):
+        try:
+            cls = providers[kind]
+        except ProviderLoadError:
+            continue  # `rotator validate` reports it
         params_schema = cls.params_model.model_json_schema(mode="validation")
         defs = params_schema.pop("$defs", {})
         schema.setdefault("$defs", {}).update(defs)

@@ -24,14 +24,26 @@ from typing import Any, TypeVar
 
 from rotator import __version__, machine, retry
 from rotator.audit import get_logger, register_secret
-from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.changes import ChangeFeed
+from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.config import LoadedCredential
-from rotator.errors import CasMismatchError, LeaseLostError, PermanentError, RotatorError, TransientError
+from rotator.errors import (
+    CasMismatchError,
+    LeaseLostError,
+    PermanentError,
+    RotatorError,
+    TransientError,
+)
 from rotator.faults import crashpoint
 from rotator.holder import current as holder_identity
 from rotator.machine import Policy, Request
-from rotator.provider import IssueContext, IssuedCredential, NoCapacityError, Provider, ProviderContext
+from rotator.provider import (
+    IssueContext,
+    IssuedCredential,
+    NoCapacityError,
+    Provider,
+    ProviderContext,
+)
 from rotator.state import Lease, StateRecord
 from rotator.timetable import draw_jitter
 from rotator.vault import VaultStore

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import tenacity
-from tenacity.stop import stop_base
 from tenacity import RetryCallState
+from tenacity.stop import stop_base
 
 from rotator.clock import Clock, SystemClock
 from rotator.errors import TransientError

@@ -17,7 +17,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rotator.fields import check_api_url, check_vault_path
 from rotator.vault import VaultConnection
 
-
 _REQUIRED_BY_AUTH_METHOD = {
     "approle": ("vault_role_id", "vault_secret_id_file"),
     "kubernetes": ("vault_k8s_role",),
