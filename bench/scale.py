@@ -213,13 +213,10 @@ How:
   row does not reach the literal 0: raise the poll interval to trade
   reaction time for requests.
 
-Memory, where it goes (10,000 credentials): about 60 MB is the interpreter
-and its libraries (boto3, hvac, pydantic, structlog, httpx, cryptography),
-about 60 MB the parsed credential files (pydantic models, 6 KB each), and
-about 55 MB the last-read state record of each credential that the daemon
-keeps to know due times and to let compliance scans skip Vault. Keeping a
-compact summary instead of the whole record, or parsing files into plain
-tuples, would reach the 150 MB target; neither is done yet.
+Memory: about 60 MB is the interpreter and the libraries of the providers
+in use (plugins are imported only when a credential names them), about
+45 MB the parsed credential files, about 20 MB what the daemon remembers of
+each credential (its last record as JSON, its due time).
 
 These are single-run figures on a shared 2-core machine: compare them as
 ratios, not absolutes.
