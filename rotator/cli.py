@@ -45,6 +45,8 @@ def _configure_logging(settings: Settings) -> None:
     except RotatorError as exc:
         click.echo(f"rotator: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    if settings.vault_skip_verify:
+        _log().warning("vault.tls_verify_disabled", reason="VAULT_SKIP_VERIFY is set")
 
 
 def _settings(config_dir: Path | None = None) -> Settings:
@@ -116,8 +118,6 @@ def run(config_dir: Path | None, once: bool) -> None:
 
     settings = _settings(config_dir)
     _configure_logging(settings)
-    if settings.vault_skip_verify:
-        _log().warning("vault.tls_verify_disabled", reason="VAULT_SKIP_VERIFY is set")
     shutdown = threading.Event()
     try:
         app = build_app(settings, shutdown=shutdown)
