@@ -36,6 +36,7 @@ from rotator.errors import (
 )
 from rotator.faults import crashpoint
 from rotator.holder import current as holder_identity
+from rotator.livepath import LivePath
 from rotator.machine import Policy, Request
 from rotator.provider import (
     IssueContext,
@@ -441,32 +442,42 @@ class _Run:
         self.emit("credential.verified", key_id=credential.key_id, attempts=attempts)
         crashpoint("after-verify")
 
-    def _live_holds_pending(self, mount: str, path: str) -> int | None:
-        """The live version holding the pending data, if the write already happened."""
-        meta = self.engine.store.read_metadata(mount, path)
-        if meta is None or meta.current_version == 0:
-            return None
-        live = self.engine.store.read_version(mount, path, meta.current_version)
-        return meta.current_version if live == (self.record.pending.data if self.record.pending else None) else None
+    @property
+    def _live(self) -> LivePath:
+        return LivePath(self.engine.store, self.cred.spec.vault.mount, self.cred.spec.vault.path)
 
     def _promote(self) -> None:
         credential = self._pending_credential()
-        mount, path = self.cred.spec.vault.mount, self.cred.spec.vault.path
+        pending = self.record.pending
+        assert pending is not None
+        last_written = self.record.live_version if self.record.current is not None else None
         try:
-            version = self._call(lambda: self._write_live(mount, path))
+            version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written))
         except RotatorError as exc:
             self._fail("promote", exc)
             return
         crashpoint("after-live-write")
-        self._write_live_metadata(mount, path, credential)
+        self._describe_live(credential)
         crashpoint("after-metadata")
-        self._finish_promotion(credential, mount, path, version)
+        self._finish_promotion(credential, version)
         crashpoint("after-promote")
 
-    def _finish_promotion(self, credential: IssuedCredential, mount: str, path: str, version: int) -> None:
+    def _describe_live(self, credential: IssuedCredential) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        try:
+            self._call(lambda: self._live.describe(
+                credential=self.cred.spec.name, provider=self.cred.spec.provider, key_id=credential.key_id,
+                rotation_id=pending.rotation_id, rotated_at=self.engine.clock.now(), expires_at=credential.expires_at,
+            ))
+        except RotatorError as exc:
+            # The credential is live already: never roll it back for metadata.
+            self.log.error("vault.metadata_failed", vault_path=str(self._live), error=str(exc))
+
+    def _finish_promotion(self, credential: IssuedCredential, version: int) -> None:
         # Logged before the record says so: after a crash in between, the
         # recovery logs it again (at least once), never not at all.
-        self.emit("credential.promoted", key_id=credential.key_id, vault_path=f"{mount}/{path}", vault_version=version)
+        self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
         self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule)))
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
@@ -476,54 +487,17 @@ class _Run:
         self.request = None
         self.log = self.log.unbind("rotation_id")
 
-    def _write_live(self, mount: str, path: str) -> int:
-        store = self.engine.store
-        done = self._live_holds_pending(mount, path)
-        if done is not None:
-            return done
-        meta = store.read_metadata(mount, path)
-        current = meta.current_version if meta else 0
-        if self.record.current is not None and self.record.live_version is not None and current != self.record.live_version:
-            raise PermanentError(
-                f"{mount}/{path} is at version {current} but the rotator last wrote version {self.record.live_version}: "
-                "someone else wrote the live path; the rotator will not overwrite it"
-            )
-        try:
-            return store.write(mount, path, self.record.pending.data or {}, cas=current)  # type: ignore[union-attr]
-        except CasMismatchError:
-            raise PermanentError(f"{mount}/{path} changed while the rotator was writing it (check-and-set lost)") from None
-
-    def _write_live_metadata(self, mount: str, path: str, credential: IssuedCredential) -> None:
-        pending = self.record.pending
-        assert pending is not None
-        metadata = {
-            "managed-by": "rotator",
-            "rotator-credential": self.cred.spec.name,
-            "rotator-provider": self.cred.spec.provider,
-            "rotator-key-id": credential.key_id,
-            "rotator-rotated-at": to_rfc3339(self.engine.clock.now()),
-            "rotator-rotation-id": pending.rotation_id,
-        }
-        if credential.expires_at is not None:
-            metadata["rotator-expires-at"] = to_rfc3339(credential.expires_at)
-        try:
-            self._call(lambda: self.engine.store.merge_custom_metadata(mount, path, metadata))
-        except RotatorError as exc:
-            # The credential is live already: never roll it back for metadata.
-            self.log.error("vault.metadata_failed", vault_path=f"{mount}/{path}", error=str(exc))
-
     def _roll_back(self) -> None:
         pending = self.record.pending
         assert pending is not None
-        mount, path = self.cred.spec.vault.mount, self.cred.spec.vault.path
         if pending.credential is not None:
             credential = self._pending_credential()
             try:
-                live_version = self._call(lambda: self._live_holds_pending(mount, path))
+                live_version = self._call(lambda: self._live.version_holding(pending.data))
                 if live_version is not None:
                     # It reached the live path after all: it is live, keep it.
-                    self._write_live_metadata(mount, path, credential)
-                    self._finish_promotion(credential, mount, path, live_version)
+                    self._describe_live(credential)
+                    self._finish_promotion(credential, live_version)
                     return
                 self._call(lambda: self.provider.revoke(credential.handle))
                 crashpoint("after-rollback-call")
@@ -541,7 +515,8 @@ class _Run:
         log, self.log = self.log, self.log.bind(rotation_id=entry.superseded_by)
         step = "deactivate" if deactivate else "revoke"
         try:
-            self._refuse_if_live(key_id)
+            if self._live.names_as_live(key_id):
+                raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
             if deactivate:
                 self._call(lambda: self.provider.deactivate(entry.key.handle))
             else:
@@ -562,11 +537,6 @@ class _Run:
         if not self.provider.is_revoked(handle):
             raise TransientError("not yet revoked")
         return True
-
-    def _refuse_if_live(self, key_id: str) -> None:
-        meta = self.engine.store.read_metadata(self.cred.spec.vault.mount, self.cred.spec.vault.path)
-        if meta is not None and meta.custom_metadata.get("rotator-key-id") == key_id:
-            raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
 
 
 def _register_record_secrets(record: StateRecord, provider: Provider) -> None:
