@@ -69,6 +69,16 @@ def _check_event_version(text: str) -> str:
 NamePrefix = Annotated[str, AfterValidator(_check_prefix)]
 
 
+
+def _distinct_names(value: list[str], pattern: str, what: str, field: str) -> list[str]:
+    """Each name matches `pattern`, and none repeats."""
+    for name in value:
+        if not re.fullmatch(pattern, name):
+            raise ValueError(f"{name!r} is not {what}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{field} must not repeat")
+    return value
+
 class StripeManagedApiKeyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,12 +106,7 @@ class StripeManagedApiKeyParams(BaseModel):
     @validates("permissions")
     @classmethod
     def _permissions(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", name):
-                raise ValueError(f"{name!r} is not a Stripe permission name such as customers_read")
-        if len(set(value)) != len(value):
-            raise ValueError("permissions must not repeat")
-        return value
+        return _distinct_names(value, r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", "a Stripe permission name such as customers_read", "permissions")
 
     @validates("api_version")
     @classmethod
@@ -138,12 +143,7 @@ class StripeWebhookSecretParams(BaseModel):
     @validates("enabled_events")
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"\*|[a-z0-9_]+(\.[a-z0-9_*]+)+", name):
-                raise ValueError(f"{name!r} is not a Stripe event type such as invoice.paid (or *)")
-        if len(set(value)) != len(value):
-            raise ValueError("enabled_events must not repeat")
-        return value
+        return _distinct_names(value, r"\*|[a-z0-9_]+(\.[a-z0-9_*]+)+", "a Stripe event type such as invoice.paid (or *)", "enabled_events")
 
 
 def _object_id(handle: Mapping[str, str], field: str) -> str:
