@@ -152,16 +152,13 @@ class Daemon:
     def _reconcile(self, view: CredentialView) -> ReconcileResult:
         try:
             result = self.engine.reconcile(view.cred)
-        except RotatorError as exc:
+        except Exception as exc:  # Vault down, or a bug: never stops the others
+            # Our errors' messages are safe; anything else is named by type only.
+            error = str(exc) if isinstance(exc, RotatorError) else f"unexpected {type(exc).__name__}"
             self.log.error("rotation.failed", credential=view.cred.spec.name, provider=view.cred.spec.provider,
-                           step="reconcile", error=str(exc), will_retry=True, next_attempt_at=None)
+                           step="reconcile", error=error, will_retry=True, next_attempt_at=None)
             result = ReconcileResult("failed")
             view.wake_at = None  # read again next tick
-        except Exception as exc:  # a provider bug must not stop the others
-            self.log.error("rotation.failed", credential=view.cred.spec.name, provider=view.cred.spec.provider,
-                           step="reconcile", error=f"unexpected {type(exc).__name__}: {exc}", will_retry=True, next_attempt_at=None)
-            result = ReconcileResult("failed")
-            view.wake_at = None
         else:
             self._remember(view, result)
         view.last_result = result.status
