@@ -11,8 +11,10 @@ Invariants:
 - An installation token's handle carries the token itself: GitHub revokes a
   token only when called with that token, and cannot list tokens.
 - A deploy key is marked in the same call that creates it: its title is
-  `TITLE_PREFIX:CREDENTIAL:ROTATION_ID`, so orphans left by a crash are found
-  by listing the repository's keys.
+  `TITLE_PREFIX:CREDENTIAL:ROTATION_ID` (no ':' after a prefix that ends in
+  a separator, e.g. `ci deploy/CREDENTIAL:ROTATION_ID`), so orphans left by
+  a crash, or by a create whose response was lost, are found by listing the
+  repository's keys.
 - The deploy-key provider manages keys with an installation token it mints
   for itself (scoped to the one repository and `administration: write`),
   caches in memory until five minutes before it expires, and revokes on
@@ -56,7 +58,11 @@ TOKEN_REFRESH_MARGIN = timedelta(minutes=5)
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 _REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _PERMISSION = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TITLE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+# GitHub takes any text as a deploy key's title; the prefix is free text too,
+# short enough that prefix + credential + rotation id stays readable.
+_TITLE_PREFIX_MAX = 60
+# The mark after the prefix: credential names (contract §4) and engine rotation ids.
+_TITLE_MARK = re.compile(r"([a-z0-9][a-z0-9._-]{0,62}):([A-Za-z0-9_-]{1,64})")
 
 
 def _check_repo_name(text: str) -> str:
@@ -81,9 +87,14 @@ def _check_permission_name(text: str) -> str:
 
 
 def _check_title_prefix(text: str) -> str:
-    if not _TITLE_PREFIX.match(text):
-        raise ValueError(f"{text!r}: use 1-40 letters, digits, '.', '_' or '-' (no ':'), starting with a letter or digit")
+    if not text.strip() or len(text) > _TITLE_PREFIX_MAX or not text.isprintable() or text != text.lstrip():
+        raise ValueError(f"use 1-{_TITLE_PREFIX_MAX} printable characters (free text, e.g. \"ci deploy/\"), not starting with a space")
     return text
+
+
+def title_joiner(prefix: str) -> str:
+    """What goes between the prefix and the mark: nothing after a separator ("ci deploy/"), else ':'."""
+    return "" if prefix[-1] in "/:-_. " else ":"
 
 
 RepoName = Annotated[str, AfterValidator(_check_repo_name)]
@@ -284,14 +295,12 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
     # -- helpers --------------------------------------------------------------
 
     def title_for(self, ctx: IssueContext) -> str:
-        return f"{self.p.title_prefix}:{ctx.credential}:{ctx.rotation_id}"
+        return f"{self.p.title_prefix}{title_joiner(self.p.title_prefix)}{ctx.credential}:{ctx.rotation_id}"
 
     def mark_of(self, title: str) -> KeyMark | None:
-        prefix, sep, rest = title.partition(":")
-        credential, sep2, rotation_id = rest.partition(":")
-        if prefix != self.p.title_prefix or not (sep and sep2 and credential and rotation_id):
-            return None
-        return KeyMark(credential=credential, rotation_id=rotation_id)
+        head = self.p.title_prefix + title_joiner(self.p.title_prefix)
+        match = _TITLE_MARK.fullmatch(title[len(head):]) if title.startswith(head) else None
+        return KeyMark(credential=match.group(1), rotation_id=match.group(2)) if match else None
 
     def _provider_key(self, item: Any) -> ProviderKey:
         if not isinstance(item, dict) or "id" not in item:

@@ -44,6 +44,7 @@ from providers.stripe_http import (
     parse_mark,
     parse_timestamp,
 )
+from providers.stripe_permissions import PERMISSIONS, suggestion
 from providers.stripe_jwe import EphemeralKeyPair, JweError, open_created_secret
 from rotator.errors import NotFoundError, PermanentError, RotatorError
 from rotator.fields import ApiUrl, VaultRef
@@ -87,7 +88,7 @@ class StripeManagedApiKeyParams(BaseModel):
         json_schema_extra={"pattern": "^acct_[A-Za-z0-9]{1,64}$"},
     )
     management_key: VaultRef = Field(description="Vault reference to the secret key of a Stripe App with api_key_write.")
-    permissions: list[str] = Field(min_length=1, description="Permissions of the new restricted key, e.g. customers_read.")
+    permissions: list[str] = Field(min_length=1, description="Permissions of the new restricted key, from Stripe's catalogue (singular names), e.g. customer_read.")
     name_prefix: NamePrefix = "rotator"
     api_base: ApiUrl = DEFAULT_API_BASE
     api_version: str = Field(
@@ -106,7 +107,15 @@ class StripeManagedApiKeyParams(BaseModel):
     @validates("permissions")
     @classmethod
     def _permissions(cls, value: list[str]) -> list[str]:
-        return _distinct_names(value, r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", "a Stripe permission name such as customers_read", "permissions")
+        _distinct_names(value, r"[a-z][a-z0-9_]{0,80}", "a Stripe permission name such as customer_read", "permissions")
+        for name in value:
+            if name not in PERMISSIONS:
+                hint = suggestion(name)
+                raise ValueError(
+                    f"{name!r} is not in Stripe's permission catalogue"
+                    + (f"; did you mean {hint}?" if hint else " (see providers/stripe_permissions.py)")
+                )
+        return value
 
     @validates("api_version")
     @classmethod
@@ -126,7 +135,7 @@ class StripeWebhookSecretParams(BaseModel):
 
     url: str = Field(description="The https URL of the consumer's webhook endpoint.")
     enabled_events: list[str] = Field(min_length=1, description="Event types to deliver, e.g. invoice.paid, or *.")
-    management_key: VaultRef = Field(description="Vault reference to a key with webhook_endpoints_write.")
+    management_key: VaultRef = Field(description="Vault reference to a key with webhook_write.")
     api_base: ApiUrl = DEFAULT_API_BASE
     name_prefix: NamePrefix = "rotator"
     event_api_version: Annotated[str, AfterValidator(_check_event_version)] | None = Field(
@@ -243,7 +252,7 @@ class StripeManagedApiKeyProvider(_StripeProvider):
         )
 
     def verify(self, credential: IssuedCredential) -> None:
-        """Use the key: 200, or 403 (authenticated, lacks customers_read), means it works."""
+        """Use the key: 200, or 403 (authenticated, lacks customer_read), means it works."""
         response = self._probe(credential.data["api_key"])
         if response.status_code not in (200, 403):
             raise self.http.error(response)

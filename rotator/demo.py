@@ -145,7 +145,7 @@ def credential_documents(github_url: str, stripe_url: str) -> dict[str, tuple[st
             "description": "restricted key the checkout service uses", "schedule": {"every": "35s"}, "grace": "10s",
             "vault": {"mount": "secret", "path": "apps/checkout/stripe"},
             "params": {"account": STRIPE_ACCOUNT, "management_key": STRIPE_APP_REF,
-                       "permissions": ["customers_read"], "api_base": st},
+                       "permissions": ["customer_read"], "api_base": st},
         }),
         "billing-webhook": ("Stripe webhook signing secret, rotated by endpoint replacement (sandbox)", {
             "provider": "stripe.webhook_secret", "owner": "billing-team",

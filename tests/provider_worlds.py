@@ -429,7 +429,7 @@ def build_world(
         if foreign:
             world.foreign_id = _stripe_foreign_key(stripe_fake, account, management_key, ledger)
         world.write_file(every="30d", grace=grace, params={"account": account, "management_key": ref,
-                                                           "permissions": ["customers_read"], "api_base": stripe_fake.url,
+                                                           "permissions": ["customer_read"], "api_base": stripe_fake.url,
                                                            **(params or {})})
         return world
     management_key = stripe_fake.add_secret_key(account)
@@ -449,7 +449,7 @@ def _stripe_foreign_key(fake: FakeStripe, account: str, app_key: str, ledger: Se
     response = httpx.post(
         f"{fake.url}/v2/iam/api_keys", timeout=10,
         headers={"Authorization": f"Bearer {app_key}", "Stripe-Version": STRIPE_PREVIEW, "Stripe-Context": account},
-        json={"type": "secret_key", "name": "made by hand", "permissions": ["customers_read"]},
+        json={"type": "secret_key", "name": "made by hand", "permissions": ["customer_read"]},
     )
     assert response.status_code == 200, response.status_code
     body = response.json()

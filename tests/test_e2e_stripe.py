@@ -51,8 +51,8 @@ def test_restricted_key_works_and_the_old_one_gets_401(make_world) -> None:  # t
 
 
 def test_a_key_without_customer_permissions_is_verified_by_its_403(make_world) -> None:  # type: ignore[no-untyped-def]
-    """A restricted key lacking customers_read authenticates (403, not 401): it goes live."""
-    w: StripeKeyWorld = make_world(STRIPE_KEY, foreign=False, params={"permissions": ["webhook_endpoints_read"]})
+    """A restricted key lacking customer_read authenticates (403, not 401): it goes live."""
+    w: StripeKeyWorld = make_world(STRIPE_KEY, foreign=False, params={"permissions": ["webhook_read"]})
     rotate_ok(w)
     data, _ = w.live()
     assert w.status(data) == 403 and w.works(data)

@@ -54,7 +54,7 @@ class Env:
 
     def managed(self, **overrides: Any) -> StripeManagedApiKeyProvider:
         params = {
-            "account": ACCOUNT, "management_key": APP_REF, "permissions": ["customers_read"], "api_base": self.fake.url,
+            "account": ACCOUNT, "management_key": APP_REF, "permissions": ["customer_read"], "api_base": self.fake.url,
         }
         return StripeManagedApiKeyProvider(StripeManagedApiKeyParams(**{**params, **overrides}), self.context)
 
@@ -134,7 +134,7 @@ def test_new_key_works_at_customers_and_gets_401_after_revoke(env: Env) -> None:
 
 def test_key_without_customer_permission_verifies_through_403(env: Env) -> None:
     """A restricted key that may not read customers still verifies: 403 proves it authenticated."""
-    provider = env.managed(permissions=["products_read"])
+    provider = env.managed(permissions=["product_read"])
     credential = provider.issue(ctx())
     assert env.customers(credential.data["api_key"]) == 403
     provider.verify(credential)
@@ -430,7 +430,7 @@ def test_webhook_delete_failure_checks_whether_it_is_gone(env: Env) -> None:
 
 # -- params -------------------------------------------------------------------------------
 
-MANAGED_OK = {"account": ACCOUNT, "management_key": APP_REF, "permissions": ["customers_read"]}
+MANAGED_OK = {"account": ACCOUNT, "management_key": APP_REF, "permissions": ["customer_read"]}
 WEBHOOK_OK = {"url": HOOK_URL, "enabled_events": EVENTS, "management_key": ADMIN_REF}
 
 

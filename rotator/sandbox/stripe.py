@@ -16,7 +16,7 @@ What it models, as Stripe documents it:
   another key or tamper with it. Like test mode, reads show plaintext tokens
   (`plaintext_tokens_in_reads`).
 - `GET /v1/customers`: 200 for a live key, 403 for a restricted key without
-  a customers permission, 401 for unknown or expired keys.
+  a customer permission, 401 for unknown or expired keys.
 - `/v1/webhook_endpoints` (form-encoded create, retrieve, list, delete);
   `secret` only in the create response. `deliver` signs an event for every
   subscribed endpoint, as Stripe does, with one event id across endpoints.
@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from joserfc import jwe
 from joserfc.jwk import RSAKey
 
+from providers.stripe_permissions import PERMISSIONS
 from rotator.sandbox.serving import BackgroundServer
 
 MIN_PREVIEW = "2026-08-26.preview"
@@ -461,7 +462,7 @@ class FakeStripe:
     # -- /v1/customers -------------------------------------------------------------
 
     def _customers(self, request: _Request) -> _Response:
-        self._require(request, "customers_read", "customers_write")
+        self._require(request, "customer_read", "customer_write")
         return _Response(200, {"object": "list", "data": [], "has_more": False, "url": "/v1/customers"})
 
     # -- /v2/iam/api_keys ------------------------------------------------------------
@@ -477,6 +478,11 @@ class FakeStripe:
         permissions = body.get("permissions")
         if not isinstance(permissions, list) or not permissions or not all(isinstance(p, str) for p in permissions):
             raise StripeFakeError(400, "permissions: give at least one permission.", code="parameter_missing")
+        unknown_permissions = sorted(set(permissions) - PERMISSIONS)
+        if unknown_permissions:
+            # Stripe's create answers 400 api_key_permissions_invalid (spec3 preview, PostV2IamApiKeys).
+            raise StripeFakeError(400, f"permissions: unknown permission {unknown_permissions[0]!r}.",
+                                  code="api_key_permissions_invalid")
         public_pem, recipient_id = _public_key(body.get("public_key"))
         key = _Key("mk_" + _rand(24), str(request.account), str(body.get("name") or ""), str(body.get("note") or ""),
                    list(permissions), "rk_test_" + _rand(32), self.now())
@@ -554,7 +560,7 @@ class FakeStripe:
     # -- /v1/webhook_endpoints -------------------------------------------------------
 
     def _create_endpoint(self, request: _Request) -> _Response:
-        self._require(request, "webhook_endpoints_write")
+        self._require(request, "webhook_write")
         form = _form(request.body)
         url = form.pop("url", None)
         events = form.pop("enabled_events", None)
@@ -579,17 +585,17 @@ class FakeStripe:
         return endpoint
 
     def _get_endpoint(self, request: _Request, endpoint_id: str) -> _Response:
-        self._require(request, "webhook_endpoints_read", "webhook_endpoints_write")
+        self._require(request, "webhook_read", "webhook_write")
         return _Response(200, self._owned_endpoint(request, endpoint_id).view())
 
     def _delete_endpoint(self, request: _Request, endpoint_id: str) -> _Response:
-        self._require(request, "webhook_endpoints_write")
+        self._require(request, "webhook_write")
         endpoint = self._owned_endpoint(request, endpoint_id)
         del self._endpoints[endpoint.id]
         return _Response(200, {"id": endpoint.id, "object": "webhook_endpoint", "deleted": True})
 
     def _list_endpoints(self, request: _Request) -> _Response:
-        self._require(request, "webhook_endpoints_read", "webhook_endpoints_write")
+        self._require(request, "webhook_read", "webhook_write")
         limit, _ = _page_params(request.query, default=10, name=None)
         mine = [e for e in sorted(self._endpoints.values(), key=lambda e: -e.created) if e.account == request.account]
         after = request.query.get("starting_after")
