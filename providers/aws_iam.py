@@ -12,6 +12,9 @@ Invariants:
 - throttling and 5xx are transient; `LimitExceeded` is a state problem and
   permanent; a new key that STS does not accept yet is transient (keys take
   seconds to propagate), and the engine's verification budget covers it;
+- a revocation is confirmed by STS rejecting the old key itself
+  (`InvalidClientTokenId`), not by ListAccessKeys: a deleted key works for
+  seconds after the delete;
 - boto3 honours `AWS_ENDPOINT_URL` by itself; `role_arn` is assumed first.
 """
 
@@ -171,15 +174,19 @@ class AwsIamAccessKeyProvider(Provider):
         return IssuedCredential(
             key_id=key_id,
             data={"access_key_id": key_id, "secret_access_key": secret},
-            handle={"user_name": user, "access_key_id": key_id},
+            # The secret rides in the handle (kept in Vault only) so that
+            # is_revoked can confirm with the old key itself.
+            handle={"user_name": user, "access_key_id": key_id, "secret_access_key": secret},
         )
 
-    def verify(self, credential: IssuedCredential) -> None:
-        sts = boto3.session.Session(
-            aws_access_key_id=credential.data["access_key_id"],
-            aws_secret_access_key=credential.data["secret_access_key"],
-            region_name=self.params.region,
+    def _sts_as(self, access_key_id: str, secret_access_key: str) -> Any:
+        """An STS client that signs with the given key (not the rotator's own identity)."""
+        return boto3.session.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=self.params.region,
         ).client("sts", config=_BOTO_CONFIG)
+
+    def verify(self, credential: IssuedCredential) -> None:
+        sts = self._sts_as(credential.data["access_key_id"], credential.data["secret_access_key"])
         try:
             identity = sts.get_caller_identity()
         except botocore.exceptions.ClientError as exc:
@@ -218,9 +225,28 @@ class AwsIamAccessKeyProvider(Provider):
             pass
 
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        """Revoked means STS rejects the old key itself (`InvalidClientTokenId`).
+
+        A deleted or deactivated key keeps working for seconds (IAM is
+        eventually consistent), so ListAccessKeys no longer naming it is not
+        enough. Only a handle without the secret (records made before it rode
+        in the handle) falls back to ListAccessKeys.
+        """
+        key_id, secret = handle["access_key_id"], handle.get("secret_access_key")
+        if secret:
+            try:
+                self._sts_as(key_id, secret).get_caller_identity()
+            except botocore.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in {"InvalidClientTokenId", "SignatureDoesNotMatch"}:
+                    return True
+                raise _translate(exc, f"checking whether {key_id} is still accepted") from None
+            except Exception as exc:
+                raise _translate(exc, f"checking whether {key_id} is still accepted") from None
+            return False  # STS still accepts it
         user = handle["user_name"]
         keys = _aws(f"listing access keys of {user}", lambda: self.iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
-        return handle["access_key_id"] not in {k["AccessKeyId"] for k in keys}
+        return key_id not in {k["AccessKeyId"] for k in keys}
 
     def list_keys(self) -> list[ProviderKey]:
         user = self.params.user_name

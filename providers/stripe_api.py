@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated, Any, ClassVar
 
 import httpx
@@ -46,7 +46,7 @@ from providers.stripe_http import (
 )
 from providers.stripe_permissions import PERMISSIONS, suggestion
 from providers.stripe_jwe import EphemeralKeyPair, JweError, open_created_secret
-from rotator.errors import NotFoundError, PermanentError, RotatorError
+from rotator.errors import NotFoundError, PermanentError, RotatorError, TransientError
 from rotator.fields import ApiUrl, VaultRef
 from rotator.provider import IssueContext, IssuedCredential, Provider, ProviderContext, ProviderKey
 
@@ -212,6 +212,10 @@ class StripeManagedApiKeyProvider(_StripeProvider):
     kind = "stripe.managed_api_key"
     params_model = StripeManagedApiKeyParams
     live_fields = ("api_key", "key_id")
+    # Stripe's expiry reaches the API late (about 9 s observed, "minutes" by
+    # other reports): poll for up to 4 min inside one step, well within the
+    # engine's 5 min lease; after that the state machine tries again later.
+    confirm_budget = timedelta(minutes=4)
     _with_key_pair = True
     params: StripeManagedApiKeyParams
 
@@ -252,8 +256,14 @@ class StripeManagedApiKeyProvider(_StripeProvider):
         )
 
     def verify(self, credential: IssuedCredential) -> None:
-        """Use the key: 200, or 403 (authenticated, lacks customer_read), means it works."""
+        """Use the key: 200, or 403 (authenticated, lacks customer_read), means it works.
+
+        A 401 right after the create means "not live yet" as often as "bad":
+        transient, so the engine keeps trying within `verify_budget`.
+        """
         response = self._probe(credential.data["api_key"])
+        if response.status_code == 401:
+            raise TransientError(f"Stripe does not accept the new key {credential.key_id} yet (HTTP 401)")
         if response.status_code not in (200, 403):
             raise self.http.error(response)
 
@@ -272,21 +282,28 @@ class StripeManagedApiKeyProvider(_StripeProvider):
             raise
 
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        """Revoked means Stripe rejects the key itself (401, `api_key_expired`).
+
+        Neither a 404 on the key id (Stripe's `rotate` makes the old id 404 at
+        once while its token still works) nor `status: expired` (expiry takes
+        seconds to minutes to reach the API) proves it, so the key is used.
+        Only a handle without the key (listed orphans, records from before
+        the key rode in the handle) falls back to the key's status.
+        """
+        api_key = handle.get("api_key")
+        if api_key:
+            response = self._probe(api_key)
+            if response.status_code == 401:
+                return True
+            if response.status_code in (200, 403):
+                return False  # still authenticates: not yet
+            raise self.http.error(response)
         key_id = _object_id(handle, "key_id")
         try:
             key = self.http.request("GET", f"/v2/iam/api_keys/{key_id}", api_key=self._management_key(), headers=self._v2())
         except NotFoundError:
-            return True
-        if key.get("status") != "expired":
-            return False
-        if not handle.get("api_key"):
-            return True
-        response = self._probe(handle["api_key"])
-        if response.status_code == 401:
-            return True
-        if response.status_code in (200, 403):
-            return False  # expired at Stripe, but the expiry has not reached the API yet
-        raise self.http.error(response)
+            return True  # nothing left to ask: without the key, gone is the best evidence there is
+        return key.get("status") == "expired"
 
     def list_keys(self) -> list[ProviderKey]:
         items = self.http.paginate_v2(

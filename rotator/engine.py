@@ -522,7 +522,8 @@ class _Run:
             else:
                 self._call(lambda: self.provider.revoke(entry.key.handle))
                 crashpoint("after-revoke-call")
-                if not self._call(lambda: self._confirm_revoked(entry.key.handle), retry.CONFIRM):
+                confirm_seconds = self.provider.confirm_budget.total_seconds()
+                if not self._call(lambda: self._confirm_revoked(entry.key.handle), retry.CONFIRM, max_seconds=confirm_seconds):
                     raise TransientError(f"{self.provider.kind} has not yet confirmed the revocation of {key_id}")
         except RotatorError as exc:
             self._fail(step, exc, key_id=key_id)

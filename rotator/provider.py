@@ -120,6 +120,10 @@ class Provider(ABC):
     # How long verification may keep retrying before the new credential is
     # judged bad (AWS keys take seconds to propagate).
     verify_budget: ClassVar[timedelta] = timedelta(seconds=30)
+    # How long one revocation step keeps asking `is_revoked` before it fails
+    # as transient (and the state machine asks again at a later tick). Keep
+    # it well under the engine's lease (5 min).
+    confirm_budget: ClassVar[timedelta] = timedelta(seconds=30)
     # False where the API cannot list credentials (GitHub installation tokens).
     can_list: ClassVar[bool] = True
     # True where the mark is set in the same call that creates the key (a

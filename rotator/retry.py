@@ -40,8 +40,9 @@ API = RetryPolicy()
 # Verifying a new credential: AWS takes 5-15 s to propagate a key, so keep
 # trying for about half a minute (the provider may ask for longer).
 VERIFY = RetryPolicy(max_attempts=30, max_seconds=30.0, initial_wait=0.5, max_wait=5.0)
-# Confirming a revocation took effect.
-CONFIRM = RetryPolicy(max_attempts=10, max_seconds=30.0, initial_wait=0.5, max_wait=5.0)
+# Confirming a revocation took effect; a provider's `confirm_budget` caps the
+# time (Stripe: minutes), so attempts are bounded by time, not count.
+CONFIRM = RetryPolicy(max_attempts=60, max_seconds=30.0, initial_wait=0.5, max_wait=10.0)
 
 
 def _wait_for(policy: RetryPolicy) -> Callable[[RetryCallState], float]:

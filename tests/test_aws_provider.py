@@ -85,3 +85,17 @@ def test_params_reject_unknown_keys_and_bad_values() -> None:
         AwsIamParams.model_validate({"user_name": "x", "colour": "blue"})
     with pytest.raises(ValueError):
         AwsIamParams.model_validate({"user_name": "x", "role_arn": "not-an-arn"})
+
+
+def test_revocation_is_confirmed_with_the_old_key_itself(aws_env: dict[str, str], iam_user: str) -> None:
+    """is_revoked asks STS with the old key (InvalidClientTokenId), which the handle carries for that."""
+    provider = make_provider(iam_user)
+    credential = provider.issue(IssueContext("ci", "r1"))
+    verify_eventually(provider, credential)
+    same = credential.handle.get("secret_access_key") == credential.data["secret_access_key"]
+    assert same, "the handle carries the key's secret (compared, never printed)"
+    assert not provider.is_revoked(credential.handle)
+    provider.revoke(credential.handle)
+    assert provider.is_revoked(credential.handle)
+    legacy = {k: v for k, v in credential.handle.items() if k != "secret_access_key"}
+    assert provider.is_revoked(legacy), "a handle without the secret falls back to ListAccessKeys"

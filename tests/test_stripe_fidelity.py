@@ -5,6 +5,7 @@ use. Each test names the public source it holds the code to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,94 @@ def test_catalogue_names_are_singular_and_suggestions_are_in_it() -> None:
     assert not {"customers_read", "payment_intents_write", "webhook_endpoints_write"} & PERMISSIONS
     for name in ("customers_write", "invoices_read", "subscriptions_write", "checkout_sessions_read"):
         assert suggestion(name) in PERMISSIONS
+
+
+# -- confirmation by use, readiness ---------------------------------------------------
+
+import httpx  # noqa: E402
+
+from providers.stripe_api import StripeManagedApiKeyParams, StripeManagedApiKeyProvider  # noqa: E402
+from rotator.clock import FakeClock  # noqa: E402
+from rotator.errors import TransientError  # noqa: E402
+from rotator.provider import IssueContext, ProviderContext  # noqa: E402
+from rotator.sandbox.stripe import FakeStripe  # noqa: E402
+
+ACCOUNT = "acct_1RotatorFidelity"
+APP_REF = "secret/stripe/app#secret_key"
+
+
+class World:
+    """A fake Stripe on an injected clock, and a managed-key provider against it."""
+
+    def __init__(self, **fake_options: float) -> None:
+        self.clock = FakeClock()
+        self.fake = FakeStripe(now=lambda: self.clock.now().timestamp(), **fake_options).start()
+        self.app_key = self.fake.add_account(ACCOUNT)
+        context = ProviderContext(read_secret={APP_REF: self.app_key}.__getitem__, clock=self.clock)
+        params = StripeManagedApiKeyParams(account=ACCOUNT, management_key=APP_REF, permissions=["customer_read"],
+                                           api_base=self.fake.url)
+        self.provider = StripeManagedApiKeyProvider(params, context)
+
+    def customers(self, api_key: str) -> httpx.Response:
+        return httpx.get(f"{self.fake.url}/v1/customers", headers={"Authorization": f"Bearer {api_key}"})
+
+    def close(self) -> None:
+        self.provider.close()
+        self.fake.stop()
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World(expiry_delay=90)
+    yield w
+    w.close()
+
+
+def ctx(rotation_id: str = "20260101T000000Z-0000abcd", credential: str = "payments") -> IssueContext:
+    return IssueContext(credential=credential, rotation_id=rotation_id)
+
+
+def test_a_404_on_the_key_id_is_not_proof_the_key_stopped_working(world: World) -> None:
+    """Stripe's rotate makes the old id 404 at once while its token still works: not revoked until 401."""
+    credential = world.provider.issue(ctx())
+    headers = {"Authorization": f"Bearer {world.app_key}", "Stripe-Version": "2026-08-26.preview",
+               "Stripe-Context": ACCOUNT}
+    rotated = httpx.post(f"{world.fake.url}/v2/iam/api_keys/{credential.key_id}/rotate", headers=headers,
+                         json={"expire_current_key_in_minutes": 10})
+    assert rotated.status_code == 200
+    assert httpx.get(f"{world.fake.url}/v2/iam/api_keys/{credential.key_id}", headers=headers).status_code == 404
+    assert world.customers(credential.data["api_key"]).status_code == 200
+    assert not world.provider.is_revoked(credential.handle)
+    world.clock.advance(11 * 60 + 90)
+    answer = world.customers(credential.data["api_key"])
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "api_key_expired"
+    assert world.provider.is_revoked(credential.handle)
+
+
+def test_an_expired_key_counts_as_revoked_only_once_it_gets_401(world: World) -> None:
+    """Expiry takes effect late (the sandbox: 90 s); is_revoked follows what the key itself gets."""
+    credential = world.provider.issue(ctx())
+    world.provider.revoke(credential.handle)
+    assert world.fake.key(credential.key_id)["status"] == "expired"
+    assert not world.provider.is_revoked(credential.handle), "status expired, but the key still authenticates"
+    world.clock.advance(91)
+    assert world.provider.is_revoked(credential.handle)
+
+
+def test_confirmation_budget_covers_minutes_and_stays_inside_the_lease() -> None:
+    """Stripe's expiry can take minutes: the provider asks the engine to poll that long, under the 5 min lease."""
+    budget = StripeManagedApiKeyProvider.confirm_budget.total_seconds()
+    assert 120 <= budget < 300
+
+
+def test_a_fresh_key_that_gets_401_is_not_live_yet_not_dead() -> None:
+    """A key Stripe does not accept yet is a transient verify failure; it verifies once live."""
+    w = World(activation_delay=5)
+    try:
+        credential = w.provider.issue(ctx())
+        with pytest.raises(TransientError):
+            w.provider.verify(credential)
+        w.clock.advance(6)
+        w.provider.verify(credential)
+    finally:
+        w.close()

@@ -123,6 +123,7 @@ class _Key:
     created: float
     last_used: float | None = None
     expires_at: float | None = None  # when the status turns expired
+    hidden: bool = False  # replaced by rotate: its id no longer resolves
 
     def view(self, *, now: float, with_token: bool) -> dict[str, Any]:
         secret: dict[str, Any] = {"secret_token_redacted": self.token[:8] + "..." + self.token[-4:]}
@@ -209,8 +210,11 @@ def _preview_ok(version: str | None) -> bool:
 class FakeStripe:
     """The fake Stripe API server; see the module docstring."""
 
-    def __init__(self, *, expiry_delay: float = 0.0, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, expiry_delay: float = 0.0, activation_delay: float = 0.0,
+                 now: Callable[[], float] = time.time) -> None:
         self.expiry_delay = expiry_delay
+        # A new key authenticates only this long after its create (propagation).
+        self.activation_delay = activation_delay
         self.now = now
         self.jwe = JweSettings()
         self.encrypt_secrets = True  # False: answer creates with a plaintext token only
@@ -343,8 +347,12 @@ class FakeStripe:
     def _authorized(self, request: _Request) -> _Response:
         route, params = self._route(request)
         auth = request.headers.get("authorization", "")
-        principal = self._authenticate(auth[7:] if auth.startswith("Bearer ") else "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        principal = self._authenticate(token)
         if principal is None:
+            known = next((k for k in self._keys.values() if token and k.token == token), None)
+            if known is not None and known.expires_at is not None:
+                raise StripeFakeError(401, "This API key has expired.", code="api_key_expired")
             raise StripeFakeError(401, "Invalid API Key provided.", code="api_key_invalid")
         request.principal = principal
         request.account = self._account_for(request, principal)
@@ -391,8 +399,11 @@ class FakeStripe:
         if principal is not None:
             return principal
         key = next((k for k in self._keys.values() if k.token == token), None) if token else None
-        if key is None or (key.expires_at is not None and self.now() >= key.expires_at + self.expiry_delay):
+        now = self.now()
+        if key is None or (key.expires_at is not None and now >= key.expires_at + self.expiry_delay):
             return None
+        if now < key.created + self.activation_delay:
+            return None  # minted, not yet live
         if touch:
             key.last_used = self.now()
         return _Principal("restricted", frozenset({key.account}), key)
@@ -515,7 +526,7 @@ class FakeStripe:
     def _owned_key(self, request: _Request, key_id: str) -> _Key:
         self._require_app(request)
         key = self._keys.get(key_id)
-        if key is None or key.account != request.account:
+        if key is None or key.account != request.account or key.hidden:
             raise StripeFakeError(404, f"No such API key: '{key_id}'", code="resource_missing")
         return key
 
@@ -540,6 +551,7 @@ class FakeStripe:
         new = _Key("mk_" + _rand(24), old.account, old.name, old.note, list(old.permissions), "rk_test_" + _rand(32), now)
         self._keys[new.id] = new
         old.expires_at = now + 60 * minutes
+        old.hidden = True  # Stripe: "the old id 404s" at once, its token works until it expires
         return _Response(200, self._created_view(new, public_pem, recipient_id))
 
     def _list_keys(self, request: _Request) -> _Response:
@@ -548,7 +560,8 @@ class FakeStripe:
         include_expired = request.query.get("include_expired") == "true"
         now = self.now()
         views = [k.view(now=now, with_token=self.plaintext_tokens_in_reads)
-                 for k in sorted(self._keys.values(), key=lambda k: -k.created) if k.account == request.account]
+                 for k in sorted(self._keys.values(), key=lambda k: -k.created)
+                 if k.account == request.account and not k.hidden]
         views = [v for v in views if include_expired or v["status"] != "expired"]
         page = views[offset:offset + limit]
         next_url = None
