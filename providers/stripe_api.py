@@ -167,6 +167,8 @@ class _StripeProvider(Provider):
 
     page_size: ClassVar[int] = 100  # Stripe's maximum
     _with_key_pair: ClassVar[bool] = False
+    # A retried create replays its idempotency key (see `_create`).
+    is_issue_retry_safe: ClassVar[bool] = True
 
     def __init__(self, params: BaseModel, context: ProviderContext) -> None:
         super().__init__(params, context)

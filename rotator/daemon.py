@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import schedule as tick_schedule
 
@@ -33,6 +33,8 @@ from rotator.engine import ReconcileResult
 from rotator.errors import RotatorError
 from rotator.state import StateRecord
 from rotator.timetable import due_at
+
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -190,7 +192,9 @@ class Daemon:
         record = result.record
         view.remember(record)
         policy = self.engine.policy_for(view.cred)
-        view.wake_at = machine.next_wake_at(record, policy)
+        # None from the machine means never (blocked, nothing to retire):
+        # until the file changes or the change feed says someone acted.
+        view.wake_at = machine.next_wake_at(record, policy) or NEVER
         if result.status == "locked":
             view.wake_at = None
         view.failing = bool(record and (record.attempts > 0 or any(e.attempts > 0 for e in record.retiring)))

@@ -8,8 +8,13 @@ Invariants:
 - a lost check-and-set write means another process took the lease: stop at
   once, with no further side effect;
 - `credential.issued` is logged only once the new credential is stashed;
-- nothing is revoked while the live path's metadata names it as live, and a
-  credential that reached the live path is never rolled back.
+- nothing is revoked while the live path names it (metadata or data), and a
+  credential that reached the live path is never rolled back;
+- a create that is not idempotent is never retried inside its step: after
+  a lost response the next step lists the provider's keys and revokes what
+  the rotation made before minting again;
+- the orphan sweep renews the lease (a check-and-set write) before each
+  revoke, so a holder that was paused past its lease revokes nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from rotator.vault import VaultStore
 
 T = TypeVar("T")
 MAX_STEPS_PER_RECONCILE = 32
+ONCE = retry.RetryPolicy(max_attempts=1)  # a call whose repeat could act twice
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,8 @@ class Engine:
         current = self.store.read(self.options.state_mount, self.state_path(name))
         if current.data is None:
             return None, current.version
-        return StateRecord.from_vault(current.data), current.version
+        where = f"the state record of {name} ({self.options.state_mount}/{self.state_path(name)})"
+        return StateRecord.from_vault(current.data, where=where), current.version
 
     def _read_secret(self, ref: str) -> str:
         value = self.store.read_ref(ref)
@@ -269,7 +276,8 @@ class _Run:
     def _apply(self, outcome: machine.Outcome) -> None:
         self.persist(machine.apply(self.record, outcome, self.policy, self.engine.clock.now()))
 
-    def _call(self, fn: Callable[[], T], policy: retry.RetryPolicy = retry.API, *, max_seconds: float | None = None) -> T:
+    def _call(self, fn: Callable[[], T], policy: retry.RetryPolicy = retry.API, *, max_seconds: float | None = None,
+              watch_shutdown: bool = True) -> T:
         def guarded() -> T:
             try:
                 return fn()
@@ -281,7 +289,8 @@ class _Run:
                 # the type is kept.
                 raise PermanentError(f"{self.provider.kind} raised {type(exc).__name__} (a bug in the provider?)") from None
 
-        return retry.call_with_retry(guarded, policy=policy, clock=self.engine.clock, shutdown=self.engine.shutdown, max_seconds=max_seconds)
+        shutdown = self.engine.shutdown if watch_shutdown else None
+        return retry.call_with_retry(guarded, policy=policy, clock=self.engine.clock, shutdown=shutdown, max_seconds=max_seconds)
 
     def _do(self, action: machine.Action) -> None:
         match action:
@@ -295,6 +304,10 @@ class _Run:
                 self._verify()
             case machine.Promote():
                 self._promote()
+            case machine.DescribeLive():
+                self._describe_live()
+            case machine.MarkRevokeNow():
+                self._apply(machine.RevokeNowMarked())
             case machine.RollBack():
                 self._roll_back()
             case machine.Deactivate(key_id=key_id):
@@ -313,7 +326,16 @@ class _Run:
                 next_attempt_at=to_rfc3339(entry.next_attempt_at) if entry and entry.next_attempt_at else None,
             )
             return
-        if self.record.pending is not None and self.record.pending.phase == "rolling_back":
+        self.request = None  # a manual request gets one attempt, not one per step
+        pending = self.record.pending
+        if step == "rollback" and pending is not None:
+            nxt = self.record.next_attempt_at
+            self.status = "failed"
+            self.emit("rotation.failed", "error", step=step, error=str(exc), will_retry=True,
+                      key_id=pending.credential.key_id if pending.credential else None,
+                      next_attempt_at=to_rfc3339(nxt) if nxt else None)
+            return
+        if pending is not None and pending.phase == "rolling_back":
             return  # reported once the rollback is done
         self._report_failure(step, str(exc))
 
@@ -349,16 +371,26 @@ class _Run:
         revoked: list[str] = []
         if self.provider.can_list:
             try:
-                for key in self._call(self.provider.list_keys):
-                    if self._is_orphan(key, pending):
-                        self._call(lambda k=key: self.provider.revoke(k.handle))
-                        revoked.append(key.key_id)
-                        self.emit("orphan.revoked", key_id=key.key_id)
+                orphans = [key for key in self._call(self.provider.list_keys) if self._is_orphan(key, pending)]
+                revoked = self._revoke_orphans(orphans)
             except RotatorError as exc:
                 self._fail("sweep", exc)
                 return
         self._apply(machine.Swept(tuple(revoked)))
         crashpoint("after-sweep")
+
+    def _revoke_orphans(self, orphans: list[Any]) -> list[str]:
+        """Revoke keys this credential's rotations left behind, each only
+        while our lease still holds and nothing names it as live."""
+        revoked: list[str] = []
+        for key in orphans:
+            self.persist(self.record)  # renews the lease, or raises LeaseLostError: a stale holder stops here
+            if key.key_id in self.record.managed_key_ids() or self._live.names_as_live(key.key_id):
+                continue
+            self._call(lambda k=key: self.provider.revoke(k.handle))
+            revoked.append(key.key_id)
+            self.emit("orphan.revoked", key_id=key.key_id)
+        return revoked
 
     def _is_orphan(self, key: Any, pending: Any) -> bool:
         if key.key_id in self.record.managed_key_ids():
@@ -392,19 +424,35 @@ class _Run:
         self.emit("credential.issued", key_id=credential.key_id)
         crashpoint("after-stash")
 
+    def _mint(self, ctx: IssueContext) -> IssuedCredential:
+        # A create that is not idempotent is made once per step: if its
+        # response is lost, the step fails and the next one sweeps first.
+        policy = retry.API if self.provider.is_issue_retry_safe else ONCE
+        return self._call(lambda: self.provider.issue(ctx), policy)
+
     def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential:
         try:
-            return self._call(lambda: self.provider.issue(ctx))
+            return self._mint(ctx)
         except NoCapacityError as exc:
-            # Room can be made only from our own keys already past grace.
-            ours = {e.key.key_id for e in self.record.retiring if self.engine.clock.now() >= e.revoke_after}
             live = {self.record.current.key_id} if self.record.current else set()
             in_the_way = exc.blocking_key_ids - live
-            if not in_the_way or not in_the_way <= ours:
+            pending = self.record.pending
+            if not in_the_way:
+                raise
+            if pending is not None and self.provider.can_list:
+                # A key one of our own rotations left (a lost create) is in the way.
+                orphans = [k for k in self._call(self.provider.list_keys) if k.key_id in in_the_way and self._is_orphan(k, pending)]
+                in_the_way -= set(self._revoke_orphans(orphans))
+            # Room can be made only from our own keys already past grace.
+            ours = {e.key.key_id for e in self.record.retiring if self.engine.clock.now() >= e.revoke_after}
+            if not in_the_way <= ours:
                 raise
             for key_id in sorted(in_the_way):
                 self._retire(key_id, deactivate=False)
-            return self._call(lambda: self.provider.issue(ctx))
+            still = sorted(in_the_way & {e.key.key_id for e in self.record.retiring})
+            if still:
+                raise TransientError(f"no room for a new key yet: revoking {', '.join(still)} failed; will retry") from None
+            return self._mint(ctx)
 
     def _discard(self, credential: IssuedCredential) -> None:
         """The stash failed: revoke the new credential rather than orphan it."""
@@ -434,7 +482,9 @@ class _Run:
             self.provider.verify(credential)
 
         try:
-            self._call(attempt, retry.VERIFY, max_seconds=self.provider.verify_budget.total_seconds())
+            # SIGTERM finishes this step: verification runs out its (bounded)
+            # budget rather than turn a shutdown into a rollback.
+            self._call(attempt, retry.VERIFY, max_seconds=self.provider.verify_budget.total_seconds(), watch_shutdown=False)
         except RotatorError as exc:
             self._fail("verify", exc)
             return
@@ -457,22 +507,27 @@ class _Run:
             self._fail("promote", exc)
             return
         crashpoint("after-live-write")
-        self._describe_live(credential)
-        crashpoint("after-metadata")
-        self._finish_promotion(credential, version)
-        crashpoint("after-promote")
+        self._apply(machine.LiveWritten(version))
 
-    def _describe_live(self, credential: IssuedCredential) -> None:
+    def _describe_live(self) -> None:
+        """The promotion's second half: until the metadata names the new
+        key, the old one is not superseded (its revocation would be refused)."""
+        credential = self._pending_credential()
         pending = self.record.pending
-        assert pending is not None
+        assert pending is not None and pending.live_version is not None
         try:
             self._call(lambda: self._live.describe(
                 credential=self.cred.spec.name, provider=self.cred.spec.provider, key_id=credential.key_id,
-                rotation_id=pending.rotation_id, rotated_at=self.engine.clock.now(), expires_at=credential.expires_at,
+                rotation_id=pending.rotation_id, rotated_at=pending.live_at or self.engine.clock.now(), expires_at=credential.expires_at,
             ))
         except RotatorError as exc:
             # The credential is live already: never roll it back for metadata.
             self.log.error("vault.metadata_failed", vault_path=str(self._live), error=str(exc))
+            self._fail("metadata", exc)
+            return
+        crashpoint("after-metadata")
+        self._finish_promotion(credential, pending.live_version)
+        crashpoint("after-promote")
 
     def _finish_promotion(self, credential: IssuedCredential, version: int) -> None:
         # Logged before the record says so: after a crash in between, the
@@ -496,8 +551,7 @@ class _Run:
                 live_version = self._call(lambda: self._live.version_holding(pending.data))
                 if live_version is not None:
                     # It reached the live path after all: it is live, keep it.
-                    self._describe_live(credential)
-                    self._finish_promotion(credential, live_version)
+                    self._apply(machine.LiveWritten(live_version))
                     return
                 self._call(lambda: self.provider.revoke(credential.handle))
                 crashpoint("after-rollback-call")

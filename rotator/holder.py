@@ -4,7 +4,8 @@ A lease names its holder's host, boot, PID namespace, PID and process start
 time. Another process that shares the host, boot and PID namespace can tell
 for certain whether the holder still runs, so a daemon restarted after a
 crash resumes at once instead of waiting out the lease. A holder anywhere
-else is trusted until its lease expires.
+else, or one whose process cannot be seen, is trusted until its lease
+expires.
 """
 
 from __future__ import annotations
@@ -65,12 +66,23 @@ def current() -> Identity:
 
 
 def is_known_dead(*, host: str | None, boot_id: str | None, pid_namespace: str | None, pid: int | None, start_ticks: str | None) -> bool:
-    """True only when the holder shared our host, boot and PID namespace and
-    its process is gone (or the PID now belongs to another process)."""
+    """True only on positive evidence: the holder shared our host, boot and
+    PID namespace, and its PID is gone, or now belongs to a process that
+    started at another time. A /proc entry we cannot read (another user's
+    process under `ProtectProc=invisible`, or `hidepid`) proves nothing."""
     me = current()
     if None in (host, boot_id, pid_namespace, pid, me.boot_id, me.pid_namespace):
         return False
     if (host, boot_id, pid_namespace) != (me.host, me.boot_id, me.pid_namespace):
         return False
     assert pid is not None
-    return process_start_ticks(pid) != start_ticks
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the PID exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, as another user's process
+    except OSError:
+        return False
+    ticks = process_start_ticks(pid)
+    return ticks is not None and start_ticks is not None and ticks != start_ticks

@@ -72,6 +72,15 @@ class LivePath:
         self.store.merge_custom_metadata(self.mount, self.path, metadata)
 
     def names_as_live(self, key_id: str) -> bool:
-        """Whether the path's metadata says `key_id` is the live credential."""
+        """Whether the path says `key_id` is the live credential: its metadata
+        names it, or its latest data holds it (an id field such as
+        `access_key_id`, also before the metadata caught up)."""
         meta = self.store.read_metadata(self.mount, self.path)
-        return meta is not None and meta.custom_metadata.get("rotator-key-id") == key_id
+        if meta is None:
+            return False
+        if meta.custom_metadata.get("rotator-key-id") == key_id:
+            return True
+        if meta.current_version == 0:
+            return False
+        live = self.store.read_version(self.mount, self.path, meta.current_version) or {}
+        return key_id in live.values()

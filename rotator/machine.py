@@ -6,9 +6,10 @@ no clock, no randomness: the engine supplies all three.
 
 A rotation moves through these phases (docs/STATE.md has the diagram):
 
-    idle -> intent -> issuing -> issued -> verified -> (promoted) idle
-                         |          |           |
-                   (sweep orphans)  +--> rolling_back --> idle (failed)
+    idle -> intent -> issuing -> issued -> verified -> promoted -> idle
+                         |          |           |     (live written; idle
+                   (sweep orphans)  |           |      once its metadata is)
+                                    +--> rolling_back --> idle (failed)
 
 and each superseded credential through its own:
 
@@ -21,6 +22,10 @@ Invariants kept here:
   follows `Verified`;
 - a superseded credential is revoked no earlier than `grace` after its
   successor became live, unless the rotation asked for `revoke_now`;
+- retirement is due on its own clock, whatever state a pending rotation is
+  in (blocked, backing off);
+- a promotion counts (`current` changes) only once the live path's metadata
+  names the new key, so the old one is never left named as live;
 - `issuing` is entered before the provider is asked to mint, so a crash
   there is always followed by an orphan sweep before anything else.
 """
@@ -86,6 +91,16 @@ class Promote:
 
 
 @dataclass(frozen=True)
+class DescribeLive:
+    """Write the live path's metadata for a credential already written there."""
+
+
+@dataclass(frozen=True)
+class MarkRevokeNow:
+    """`rotate --revoke-now` asked while a rotation was unfinished."""
+
+
+@dataclass(frozen=True)
 class RollBack:
     pass
 
@@ -100,7 +115,7 @@ class Revoke:
     key_id: str
 
 
-Action = StartRotation | SweepOrphans | Issue | Verify | Promote | RollBack | Deactivate | Revoke
+Action = StartRotation | SweepOrphans | Issue | Verify | Promote | DescribeLive | MarkRevokeNow | RollBack | Deactivate | Revoke
 
 
 # -- outcomes ----------------------------------------------------------------
@@ -135,9 +150,19 @@ class Verified:
 
 
 @dataclass(frozen=True)
+class LiveWritten:
+    live_version: int
+
+
+@dataclass(frozen=True)
 class Promoted:
     live_version: int
     jitter_seconds: float
+
+
+@dataclass(frozen=True)
+class RevokeNowMarked:
+    pass
 
 
 @dataclass(frozen=True)
@@ -157,14 +182,17 @@ class Revoked:
 
 @dataclass(frozen=True)
 class Failed:
-    step: str  # sweep, issue, verify, promote, rollback, deactivate, revoke
+    step: str  # sweep, issue, verify, promote, metadata, rollback, deactivate, revoke
     error: str
     transient: bool
     retry_after: float | None = None
     key_id: str | None = None  # for deactivate / revoke
 
 
-Outcome = Started | IssueBegun | Swept | Issued | Verified | Promoted | RolledBack | Deactivated | Revoked | Failed
+Outcome = (
+    Started | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
+    | RolledBack | Deactivated | Revoked | Failed
+)
 
 
 # -- deciding ------------------------------------------------------------------
@@ -202,7 +230,10 @@ def next_action(record: StateRecord, policy: Policy, now: datetime, request: Req
     """The next thing to do for this credential, or None when nothing is due."""
     pending = record.pending
     if pending is not None:
-        return _pending_action(record, pending, policy, now, request)
+        if request is not None and request.revoke_now and not pending.revoke_now:
+            return MarkRevokeNow()
+        # A stuck rotation (blocked, backing off) never holds up retirement.
+        return _pending_action(record, pending, policy, now, request) or _retirement_action(record, policy, now)
     retirement = _retirement_action(record, policy, now)
     if retirement is not None:
         return retirement
@@ -217,6 +248,9 @@ def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: 
     may_retry = request is not None or (_retry_gate_open(record, now) and not is_blocked(record, policy))
     if pending.phase == "rolling_back":
         return RollBack() if _retry_gate_open(record, now) or request is not None else None
+    if pending.phase == "promoted":
+        # Live already: finishing it is never blocked, only backed off.
+        return DescribeLive() if _retry_gate_open(record, now) or request is not None else None
     if not may_retry:
         return None
     if pending.phase == "issuing":
@@ -244,7 +278,7 @@ def next_wake_at(record: StateRecord | None, policy: Policy) -> datetime | None:
         return EPOCH
     times: list[datetime] = []
     if record.pending is not None:
-        if record.pending.phase == "rolling_back" or not is_blocked(record, policy):
+        if record.pending.phase in {"rolling_back", "promoted"} or not is_blocked(record, policy):
             times.append(record.next_attempt_at or EPOCH)
     elif not is_blocked(record, policy):
         due = due_at(policy.schedule, record)
@@ -293,8 +327,17 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
         case Verified(attempts=attempts):
             pending = _pending(record).model_copy(update={"phase": "verified", "verify_attempts": attempts})
             return record.model_copy(update={"pending": pending})
+        case LiveWritten(live_version=version):
+            pending = _pending(record).model_copy(update={
+                "phase": "promoted", "live_version": version, "live_at": _pending(record).live_at or now,
+                "failed_step": None, "failure_permanent": False,
+            })
+            return record.model_copy(update={"pending": pending, "next_attempt_at": None})
         case Promoted():
             return _promoted(record, outcome, policy, now)
+        case RevokeNowMarked():
+            pending = _pending(record).model_copy(update={"revoke_now": True})
+            return record.model_copy(update={"pending": pending, "retiring": _revoke_now(record.retiring, now)})
         case RolledBack():
             return _rolled_back(record, policy, now)
         case Deactivated(key_id=key_id):
@@ -328,14 +371,23 @@ def _started(record: StateRecord, outcome: Started, now: datetime) -> StateRecor
         revoke_now=outcome.revoke_now,
         preexisting_key_ids=list(outcome.preexisting_key_ids),
     )
-    retiring = record.retiring
-    if outcome.revoke_now:
-        # Incident response: everything older than the live key goes now.
-        retiring = [e.model_copy(update={"revoke_after": now, "immediate": True, "next_attempt_at": None}) for e in retiring]
+    retiring = _revoke_now(record.retiring, now) if outcome.revoke_now else record.retiring
     update: dict[str, object] = {"pending": pending, "retiring": retiring}
     if outcome.reason == "manual":
         update.update(blocked_fingerprint=None, next_attempt_at=None)
     return record.model_copy(update=update)
+
+
+def _revoke_now(retiring: list[Retiring], now: datetime) -> list[Retiring]:
+    """Incident response: everything older than the live key goes now, a
+    deactivated key waiting for its deletion too."""
+    return [
+        e.model_copy(update={
+            "revoke_after": min(e.revoke_after, now), "immediate": True, "next_attempt_at": None,
+            "delete_after": min(e.delete_after, now) if e.delete_after is not None else None,
+        })
+        for e in retiring
+    ]
 
 
 def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datetime) -> StateRecord:
@@ -343,11 +395,12 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
     assert pending.credential is not None
     retiring = list(record.retiring)
     if record.current is not None:
+        live_at = pending.live_at or now  # grace runs from the live write
         retiring.append(
             Retiring(
                 key=record.current,
                 superseded_by=pending.rotation_id,
-                revoke_after=now if pending.revoke_now else now + policy.grace,
+                revoke_after=now if pending.revoke_now else live_at + policy.grace,
                 immediate=pending.revoke_now,
             )
         )
@@ -393,6 +446,10 @@ def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime)
             "last_error": outcome.error,
         }))
     errors = {"last_error": outcome.error, "last_error_step": outcome.step, "last_error_at": now}
+    if outcome.step == "metadata":
+        # The credential is live: retried with backoff until written, never blocked.
+        attempts = record.attempts + 1
+        return record.model_copy(update={"attempts": attempts, "next_attempt_at": now + backoff(attempts, outcome.retry_after), **errors})
     if outcome.step == "verify" or (outcome.step == "promote" and not outcome.transient):
         # The new credential cannot go live: revoke it now, count the failure then.
         pending = _pending(record).model_copy(

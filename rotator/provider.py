@@ -130,6 +130,11 @@ class Provider(ABC):
     # title, a name). False where it is a second call (AWS user tags): then a
     # crash between the two leaves an unmarked key, found by creation time.
     is_marking_atomic: ClassVar[bool] = True
+    # True where repeating a create whose response was lost makes no second
+    # credential (Stripe replays an idempotency key). Otherwise the engine
+    # makes a create once per step, and a lost response is cleaned up by the
+    # orphan sweep before the next create.
+    is_issue_retry_safe: ClassVar[bool] = False
     # False where the API says nothing of when a key was last used (Stripe
     # webhook endpoints): compliance then never calls such a key unused.
     reports_last_use: ClassVar[bool] = True

@@ -16,13 +16,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rotator.errors import PermanentError
 
 SCHEMA_VERSION = 1
 
-Phase = Literal["intent", "issuing", "issued", "verified", "rolling_back"]
+Phase = Literal["intent", "issuing", "issued", "verified", "promoted", "rolling_back"]
 Stage = Literal["active", "deactivated"]
 Reason = Literal["schedule", "manual", "recovery"]
+
+
+class StateRecordError(PermanentError, ValueError):
+    """A state record that does not parse (edited by hand, or written by a
+    rotator that is not compatible)."""
 
 
 class _Frozen(BaseModel):
@@ -82,6 +89,10 @@ class Pending(_Frozen):
     verify_attempts: int = 0
     failed_step: str | None = None  # set while rolling back: the step that failed
     failure_permanent: bool = False  # ...and whether retrying would help
+    # `promoted`: the live path holds the new credential at this version
+    # since `live_at`; its metadata is still to be written.
+    live_version: int | None = None
+    live_at: datetime | None = None
 
 
 class Retiring(_Frozen):
@@ -129,8 +140,16 @@ class StateRecord(_Frozen):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_vault(cls, data: dict[str, Any]) -> StateRecord:
-        return cls.model_validate(data)
+    def from_vault(cls, data: dict[str, Any], *, where: str = "a state record") -> StateRecord:
+        """Parse a record; a malformed one is a `StateRecordError` naming the
+        record and the bad fields, never quoting a value (it may be a secret)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            fields = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<record>'}: {err['type']}" for err in exc.errors(include_url=False)[:5]
+            )
+            raise StateRecordError(f"{where} is malformed ({fields}); fix or delete it in Vault") from None
 
     def managed_key_ids(self) -> set[str]:
         ids = {r.key.key_id for r in self.retiring}

@@ -1,0 +1,373 @@
+"""Regression tests for the defects of issue 10, each named after it.
+
+The engine runs for real against the real OpenBao, with an in-process
+provider (tests/fake_provider.py) whose calls can fail before or after
+their effect, and an injected clock: nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from fake_provider import WORLDS, FakeParams, FakeProvider, KeyWorld
+from rotator import audit, holder
+from rotator.clock import FakeClock
+from rotator.config import CredentialSpec, LoadedCredential
+from rotator.engine import Engine, EngineOptions
+from rotator.errors import TransientError
+from rotator.machine import Request
+from rotator.vault import VaultStore
+
+
+class EventLog:
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        audit.configure(fmt="json", stream=self.stream)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return [e for e in out if name is None or e["event"] == name]
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events()]
+
+
+class FaultyStore(VaultStore):
+    """The real store; named methods can be made to fail (a Vault 5xx)."""
+
+    failing: dict[str, int]
+
+    def merge_custom_metadata(self, mount: str, path: str, updates: Any) -> None:
+        if self.failing.get("merge_custom_metadata", 0) > 0:
+            self.failing["merge_custom_metadata"] -= 1
+            raise TransientError("injected: Vault 503 on the metadata write")
+        super().merge_custom_metadata(mount, path, updates)
+
+
+class World:
+    """One fake-provider credential on the real OpenBao, with a fake clock."""
+
+    def __init__(self, openbao: Any, bao_client: Any, unique: str, *, limit: int = 2, retire_delay: float | None = None,
+                 grace: str = "1h") -> None:
+        self.clock = FakeClock()
+        self.keys = KeyWorld(self.clock, limit=limit)
+        self.world_id = uuid.uuid4().hex
+        WORLDS[self.world_id] = self.keys
+        self.prefix = f"rotator-test/{unique}"
+        self.bao = bao_client
+        from rotator.settings import Settings
+
+        settings = Settings(state_prefix=self.prefix, vault_addr=openbao.addr, vault_token=openbao.token)
+        self.store = FaultyStore(settings.vault_connection())
+        self.store.failing = {}
+        self.engine = self.new_engine()
+        self.name = f"fake-{unique}"
+        self.path = f"apps/fake-{unique}"
+        self.cred = self.credential(grace=grace, retire_delay=retire_delay)
+        self.violations: list[str] = []
+        self.keys.before_effect = self._check
+
+    def _check(self, op: str, key_id: str) -> None:
+        """Guarantee 1: no revoke or deactivate ever targets the key the live path holds."""
+        if op in {"revoke", "deactivate"} and key_id and key_id == self.live_key_id():
+            self.violations.append(f"{op} {key_id} while the live path holds it")
+
+    def new_engine(self, holder_name: str | None = None) -> Engine:
+        return Engine(self.store, options=EngineOptions(state_prefix=self.prefix), clock=self.clock, holder=holder_name)
+
+    def credential(self, *, grace: str = "1h", retire_delay: float | None = None, path: str | None = None, name: str | None = None) -> LoadedCredential:
+        params = {"world": self.world_id, "retire_delay_seconds": retire_delay}
+        spec = CredentialSpec.model_validate({
+            "name": name or self.name, "provider": "test.fake", "owner": "t", "schedule": {"every": "30d"}, "grace": grace,
+            "vault": {"mount": "secret", "path": path or self.path}, "params": params,
+        })
+        return LoadedCredential(spec, FakeProvider, FakeParams(**params))
+
+    def reconcile(self, **kwargs: Any):  # type: ignore[no-untyped-def]
+        return self.engine.reconcile(self.cred, **kwargs)
+
+    def live(self, path: str | None = None) -> dict[str, Any] | None:
+        return self.store.read("secret", path or self.path).data
+
+    def live_key_id(self) -> str | None:
+        data = self.live()
+        return data["key_id"] if data else None
+
+    def meta_key_id(self) -> str | None:
+        meta = self.store.read_metadata("secret", self.path)
+        return meta.custom_metadata.get("rotator-key-id") if meta else None
+
+    def record(self):  # type: ignore[no-untyped-def]
+        return self.engine.read_record(self.name)[0]
+
+    def leave_pending(self) -> None:
+        """A scheduled rotation that stops in `issuing`, blocked (a refused create)."""
+        self.keys.fail("issue", "permanent")
+        self.clock.advance(timedelta(days=31))
+        result = self.reconcile()
+        assert result.status == "failed" and result.record.pending is not None
+
+    def rotate(self) -> str:
+        """One scheduled rotation, done: the new live key id."""
+        self.clock.advance(timedelta(days=31))
+        result = self.reconcile()
+        assert result.status == "completed", result.status
+        return self.live_key_id()  # type: ignore[return-value]
+
+
+@pytest.fixture
+def events() -> EventLog:
+    return EventLog()
+
+
+@pytest.fixture
+def world(openbao, bao_client, unique: str, events: EventLog):  # type: ignore[no-untyped-def]
+    w = World(openbao, bao_client, unique)
+    yield w
+    w.engine.close()
+    WORLDS.pop(w.world_id, None)
+
+
+def make_world(openbao, bao_client, unique: str, **kwargs: Any) -> World:  # type: ignore[no-untyped-def]
+    return World(openbao, bao_client, unique + uuid.uuid4().hex[:4], **kwargs)
+
+
+# -- 1. duplicate credentials after a lost response ------------------------------------
+
+
+def test_lost_create_response_leaves_no_second_key(world: World, events: EventLog) -> None:
+    """A create applied but unanswered is not retried blindly: the next
+    action finds and revokes it, then mints again; one key is left."""
+    world.keys.limit = 10  # like deploy keys: no limit hides the duplicate
+    world.keys.fail("issue", "after")
+    world.reconcile()
+    world.clock.advance(timedelta(minutes=2))
+    world.reconcile()
+    assert world.live_key_id() is not None
+    assert set(world.keys.keys) == {world.live_key_id()}, "the key whose response was lost must be revoked"
+    assert [e["key_id"] for e in events.events("orphan.revoked")] == ["K1"]
+
+
+def test_lost_create_response_with_a_full_scope_does_not_block(world: World, events: EventLog) -> None:
+    """AWS's 2 keys: after a lost create, NoCapacity blames the key this
+    rotation made; that is cleaned up, not a permanent block."""
+    old = world.rotate()
+    world.keys.fail("issue", "after")
+    world.clock.advance(timedelta(days=31))
+    assert world.reconcile().status == "failed"
+    assert world.record().blocked_fingerprint is None, "the rotator's own lost key must not block the credential"
+    world.clock.advance(timedelta(minutes=2))
+    assert world.reconcile().status == "completed"
+    assert set(world.keys.keys) == {old, world.live_key_id()}
+
+
+# -- 2. the orphan sweep never revokes the live key --------------------------------------
+
+
+def test_orphan_sweep_spares_the_live_key_after_the_record_was_lost(world: World, bao_client: Any) -> None:
+    """A lost state record must not make the live key look like an orphan."""
+    live = world.rotate()
+    bao_client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{world.prefix}/{world.name}", mount_point="secret")
+    world.leave_pending()
+    world.reconcile(request=Request())
+    assert world.violations == []
+
+
+def test_stale_lease_holder_resuming_never_revokes_the_live_key(world: World) -> None:
+    """A replica paused past its lease resumes its sweep: it must re-check
+    its lease before revoking, and never revoke what the live path holds."""
+    world.rotate()
+    world.leave_pending()  # in `issuing`: the next reconcile sweeps
+    stale = world.new_engine("replica-a")
+    other = world.new_engine("replica-b")
+
+    def pause_past_the_lease() -> None:
+        world.clock.advance(timedelta(seconds=400))
+        assert other.reconcile(world.cred, request=Request()).status == "completed"
+
+    world.keys.hooks["list"] = pause_past_the_lease
+    stale.reconcile(world.cred, request=Request())
+    assert world.violations == []
+    assert world.live_key_id() in world.keys.keys, "the stale holder revoked the live key"
+
+
+# -- 3. retirement does not freeze behind a stuck rotation -------------------------------
+
+
+def test_retirement_happens_on_time_behind_a_blocked_rotation(world: World) -> None:
+    """A rotation blocked by NoCapacity still lets the old key be revoked at the end of grace."""
+    first = world.rotate()
+    second = world.rotate()
+    result = world.reconcile(request=Request())  # within grace: both keys exist, AWS-style block
+    assert result.record.blocked_fingerprint is not None and result.record.pending is not None
+    world.clock.advance(timedelta(hours=2))
+    world.reconcile()
+    assert first not in world.keys.keys, "the superseded key outlived its grace behind a blocked rotation"
+    assert second in world.keys.keys
+
+
+# -- 4. --revoke-now is not dropped ---------------------------------------------------------
+
+
+def test_revoke_now_on_an_unfinished_rotation_is_kept(world: World) -> None:
+    """`rotate --revoke-now` that finishes a pending rotation revokes the old key at once."""
+    old = world.rotate()
+    world.leave_pending()
+    result = world.reconcile(request=Request(revoke_now=True))
+    assert result.status == "completed"
+    assert old not in world.keys.keys, "the compromised key kept its grace"
+
+
+def test_revoke_now_shortens_deactivated_entries(openbao, bao_client, unique: str, events: EventLog) -> None:  # type: ignore[no-untyped-def]
+    """A key already deactivated (waiting for deletion) is deleted at once by --revoke-now."""
+    w = make_world(openbao, bao_client, unique, retire_delay=86400.0, limit=10)
+    first = w.rotate()
+    w.rotate()
+    w.clock.advance(timedelta(hours=2))
+    w.reconcile()
+    assert w.keys.keys[first].active is False
+    assert w.reconcile(request=Request(revoke_now=True)).status == "completed"
+    assert first not in w.keys.keys, "the deactivated key waited out its deletion delay"
+    w.engine.close()
+
+
+# -- 5. a live lease holder is not taken for dead -------------------------------------------
+
+
+def test_unreadable_proc_is_not_taken_for_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ProtectProc=invisible another user's /proc entry is unreadable:
+    that is unknown, not dead. Only a process that is gone counts as dead."""
+    me = holder.current()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ticks = holder.process_start_ticks(alive.pid)
+        assert ticks is not None
+        lease = {"host": me.host, "boot_id": me.boot_id, "pid_namespace": me.pid_namespace, "pid": alive.pid, "start_ticks": ticks}
+        assert holder.is_known_dead(**lease) is False
+        monkeypatch.setattr(holder, "process_start_ticks", lambda pid: None)  # /proc/PID hidden
+        assert holder.is_known_dead(**lease) is False, "a running holder whose /proc is hidden was taken for dead"
+    finally:
+        alive.kill()
+        alive.wait()
+    assert holder.is_known_dead(**lease) is True, "a holder that is gone is dead"
+
+
+# -- 8. a failed metadata merge does not block revocation -----------------------------------
+
+
+def test_failed_metadata_merge_is_retried_as_its_own_step(world: World, events: EventLog) -> None:
+    """The promotion is done only once rotator-key-id names the new key; then the old one is revoked on time."""
+    old = world.rotate()
+    world.store.failing["merge_custom_metadata"] = 8  # more than one step's retries
+    world.clock.advance(timedelta(days=31))
+    world.reconcile()
+    assert world.meta_key_id() == old
+    for _ in range(6):
+        world.clock.advance(timedelta(minutes=30))
+        world.reconcile()
+    new = world.live_key_id()
+    assert world.meta_key_id() == new
+    assert world.record().current.key_id == new
+    assert old not in world.keys.keys, "the old key could never be revoked"
+
+
+# -- smaller ones -------------------------------------------------------------------------
+
+
+def test_manual_request_is_consumed_by_a_failure(world: World) -> None:
+    """One `rotate` that fails makes one attempt, not one per step of the reconcile."""
+    world.keys.limit = 10
+    world.rotate()
+    world.leave_pending()
+    world.keys.fail("issue", *["after"] * 40)
+    before = len([c for c in world.keys.calls if c[0] == "issue"])
+    result = world.reconcile(request=Request())
+    made = len([c for c in world.keys.calls if c[0] == "issue"]) - before
+    assert made == 1, f"one rotate minted {made} keys"
+    assert result.status == "failed"
+
+
+def test_sigterm_during_verify_finishes_the_step(world: World, events: EventLog) -> None:
+    """SIGTERM while verification is still retrying lets the verification finish; no rollback."""
+    world.rotate()
+    world.keys.fail("verify", "before", "before")
+    world.keys.hooks["verify"] = world.engine.shutdown.set
+    world.clock.advance(timedelta(days=31))
+    world.reconcile()
+    assert "rotation.rolled_back" not in events.names()
+    assert world.record().pending.phase == "verified"
+
+
+def test_transient_revoke_failure_while_making_room_does_not_block(openbao, bao_client, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Deleting our deactivated key to make room fails transiently: retry later, do not block."""
+    w = make_world(openbao, bao_client, unique, retire_delay=86400.0)
+    first = w.rotate()
+    w.rotate()
+    w.clock.advance(timedelta(hours=2))
+    w.reconcile()  # first: deactivated, deletion due in a day
+    w.keys.fail("revoke", *["before"] * 5)  # one step's retries
+    assert w.reconcile(request=Request()).status == "failed"
+    assert w.record().blocked_fingerprint is None, "a transient failure blocked the credential"
+    w.clock.advance(timedelta(hours=2))
+    assert w.reconcile().status == "completed"
+    assert first not in w.keys.keys
+    w.engine.close()
+
+
+def test_failed_rollback_logs_an_event(world: World, events: EventLog) -> None:
+    """A rollback whose revoke fails is reported (rotation.failed, step rollback)."""
+    world.rotate()
+    world.keys.fail("verify", "permanent")
+    world.keys.fail("revoke", *["before"] * 10)
+    world.clock.advance(timedelta(days=31))
+    world.reconcile()
+    assert world.record().pending.phase == "rolling_back"
+    failed = [e for e in events.events("rotation.failed") if e.get("step") == "rollback"]
+    assert failed and failed[0]["will_retry"] is True
+
+
+def test_blocked_credential_costs_no_vault_read_per_tick(world: World) -> None:
+    """A blocked credential with nothing to retire is not read on every tick."""
+    from rotator.app import App
+    from rotator.daemon import CredentialView, Daemon
+    from rotator.settings import Settings
+
+    world.keys.add_static()
+    world.keys.add_static()  # two unmanaged keys: NoCapacity, blocked until the file changes
+    settings = Settings(state_prefix=world.prefix, vault_addr="http://127.0.0.1:1", tick_seconds=10)
+    daemon = Daemon(App(settings, world.store, world.engine))
+    daemon.views = {world.name: CredentialView(world.cred)}
+    daemon.run_pass()
+    assert world.record().blocked_fingerprint is not None
+    before = world.store.requests_made
+    for _ in range(5):
+        world.clock.advance(timedelta(seconds=10))
+        daemon.run_pass()
+    assert world.store.requests_made == before, "each tick read the blocked credential's record"
+    daemon.close()
+
+
+def test_malformed_state_record_gives_a_clean_message(rotator_env, config_dir, bao_client, iam_user: str) -> None:  # type: ignore[no-untyped-def]
+    """`status` and `rotate` on a record that does not parse: one line naming
+    the credential, exit 1, no traceback, no pydantic text, no value quoted."""
+    from helpers import run_rotator, write_credential
+
+    write_credential(config_dir, iam_user, params={"user_name": iam_user})
+    leaked = "sk_live_" + "Q" * 24
+    bad = {"credential": iam_user, "provider": "aws.iam_access_key", "current": {"key_id": leaked, "handle": leaked}, "rotations": "many"}
+    bao_client.secrets.kv.v2.create_or_update_secret(path=f"{rotator_env['ROTATOR_STATE_PREFIX']}/{iam_user}", secret=bad, mount_point="secret")
+    for args in (["status"], ["rotate", iam_user]):
+        proc = run_rotator(args, rotator_env)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 1, (args, output[-800:])
+        assert "Traceback" not in output and "pydantic" not in output and "validation error" not in output.lower(), output[-800:]
+        assert leaked not in output and "QQQQ" not in output
+        assert iam_user in output and "malformed" in output
