@@ -294,6 +294,18 @@ def demo(duration: float | None, workdir: Path) -> None:
     sys.exit(run_demo(workdir=workdir, duration=duration))
 
 
+def _register_commands() -> None:
+    """Commands implemented in their own modules."""
+    from rotator.pause import pause_command, resume_command
+    from rotator.plan import plan_command
+
+    for command in (plan_command, pause_command, resume_command):
+        cli.add_command(command)
+
+
+_register_commands()
+
+
 def _read_state(config_dir: Path | None, collect: Callable[[App, LoadResult], T]) -> T:
     """What `status` and `report` share: files, then Vault; problems with the
     files go to stderr, an unreachable Vault is exit 1."""

@@ -31,11 +31,14 @@ from pydantic import (
     model_validator,
 )
 
+from rotator import window as windows
 from rotator.errors import ConfigProblem
 from rotator.fields import (
     Duration,
     VaultMount,
     VaultPath,
+    VaultRef,
+    check_api_url,
     format_duration,
     secret_lookalike,
 )
@@ -49,12 +52,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Window(_Strict):
+    """When rotations and revocations may start (rotator.window has the rules)."""
+
+    days: list[Day] = Field(default_factory=lambda: list(windows.DAYS), min_length=1, description="weekdays, e.g. [mon, tue, wed]")
+    hours: str = Field(default="00:00-24:00", description='local hours, e.g. "09:00-17:00" (an overnight span such as "22:00-04:00" belongs to its first day)')
+    timezone: str = Field(default="UTC", description="IANA timezone of days and hours (and of cron), e.g. Europe/Berlin")
+
+    @field_validator("hours")
+    @classmethod
+    def _check_hours(cls, value: str) -> str:
+        windows.parse_hours(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        windows.zone(value)
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _check_days(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a day twice")
+        return value
+
+    def is_open(self, at: datetime) -> bool:
+        return windows.is_open(self._days(), windows.parse_hours(self.hours), windows.zone(self.timezone), at)
+
+    def next_open(self, at: datetime) -> datetime | None:
+        """The earliest moment at or after `at` inside the window (None: never)."""
+        return windows.next_open(self._days(), windows.parse_hours(self.hours), windows.zone(self.timezone), at)
+
+    def _days(self) -> frozenset[int]:
+        return frozenset(windows.DAYS.index(d) for d in self.days)
+
+    def describe(self) -> str:
+        return f"{','.join(self.days)} {self.hours} {self.timezone}"
+
+
 class Schedule(_Strict):
-    """When to rotate: exactly one of `every` or `cron` (5 fields, UTC)."""
+    """When to rotate: exactly one of `every` or `cron` (5 fields, in the
+    window's timezone, UTC without one), optionally within a window."""
 
     every: Duration | None = Field(default=None, description="rotation interval, e.g. 30d")
     cron: str | None = Field(default=None, description='5-field cron expression in UTC, e.g. "0 3 * * MON"')
     jitter: Duration = Field(default=timedelta(0), description="random delay added to each due time")
+    window: Window | None = Field(default=None, description="rotations and revocations start only inside this window")
+
+    @property
+    def timezone(self) -> str:
+        return self.window.timezone if self.window is not None else "UTC"
 
     @field_validator("cron")
     @classmethod
@@ -82,14 +134,51 @@ class Schedule(_Strict):
         """(shortest, longest) time between two rotations."""
         if self.every is not None:
             return self.every, self.every
-        itr = croniter(self.cron, datetime(2026, 1, 1, tzinfo=UTC))
+        itr = croniter(self.cron, datetime(2026, 1, 1, tzinfo=UTC).astimezone(windows.zone(self.timezone)))
         times = [itr.get_next(datetime) for _ in range(400)]
         deltas = [b - a for a, b in zip(times, times[1:], strict=False)]
         return min(deltas), max(deltas)
 
     def describe(self) -> str:
         text = f"every {format_duration(self.every)}" if self.every is not None else f"cron {self.cron}"
-        return text + (f" (+ up to {format_duration(self.jitter)} jitter)" if self.jitter else "")
+        if self.cron is not None and self.timezone != "UTC":
+            text += f" {self.timezone}"
+        text += f" (+ up to {format_duration(self.jitter)} jitter)" if self.jitter else ""
+        return text + (f" within {self.window.describe()}" if self.window is not None else "")
+
+
+class Revocation(_Strict):
+    """What to do when a superseded credential is still in use (contract §6.10)."""
+
+    when_in_use: Literal["wait", "revoke"] = Field(default="wait", description="wait: hold the revocation while the key is in use; revoke: revoke at the end of grace anyway")
+    quiet: Duration = Field(default=timedelta(hours=1), description="a key used within this long (after its successor went live) is in use")
+    max_wait: Duration = Field(default=timedelta(days=7), description="after this long past the end of grace, revoke anyway (logged at error level, alerted)")
+
+    @field_validator("quiet", "max_wait")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+
+def notify_url_rule(text: str) -> str:
+    """The API-URL rule of contract §4 for notify URLs: https://, or http://
+    on a loopback host; any host (no allowlist). The hook where the
+    ROTATOR_ALLOW_LOOPBACK_HTTP setting is checked once the API-URL check has it."""
+    return check_api_url(text)
+
+
+class NotifyTarget(_Strict):
+    """A consumer told of each promotion (rotator.notify)."""
+
+    webhook: str = Field(description="URL the notice is POSTed to (https://, or http:// on loopback)")
+    signing_key: VaultRef = Field(description="Vault ref of the HMAC-SHA256 key; the hex signature of the body goes in X-Rotator-Signature")
+
+    @field_validator("webhook")
+    @classmethod
+    def _check_webhook(cls, value: str) -> str:
+        return notify_url_rule(value)
 
 
 class VaultTarget(_Strict):
@@ -120,6 +209,7 @@ class CredentialSpec(_Strict):
         "(never the live key, never a key within its grace)",
     )
 
+
     # Set by the loader, not read from the file.
     source: str = Field(default="", exclude=True)
 
@@ -142,9 +232,13 @@ class CredentialSpec(_Strict):
         data = self.model_dump(mode="json")
         # Fields added later are left out at their defaults, so the
         # fingerprints of existing files stay what they were.
-        for key, default in (("unused_after", None), ("on_unused", "report")):
+        defaults = (("unused_after", None), ("on_unused", "report"), ("notify", []),
+                    ("revocation", Revocation().model_dump(mode="json")))
+        for key, default in defaults:
             if data.get(key) == default:
                 data.pop(key, None)
+        if data["schedule"].get("window") is None:
+            data["schedule"].pop("window", None)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -194,7 +194,7 @@ class Daemon:
         policy = self.engine.policy_for(view.cred)
         # None from the machine means never (blocked, nothing to retire):
         # until the file changes or the change feed says someone acted.
-        view.wake_at = machine.next_wake_at(record, policy) or NEVER
+        view.wake_at = machine.next_wake_at(record, policy, self.engine.clock.now()) or NEVER
         if result.status == "locked":
             view.wake_at = None
         view.failing = bool(record and (record.attempts > 0 or any(e.attempts > 0 for e in record.retiring)))

@@ -39,6 +39,7 @@ def status_row(name: str, record: StateRecord | None, app: App, cred: Any | None
         "last_error": summary.get("last_error"),
         "blocked": summary.get("blocked", False),
         "has_credential_file": cred is not None,
+        "paused": summary.get("paused") if record is not None and machine.is_paused(record, now) else None,
     }
     if record is None:
         row["phase"] = "new"
@@ -83,6 +84,8 @@ def render_status_table(rows: list[dict[str, Any]]) -> str:
         cells = [_cell(row[key]) for _, key in columns]
         if not row["has_credential_file"]:
             cells[2] += " (no file)"
+        if row.get("paused"):
+            cells[2] += " (paused)"
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)

@@ -27,15 +27,19 @@ Invariants kept here:
 - a promotion counts (`current` changes) only once the live path's metadata
   names the new key, so the old one is never left named as live;
 - `issuing` is entered before the provider is asked to mint, so a crash
-  there is always followed by an orphan sweep before anything else.
+  there is always followed by an orphan sweep before anything else;
+- scheduled rotations, and retirements that are not `--revoke-now`, start
+  only inside the schedule's window; a pause stops scheduled rotations only
+  (revocations due still happen); a revocation held because its key is in
+  use waits for its next usage check (`_gates_*` below).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from rotator.config import Schedule
+from rotator.config import Revocation, Schedule
 from rotator.provider import IssuedCredential
 from rotator.state import KeyRecord, Pending, Reason, Retiring, StateRecord
 from rotator.timetable import EPOCH, due_at
@@ -52,6 +56,7 @@ class Policy:
     grace: timedelta
     retire_delay: timedelta | None  # time from deactivation to revocation; None: no deactivated stage
     fingerprint: str
+    revocation: Revocation = field(default_factory=Revocation)
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,8 @@ def _retry_gate_open(record: StateRecord, now: datetime) -> bool:
 def _retirement_due(entry: Retiring, now: datetime) -> bool:
     if entry.next_attempt_at is not None and now < entry.next_attempt_at:
         return False
+    if not _gates_usage_check_due(entry, now):
+        return False
     if entry.stage == "active":
         return now >= entry.revoke_after
     return entry.delete_after is None or now >= entry.delete_after
@@ -219,6 +226,8 @@ def _retirement_action(record: StateRecord, policy: Policy, now: datetime) -> Ac
     live = record.current.key_id if record.current else None
     for entry in record.retiring:
         if entry.key.key_id == live or not _retirement_due(entry, now):
+            continue
+        if not entry.immediate and not is_in_window(policy, now):
             continue
         if entry.stage == "active" and policy.retire_delay is not None:
             return Deactivate(entry.key.key_id)
@@ -268,24 +277,62 @@ def is_due(record: StateRecord, policy: Policy, now: datetime) -> bool:
         return False
     if not _retry_gate_open(record, now):
         return False
+    if is_paused(record, now) or not is_in_window(policy, now):
+        return False
     return now >= due_at(policy.schedule, record)
 
 
-def next_wake_at(record: StateRecord | None, policy: Policy) -> datetime | None:
+# -- gates: windows, pauses, held revocations (pure; small on purpose) --------
+
+
+def is_in_window(policy: Policy, now: datetime) -> bool:
+    """Scheduled work starts only inside the schedule's window (if any)."""
+    window = policy.schedule.window
+    return window is None or window.is_open(now)
+
+
+def is_paused(record: StateRecord, now: datetime) -> bool:
+    """A pause holds scheduled rotations until resumed or until `until`."""
+    return record.paused is not None and record.paused.is_active(now)
+
+
+def _gates_usage_check_due(entry: Retiring, now: datetime) -> bool:
+    """A revocation held for use waits for its next check (not `--revoke-now`)."""
+    return entry.immediate or entry.recheck_at is None or now >= entry.recheck_at
+
+
+def _gates_wake(moment: datetime, policy: Policy, *, now: datetime | None = None, immediate: bool = False) -> datetime:
+    """The first moment at or after `moment` (and `now`) when the window lets work start."""
+    window = policy.schedule.window
+    if window is None or immediate:
+        return moment
+    start = max(moment, now) if now is not None else moment
+    return window.next_open(start) or start
+
+
+def next_wake_at(record: StateRecord | None, policy: Policy, now: datetime | None = None) -> datetime | None:
     """The earliest time `next_action` may return an action (None: never,
-    until the file changes or someone asks). Mirrors the gates above."""
+    until the file changes or someone asks). Mirrors the gates above. With
+    `now`, a time already past is read as `now` before the window applies
+    (a past opening of the window is no help)."""
     if record is None:
-        return EPOCH
+        if policy.schedule.window is None:
+            return EPOCH
+        record = StateRecord(credential="", provider="")
     times: list[datetime] = []
     if record.pending is not None:
         if record.pending.phase in {"rolling_back", "promoted"} or not is_blocked(record, policy):
             times.append(record.next_attempt_at or EPOCH)
-    elif not is_blocked(record, policy):
+    elif not is_blocked(record, policy) and not (record.paused is not None and record.paused.until is None):
         due = due_at(policy.schedule, record)
-        times.append(max(due, record.next_attempt_at) if record.next_attempt_at else due)
+        due = max(due, record.next_attempt_at) if record.next_attempt_at else due
+        if record.paused is not None and record.paused.until is not None:
+            due = max(due, record.paused.until)
+        times.append(_gates_wake(due, policy, now=now))
     for entry in record.retiring:
         moment = entry.revoke_after if entry.stage == "active" else (entry.delete_after or EPOCH)
-        times.append(max(moment, entry.next_attempt_at) if entry.next_attempt_at else moment)
+        later = [t for t in (entry.next_attempt_at, None if entry.immediate else entry.recheck_at) if t is not None]
+        times.append(_gates_wake(max([moment, *later]), policy, now=now, immediate=entry.immediate))
     return min(times) if times else None
 
 

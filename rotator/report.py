@@ -68,8 +68,10 @@ def _row(
         "next_due_at": status["next_due_at"],
         "overdue": None,
         "last_error": status["last_error"],
+        "paused": status.get("paused"),
         "pending_revocations": [
-            {"key_id": p["key_id"], "stage": p["stage"], "revoke_after": p["revoke_after"]} for p in status["pending_revocations"]
+            {"key_id": p["key_id"], "stage": p["stage"], "revoke_after": p["revoke_after"],
+             "held_since": p.get("held_since"), "last_used_at": p.get("last_used_at")} for p in status["pending_revocations"]
         ],
         "keys": NO_FILE,
         "unused_keys": None,
@@ -131,6 +133,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {
         "credentials": len(rows),
         "overdue": sum(1 for r in rows if r["overdue"]),
+        "paused": sum(1 for r in rows if r.get("paused")),
         "failing": sum(1 for r in rows if r["last_error"]),
         "unused_keys": sum(len(r["unused_keys"] or []) for r in rows),
         "unmanaged_keys": sum(len(r["unmanaged_keys"] or []) for r in rows),
@@ -180,13 +183,25 @@ def _keys_cell(row: dict[str, Any], field: str) -> str:
 
 
 def _pending_cell(row: dict[str, Any]) -> str:
-    return "; ".join(f"{p['key_id']} ({p['stage']}, revoke after {_text(p['revoke_after'])})" for p in row["pending_revocations"])
+    return "; ".join(
+        f"{p['key_id']} ({p['stage']}, revoke after {_text(p['revoke_after'])}"
+        + (f"; held: in use, last used {_text(p.get('last_used_at'))}" if p.get("held_since") else "") + ")"
+        for p in row["pending_revocations"]
+    )
+
+
+def _paused_cell(row: dict[str, Any]) -> str:
+    paused = row.get("paused")
+    if not paused:
+        return "no"
+    until = f", until {_text(paused.get('until'))}" if paused.get("until") else ""
+    return f"yes: {paused.get('reason')} (by {paused.get('by')}{until})"
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("credential", "Credential"), ("owner", "Owner"), ("description", "Description"), ("provider", "Provider"),
     ("schedule", "Schedule"), ("grace", "Grace"), ("last_rotated_at", "Last rotated"), ("age", "Age"),
-    ("next_due_at", "Next due"), ("overdue", "Overdue"), ("last_error", "Last error"),
+    ("next_due_at", "Next due"), ("overdue", "Overdue"), ("paused", "Paused"), ("last_error", "Last error"),
     ("pending_revocations", "Pending revocations"), ("unused_keys", "Unused keys"), ("unmanaged_keys", "Unmanaged keys"),
 )
 
@@ -198,6 +213,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
             out.append(_keys_cell(row, field))
         elif field == "pending_revocations":
             out.append(_pending_cell(row))
+        elif field == "paused":
+            out.append(_paused_cell(row))
         elif field == "next_due_at" and row[field] == EPOCH:
             out.append("now (never rotated)")
         else:
@@ -225,7 +242,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Generated {_text(report['generated_at'])}: {s['credentials']} credential(s), {s['overdue']} overdue, "
         f"{s['failing']} failing, {s['unused_keys']} unused key(s), {s['unmanaged_keys']} unmanaged key(s), "
-        f"{s['not_listable']} not listable.",
+        f"{s['not_listable']} not listable, {s['paused']} paused.",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

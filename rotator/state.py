@@ -107,6 +107,24 @@ class Retiring(_Frozen):
     attempts: int = 0
     next_attempt_at: datetime | None = None
     last_error: str | None = None
+    # Usage-aware revocation (contract §6.10): set while the provider reports
+    # the key used after its successor went live; no secret values.
+    held_since: datetime | None = None  # the first check that found it in use
+    last_used_at: datetime | None = None  # as the provider reported at the last check
+    recheck_at: datetime | None = None  # the next usage check
+    checks: int = 0  # usage checks that held it
+
+
+class Pause(_Frozen):
+    """`rotator pause NAME`: no scheduled rotation until resumed or `until`."""
+
+    reason: str
+    by: str
+    at: datetime
+    until: datetime | None = None
+
+    def is_active(self, now: datetime) -> bool:
+        return self.until is None or now < self.until
 
 
 class StateRecord(_Frozen):
@@ -131,6 +149,7 @@ class StateRecord(_Frozen):
     # (its fingerprint differs) or someone runs `rotator rotate NAME`.
     blocked_fingerprint: str | None = None
     lease: Lease | None = None
+    paused: Pause | None = None
 
     @classmethod
     def new(cls, credential: str, provider: str) -> StateRecord:
@@ -171,7 +190,8 @@ class StateRecord(_Frozen):
             "rotations": self.rotations,
             "expires_at": self.current.expires_at if self.current else None,
             "pending_revocations": [
-                {"key_id": r.key.key_id, "stage": r.stage, "revoke_after": r.revoke_after, "delete_after": r.delete_after}
+                {"key_id": r.key.key_id, "stage": r.stage, "revoke_after": r.revoke_after, "delete_after": r.delete_after,
+                 "held_since": r.held_since, "last_used_at": r.last_used_at, "recheck_at": r.recheck_at}
                 for r in self.retiring
             ],
             "attempts": self.attempts,
@@ -180,4 +200,5 @@ class StateRecord(_Frozen):
             "last_error_step": self.last_error_step,
             "blocked": self.blocked_fingerprint is not None,
             "lease_holder": self.lease.holder if self.lease else None,
+            "paused": self.paused.model_dump(mode="python") if self.paused else None,
         }

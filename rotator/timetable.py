@@ -5,6 +5,11 @@ Due times come from the record in Vault (`last_rotated_at` and the jitter
 drawn at that rotation), never from process memory: a restart neither skips
 nor repeats a rotation, and a daemon that was down for a week rotates once,
 not once per missed period.
+
+`cron` is read in the window's timezone (UTC without a window), so
+"0 3 * * *" in Europe/Berlin fires at 03:00 local on both sides of a DST
+change. With a window, a due time outside it moves to the window's next
+opening (`rotator.window`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
+from rotator import window as windows
 from rotator.config import Schedule
 from rotator.state import StateRecord
 
@@ -24,7 +30,8 @@ def base_due_at(schedule: Schedule, last_rotated_at: datetime) -> datetime:
     """The next scheduled time after a rotation, before jitter."""
     if schedule.every is not None:
         return last_rotated_at + schedule.every
-    return croniter(schedule.cron, last_rotated_at.astimezone(UTC)).get_next(datetime)
+    local = last_rotated_at.astimezone(windows.zone(schedule.timezone))
+    return croniter(schedule.cron, local).get_next(datetime).astimezone(UTC)
 
 
 def due_at(schedule: Schedule, record: StateRecord | None) -> datetime:
@@ -34,7 +41,14 @@ def due_at(schedule: Schedule, record: StateRecord | None) -> datetime:
     # The jitter was drawn when the last rotation completed; a shorter
     # jitter in a changed file still bounds it.
     jitter = min(record.jitter_seconds, schedule.jitter.total_seconds())
-    return base_due_at(schedule, record.last_rotated_at) + timedelta(seconds=jitter)
+    return in_window(schedule, base_due_at(schedule, record.last_rotated_at) + timedelta(seconds=jitter))
+
+
+def in_window(schedule: Schedule, moment: datetime) -> datetime:
+    """`moment`, or the window's next opening after it (no window: `moment`)."""
+    if schedule.window is None or moment <= EPOCH:
+        return moment
+    return schedule.window.next_open(moment) or moment
 
 
 def draw_jitter(schedule: Schedule, rng: random.Random | None = None) -> float:

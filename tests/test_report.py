@@ -150,7 +150,7 @@ def test_report_json_lists_findings_policy_and_facts(estate: Estate) -> None:
     token = rows["gh-token"]
     assert token["keys"] == "not listable" and token["unused_keys"] is None and token["unmanaged_keys"] is None
     assert token["interval"] == "30m" and token["grace"] == "5m" and token["pending_revocations"] == []
-    assert report["summary"] == {"credentials": 4, "overdue": 1, "failing": 0, "unused_keys": 1, "unmanaged_keys": 2, "not_listable": 1}
+    assert report["summary"] == {"credentials": 4, "overdue": 1, "paused": 0, "failing": 0, "unused_keys": 1, "unmanaged_keys": 2, "not_listable": 1}
 
 
 def test_report_csv_has_one_row_per_credential(estate: Estate) -> None:
