@@ -13,11 +13,18 @@ Invariants:
   messages name paths, never values, tokens or login secrets;
 - every request goes through `TokenSession` (rotator.vault_auth): the token
   is renewed or replaced before it expires, and a request refused because
-  the token was revoked is retried once after a new login.
+  the token was revoked is retried once after a new login;
+- the process reads its own writes, also through a standby of an OpenBao
+  cluster that serves reads from its own, lagging copy (Raft, OpenBao >=
+  2.5): every request carries the newest `X-Vault-Index` seen with
+  `X-Vault-Inconsistent: forward-active-node`, so a standby that has not
+  caught up forwards the request to the active node.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import json
 import ssl
@@ -51,6 +58,8 @@ MAX_METADATA_KEY_BYTES = 128
 MAX_METADATA_VALUE_BYTES = 512
 
 DEFAULT_AUTH_MOUNTS = {"approle": "approle", "kubernetes": "kubernetes"}
+INDEX_HEADER = "X-Vault-Index"
+INCONSISTENT_HEADER = "X-Vault-Inconsistent"
 READY_CACHE_SECONDS = 2.0  # /readyz may be probed often: one lookup per window
 READY_TIMEOUT_SECONDS = 3.0
 
@@ -129,6 +138,7 @@ class VaultStore:
     ) -> None:
         self.connection = connection
         logs_in = connection.auth_method in DEFAULT_AUTH_MOUNTS
+        self.consistency = ConsistencyIndex()
         self._client = client or hvac.Client(
             url=connection.url,
             # "" rather than None: a login method must not pick up ~/.vault-token
@@ -136,7 +146,7 @@ class VaultStore:
             namespace=connection.namespace,
             verify=connection.verify,
             timeout=connection.timeout,
-            session=_session_for(connection.url, connection.verify),
+            session=_session_for(connection.url, connection.verify, self.consistency),
         )
         self._now = monotonic
         self._session = TokenSession(_HvacAuthenticator(self), monotonic=monotonic)
@@ -248,7 +258,7 @@ class VaultStore:
         (a millisecond of CPU each; 10,000 records felt it). Paths that fail
         are left out: the caller reads those one by one later."""
         self._session.ensure()
-        headers = {"X-Vault-Token": self._client.token or ""}
+        headers = {"X-Vault-Token": self._client.token or "", **self.consistency.headers()}
         if self.connection.namespace:
             headers["X-Vault-Namespace"] = self.connection.namespace
         base = urlsplit(self.connection.url)
@@ -276,6 +286,7 @@ class VaultStore:
                 conn.request("GET", f"{prefix}/v1/{mount}/data/{quote(path)}", headers=headers)
                 response = conn.getresponse()
                 body = response.read()
+                self.consistency.observe(response.getheader(INDEX_HEADER))
             except (OSError, http.client.HTTPException):
                 local.conn = None
                 return path, None
@@ -419,11 +430,75 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
 
 
-def _session_for(url: str, verify: bool | str) -> requests.Session:
+class ConsistencyIndex:
+    """The newest storage index this process has seen from the cluster.
+
+    OpenBao's standbys answer reads from their own copy of the data, which
+    lags the active node: a read right after a write, through the same
+    standby, can miss it. Every response names the storage index it
+    reflects (`X-Vault-Index`); a request that carries the newest one, with
+    `X-Vault-Inconsistent: forward-active-node`, is answered locally only if
+    the standby has caught up, and is forwarded to the active node otherwise.
+    A server without the header (a single node, a dev server) never sends
+    one, and then nothing is added.
+
+    The value is opaque to clients; where it decodes as OpenBao's
+    `{"cluster": ..., "value": N}`, a lower index of the same cluster never
+    replaces a higher one (responses of parallel requests arrive in any
+    order); otherwise the latest wins. An index of another cluster is
+    ignored by the server, so a changed address costs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: str | None = None
+        self._rank: tuple[str, int] | None = None
+
+    @staticmethod
+    def _parse(value: str) -> tuple[str, int] | None:
+        try:
+            raw = value.translate(str.maketrans("-_", "+/"))  # either alphabet
+            decoded = json.loads(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+            return str(decoded["cluster"]), int(decoded["value"])
+        except (binascii.Error, ValueError, TypeError, KeyError):
+            return None
+
+    def observe(self, value: str | None) -> None:
+        if not value:
+            return
+        rank = self._parse(value)
+        with self._lock:
+            if rank is not None and self._rank is not None and rank[0] == self._rank[0] and rank[1] <= self._rank[1]:
+                return
+            self._value, self._rank = value, rank
+
+    def headers(self) -> dict[str, str]:
+        value = self._value
+        return {INDEX_HEADER: value, INCONSISTENT_HEADER: "forward-active-node"} if value else {}
+
+
+class _IndexedSession(requests.Session):
+    """A requests session that carries the consistency index both ways."""
+
+    def __init__(self, index: ConsistencyIndex) -> None:
+        super().__init__()
+        self.index = index
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        extra = self.index.headers()
+        if extra:
+            kwargs["headers"] = {**extra, **(kwargs.get("headers") or {})}
+        response = super().request(method, url, *args, **kwargs)
+        self.index.observe(response.headers.get(INDEX_HEADER))
+        return response
+
+
+def _session_for(url: str, verify: bool | str, index: ConsistencyIndex | None = None) -> requests.Session:
     """A session that reads proxy settings (HTTPS_PROXY, NO_PROXY) once, not
     on every request: requests' per-request environment scan cost half a
-    millisecond of CPU per Vault call, which 10,000 credentials feel."""
-    session = requests.Session()
+    millisecond of CPU per Vault call, which 10,000 credentials feel. It
+    carries `index` on every request and response (see ConsistencyIndex)."""
+    session = _IndexedSession(index or ConsistencyIndex())
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(url)
     # hvac prefers a given session's own verify over its argument.
