@@ -243,9 +243,19 @@ class VaultStore:
 
     def _version_of_missing(self, mount: str, path: str) -> Versioned:
         # A deleted latest version still has a version number, which the
-        # next check-and-set write must name.
+        # next check-and-set write must name. Data and metadata are two
+        # reads: a write landing between them (through a standby: its copy
+        # catching up in between) would pair "no data" with the version that
+        # write made, and a check-and-set on it would overwrite data never
+        # seen. So read the data again, after the metadata: what it finds is
+        # at least as new, and a version older than the truth only loses.
         meta = self.read_metadata(mount, path)
-        return Versioned(None, meta.current_version if meta else 0)
+        if meta is None or meta.current_version == 0:
+            return Versioned(None, 0)
+        payload = self._read_payload(mount, path)
+        if payload is not None:
+            return Versioned(payload.get("data"), int(payload["metadata"]["version"]))
+        return Versioned(None, meta.current_version)
 
     def read_data(self, mount: str, path: str) -> dict[str, Any] | None:
         """The current data of `mount/path`, or None: one request, no version."""
