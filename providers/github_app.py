@@ -236,8 +236,18 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
         self._own_token: InstallationToken | None = None
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
+        """Add a key titled for this rotation, first deleting one a lost create left.
+
+        GitHub cannot tell us the private half of a key whose create answer
+        was lost (the pair was made in memory), so such a key is found by
+        its title, deleted, and a new pair is registered: never two keys.
+        """
+        title = self.title_for(ctx)
+        for key in self.list_keys():
+            if key.mark == KeyMark(ctx.credential, ctx.rotation_id):
+                self.revoke(key.handle)
         private_key, public_key = new_ed25519_pair()
-        body = {"title": self.title_for(ctx), "key": public_key, "read_only": self.p.read_only}
+        body = {"title": title, "key": public_key, "read_only": self.p.read_only}
         response = self._send("POST", f"{self._repo_path}/keys", json=body)
         action = f"adding a deploy key to {self.p.repository}"
         check_response(response, clock=self.context.clock, action=action, ok=(201,))

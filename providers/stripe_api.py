@@ -11,11 +11,16 @@ Invariants:
 - A new API key arrives sealed (JWE) to a key pair made for that create and
   held in memory only. A key we cannot open is expired before the error
   propagates; an endpoint whose secret is missing is deleted.
-- Idempotency-Key = rotation id + a nonce per create attempt. The attempt
-  (nonce, key pair) is kept only while its response is unknown (lost), so
-  an in-process retry replays Stripe's stored response, which we can still
-  decrypt; any answer from Stripe ends the attempt, and a fresh process
-  never reuses a key whose ciphertext it could not open.
+- API keys (v2): every create attempt has a fresh Idempotency-Key and key
+  pair. v2 does not replay a stored response (a retry "returns an updated
+  response") and never returns a live secret on a read, so before minting,
+  an active key already carrying this rotation's name or mark (a create
+  whose response was lost) is expired. Names fit Stripe's 100-character
+  limit; the full mark is also the note's first line.
+- Webhook endpoints (v1): Idempotency-Key = rotation id + a nonce per create
+  attempt, kept only while its response is unknown (lost), so an in-process
+  retry replays Stripe's stored response with the secret; any answer from
+  Stripe ends the attempt.
 - Revocation expires (deletes) first and asks only if that failed: a
   failing read never blocks a revocation that would have worked.
 - No secret reaches a message, a repr or a log; list results keep ids,
@@ -40,6 +45,7 @@ from providers.stripe_http import (
     NoResponseError,
     PendingCreates,
     StripeHttp,
+    key_name,
     mark_text,
     parse_mark,
     parse_timestamp,
@@ -155,6 +161,11 @@ class StripeWebhookSecretParams(BaseModel):
         return _distinct_names(value, r"\*|[a-z0-9_]+(\.[a-z0-9_*]+)+", "a Stripe event type such as invoice.paid (or *)", "enabled_events")
 
 
+def _note_mark(note: object) -> str | None:
+    """The mark on the first line of a key's note, where the rotator puts it."""
+    return note.split("\n", 1)[0] if isinstance(note, str) else None
+
+
 def _object_id(handle: Mapping[str, str], field: str) -> str:
     value = handle.get(field, "")
     if not _OBJECT_ID.fullmatch(value):
@@ -166,15 +177,17 @@ class _StripeProvider(Provider):
     """What both Stripe providers share: the client, the management key, creates."""
 
     page_size: ClassVar[int] = 100  # Stripe's maximum
-    _with_key_pair: ClassVar[bool] = False
-    # A retried create replays its idempotency key (see `_create`).
+    # A retried create is safe: an API key's issue first expires any key a
+    # lost create of this rotation left (v2 does not replay); a webhook
+    # endpoint's retry replays its v1 idempotency key (see `_create`).
     is_issue_retry_safe: ClassVar[bool] = True
 
     def __init__(self, params: BaseModel, context: ProviderContext) -> None:
         super().__init__(params, context)
         api_base: str = params.api_base  # type: ignore[attr-defined]
         self.http = StripeHttp(api_base, user_agent=context.user_agent, now=context.clock.now)
-        self._pending = PendingCreates(context.clock, make_secret=EphemeralKeyPair if self._with_key_pair else None)
+        # v1 creates only (webhook endpoints): v1 replays a stored response.
+        self._pending = PendingCreates(context.clock, make_secret=None)
 
     def close(self) -> None:
         self.http.close()
@@ -218,33 +231,39 @@ class StripeManagedApiKeyProvider(_StripeProvider):
     # other reports): poll for up to 4 min inside one step, well within the
     # engine's 5 min lease; after that the state machine tries again later.
     confirm_budget = timedelta(minutes=4)
-    _with_key_pair = True
     params: StripeManagedApiKeyParams
 
     def _v2(self) -> dict[str, str]:
         return {"Stripe-Version": self.params.api_version, "Stripe-Context": self.params.account}
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
+        """Mint a key named for this rotation, first expiring one a lost create left.
+
+        v2 does not replay: a retried create "returns an updated response"
+        and a read never returns a live secret, so a key whose create
+        response was lost can never be opened. It is found by its unique
+        name, expired, and a new key is minted under a fresh idempotency key
+        and key pair.
+        """
         mark = mark_text(self.params.name_prefix, ctx.credential, ctx.rotation_id)
-
-        def payload(attempt: CreateAttempt) -> dict[str, Any]:
-            pair = attempt.material
-            assert isinstance(pair, EphemeralKeyPair)
-            return {
-                "json": {
-                    "type": "secret_key",
-                    "name": mark,
-                    "note": f"Managed by rotator for credential {ctx.credential}; replaced and expired automatically.",
-                    "permissions": list(self.params.permissions),
-                    "public_key": {"id": pair.key_id, "pem_key": {"algorithm": "RSA", "data": pair.public_pem}},
-                },
-            }
-
-        key, attempt = self._create(ctx, "/v2/iam/api_keys", payload, api_key=self._management_key(), headers=self._v2())
+        name = key_name(mark)
+        self._expire_lost_creates(name, mark)
+        pair = EphemeralKeyPair()
+        body = {
+            "type": "secret_key",
+            "name": name,
+            # The note's first line is the full mark, also where the name had to be shortened.
+            "note": f"{mark}\nManaged by rotator for credential {ctx.credential}; replaced and expired automatically.",
+            "permissions": list(self.params.permissions),
+            "public_key": {"id": pair.key_id, "pem_key": {"algorithm": "RSA", "data": pair.public_pem}},
+        }
+        key = self.http.request(
+            "POST", "/v2/iam/api_keys", api_key=self._management_key(), headers=self._v2(), json=body,
+            idempotency_key=f"rotator-{ctx.rotation_id}-{uuid.uuid4().hex}",
+        )
         key_id = key.get("id")
         if not isinstance(key_id, str) or not _OBJECT_ID.fullmatch(key_id):
-            raise PermanentError(f"Stripe created a key without an id (named {mark}); the orphan sweep will find it")
-        pair = attempt.material if isinstance(attempt.material, EphemeralKeyPair) else None
+            raise PermanentError(f"Stripe created a key without an id (named {name}); the orphan sweep will find it")
         try:
             api_key = open_created_secret(key, pair)
         except JweError as exc:
@@ -256,6 +275,16 @@ class StripeManagedApiKeyProvider(_StripeProvider):
             # is_revoked can confirm Stripe rejects it: expiry takes seconds.
             handle={"key_id": key_id, "api_key": api_key},
         )
+
+    def _expire_lost_creates(self, name: str, mark: str) -> None:
+        """Expire every active key already carrying this rotation's name or mark."""
+        for item in self.http.paginate_v2(
+            "/v2/iam/api_keys", api_key=self._management_key(), headers=self._v2(), limit=self.page_size
+        ):
+            if item.get("status") == "expired" or not isinstance(item.get("id"), str):
+                continue
+            if item.get("name") == name or _note_mark(item.get("note")) == mark:
+                self.revoke({"key_id": str(item["id"])})
 
     def verify(self, credential: IssuedCredential) -> None:
         """Use the key: 200, or 403 (authenticated, lacks customer_read), means it works.
@@ -325,7 +354,8 @@ class StripeManagedApiKeyProvider(_StripeProvider):
             created_at=parse_timestamp(item.get("created")),
             active=item.get("status") != "expired",
             last_used_at=parse_timestamp(item.get("last_used")),
-            mark=parse_mark(item.get("name"), self.params.name_prefix),
+            mark=parse_mark(item.get("name"), self.params.name_prefix)
+            or parse_mark(_note_mark(item.get("note")), self.params.name_prefix),
         )
 
     def _probe(self, api_key: str) -> httpx.Response:

@@ -35,3 +35,18 @@ def test_free_text_title_prefix_rotates_end_to_end(make_world) -> None:  # type:
     assert code == 0 and "credential.revoked" in names(events)
     assert w.rotator_keys() == {second["key_id"]} and w.works(second)
     assert w.is_foreign_intact()
+
+
+def test_lost_deploy_key_create_leaves_no_second_key(make_world, fake_github) -> None:  # type: ignore[no-untyped-def]
+    """GitHub adds the key but the answer is a 502: the retry deletes it (by its title) and registers one key."""
+    w: DeployKeyWorld = make_world(DEPLOY_KEY)
+    fake_github.inject(r"/keys$", 502, method="POST", after=True)
+    try:
+        events = rotate_ok(w)
+    finally:
+        fake_github.clear_faults()
+    data, _ = w.live()
+    assert data is not None
+    key_id = data["key_id"]
+    assert w.rotator_keys() == {key_id}, "one rotator key: the one whose answer was lost is gone"
+    assert w.works(data) and "credential.issued" in names(events) and w.is_foreign_intact()

@@ -370,8 +370,8 @@ def test_writes_to_one_app_go_one_at_a_time(clock: FakeClock, app_key: rsa.RSAPr
         errors: list[BaseException] = []
 
         def issue(provider: GitHubDeployKeyProvider) -> None:
-            try:
-                provider.issue(_ctx())
+            try:  # one rotation each: a rotation's issue clears keys a lost create of its own left
+                provider.issue(_ctx("deploy", f"r{providers.index(provider)}"))
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
@@ -438,7 +438,7 @@ def test_server_errors_are_transient_and_keep_retry_after(github: FakeGitHub, ke
 
 def test_unparsable_and_misshapen_answers_are_rotator_errors(github: FakeGitHub, key_provider: GitHubDeployKeyProvider) -> None:
     """A 2xx body that is not JSON is transient; JSON of the wrong shape is permanent; nothing else escapes."""
-    github.inject(r"/keys$", 201, body=b"<html>proxy</html>")
+    github.inject(r"/keys$", 201, body=b"<html>proxy</html>", method="POST")
     with pytest.raises(TransientError, match="not JSON"):
         key_provider.issue(_ctx())
     github.inject(r"/keys$", 200, body={"not": "a list"})
@@ -462,9 +462,10 @@ def test_list_keys_follows_pages_and_reads_marks(github: FakeGitHub, clock: Fake
     ours = [key_provider.issue(_ctx("deploy", f"r{i}")) for i in range(2)]
     github.use_deploy_key(REPO, ours[0].key_id, at=clock.now())
     key_provider.page_size = 2
+    before = len(github.requests)
     keys = {k.key_id: k for k in key_provider.list_keys()}
     assert len(keys) == 5
-    assert sum(1 for r in github.requests if r.method == "GET" and r.path == f"/repos/{REPO}/keys") == 3
+    assert sum(1 for r in github.requests[before:] if r.method == "GET" and r.path == f"/repos/{REPO}/keys") == 3
     assert [keys[c.key_id].mark.rotation_id for c in ours] == ["r0", "r1"]  # type: ignore[union-attr]
     assert keys[ours[0].key_id].last_used_at == clock.now()
     assert keys[ours[1].key_id].last_used_at is None

@@ -149,3 +149,52 @@ def test_a_fresh_key_that_gets_401_is_not_live_yet_not_dead() -> None:
         w.provider.verify(credential)
     finally:
         w.close()
+
+
+# -- v2 idempotency, name limits ----------------------------------------------------
+
+
+def test_sandbox_v2_retry_returns_an_updated_response_without_the_secret(world: World) -> None:
+    """Same Idempotency-Key on /v2: one key, and the retry's answer carries no secret (docs: v2 does not replay)."""
+    from providers.stripe_jwe import EphemeralKeyPair
+
+    pair = EphemeralKeyPair()
+    headers = {"Authorization": f"Bearer {world.app_key}", "Stripe-Version": "2026-08-26.preview",
+               "Stripe-Context": ACCOUNT, "Idempotency-Key": "same-key"}
+    body = {"type": "secret_key", "name": "n", "permissions": ["customer_read"],
+            "public_key": {"id": pair.key_id, "pem_key": {"algorithm": "RSA", "data": pair.public_pem}}}
+    first = httpx.post(f"{world.fake.url}/v2/iam/api_keys", headers=headers, json=body).json()
+    again = httpx.post(f"{world.fake.url}/v2/iam/api_keys", headers=headers, json=body).json()
+    assert first["id"] == again["id"] and len(world.fake.keys(ACCOUNT)) == 1
+    assert first["secret_key"].get("encrypted_secret") and not again["secret_key"].get("encrypted_secret")
+    assert not again["secret_key"].get("token")
+
+
+def test_lost_create_leaves_no_second_key(world: World) -> None:
+    """A dropped create response, then the engine's retry: exactly one active key with this rotation's mark."""
+    world.fake.inject(r"^/v2/iam/api_keys$", method="POST", after=True, drop=True)
+    with pytest.raises(TransientError):
+        world.provider.issue(ctx())
+    credential = world.provider.issue(ctx())
+    active = [k for k in world.fake.keys(ACCOUNT) if k["status"] == "active"]
+    assert [k["id"] for k in active] == [credential.key_id]
+    creates = [r.idempotency_key for r in world.fake.requests if r.method == "POST" and r.path == "/v2/iam/api_keys"]
+    assert len(creates) == 2 and creates[0] != creates[1], "never depends on a replay: a fresh key each attempt"
+
+
+def test_long_names_fit_stripe_and_stay_unique(world: World) -> None:
+    """Prefix 32 + credential 63 + rotation id overflow 100 chars: names are shortened, still unique and parsed."""
+    from providers.stripe_http import KEY_NAME_LIMIT
+
+    long_prefix, long_name = "p" * 32, "c" * 63
+    provider = StripeManagedApiKeyProvider(
+        StripeManagedApiKeyParams(account=ACCOUNT, management_key=APP_REF, permissions=["customer_read"],
+                                  api_base=world.fake.url, name_prefix=long_prefix), world.provider.context)
+    first = provider.issue(ctx("20260101T000000Z-00000001", long_name))
+    second = provider.issue(ctx("20260101T000000Z-00000002", long_name))
+    names = {k["id"]: k["name"] for k in world.fake.keys(ACCOUNT)}
+    assert all(len(n) <= KEY_NAME_LIMIT for n in names.values())
+    assert names[first.key_id] != names[second.key_id]
+    marks = {k.key_id: k.mark for k in provider.list_keys()}
+    assert marks[first.key_id] is not None and marks[first.key_id].credential == long_name
+    assert marks[second.key_id].rotation_id == "20260101T000000Z-00000002"  # type: ignore[union-attr]

@@ -121,6 +121,7 @@ class _Fault:
     remaining: int | None
     headers: dict[str, str]
     body: Any
+    after: bool = False
 
 
 class _HttpError(Exception):
@@ -261,12 +262,15 @@ class FakeGitHub:
         headers: Mapping[str, str] | None = None,
         body: Any = None,
         method: str | None = None,
+        after: bool = False,
     ) -> None:
         """The next `count` matching requests (None: until `clear_faults`) get
-        `status`. `body` defaults to a GitHub-shaped error."""
+        `status`. `body` defaults to a GitHub-shaped error. `after`: carry the
+        request out first, then answer with the fault (a response lost after
+        the effect)."""
         with self._lock:
             pattern = re.compile(path_regex) if path_regex else None
-            self._faults.append(_Fault(pattern, method, status, count, dict(headers or {}), body))
+            self._faults.append(_Fault(pattern, method, status, count, dict(headers or {}), body, after))
 
     def inject_secondary_rate_limit(self, *, count: int | None = 1, status: int = 403, retry_after: int | None = None) -> None:
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
@@ -324,6 +328,11 @@ class FakeGitHub:
         auth = headers.get("authorization", "")
         self._record(method, path, body, auth)
         fault = self._take_fault(method, path)
+        if fault is not None and fault.after:
+            try:
+                self._route(method, path, query, auth, body)
+            except _HttpError:
+                pass
         if fault is not None:
             answer = _Answer(fault.status, fault.body if fault.body is not None else _error_body(fault.status), {})
             answer = self._with_rate_headers(answer, spend=True)

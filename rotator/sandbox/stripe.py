@@ -20,9 +20,14 @@ What it models, as Stripe documents it:
 - `/v1/webhook_endpoints` (form-encoded create, retrieve, list, delete);
   `secret` only in the create response. `deliver` signs an event for every
   subscribed endpoint, as Stripe does, with one event id across endpoints.
-- Idempotency keys on POST (same key and body: the stored response is
-  replayed; same key, other body: 400 idempotency_error), Stripe-shaped
+- Idempotency keys on POST: v1 replays the stored response (same key and
+  body); v2 does not: a retry of work that succeeded "returns an updated
+  response" (the object as it is now, without its secret) and failed work
+  is done again. Same key, other body: 400 idempotency_error. Stripe-shaped
   error bodies, `Request-Id` headers, and injected faults (`inject`).
+- Keys authenticate `activation_delay` seconds after their create and stop
+  `expiry_delay` seconds after their expiry (then 401 `api_key_expired`);
+  `rotate` makes the old id 404 at once while its token works on.
 
 Invariants: the fake never logs, and its introspection (`keys`,
 `endpoints`, `requests`) never returns a token or a signing secret. Expiry
@@ -370,7 +375,14 @@ class FakeStripe:
                 raise StripeFakeError(400, f"Keys for idempotent requests can only be used with the same parameters "
                                            f"they were first used with. Try using a key other than '{idem}' if you "
                                            "meant to execute a different request.", type_="idempotency_error")
-            return _Response(stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"})
+            if not request.path.startswith("/v2/"):
+                return _Response(stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"})
+            # v2: no replay. A retry of work that succeeded gets an updated
+            # response (the object as it is now; a read view, so no secret);
+            # a retry of failed work is done again.
+            done = self._keys.get(str((stored.body or {}).get("id"))) if 200 <= stored.status < 300 else None
+            if done is not None:
+                return _Response(200, done.view(now=self.now(), with_token=False), {"Idempotent-Replayed": "true"})
         try:
             response = route(request, **params)
         except StripeFakeError as exc:
@@ -494,6 +506,10 @@ class FakeStripe:
             # Stripe's create answers 400 api_key_permissions_invalid (spec3 preview, PostV2IamApiKeys).
             raise StripeFakeError(400, f"permissions: unknown permission {unknown_permissions[0]!r}.",
                                   code="api_key_permissions_invalid")
+        name = body.get("name") or ""
+        if not isinstance(name, str) or len(name) > 100:
+            # Assumed limit: Infisical truncates names to 100; the OpenAPI description states none.
+            raise StripeFakeError(400, "name: must be at most 100 characters.", code="parameter_invalid_string")
         public_pem, recipient_id = _public_key(body.get("public_key"))
         key = _Key("mk_" + _rand(24), str(request.account), str(body.get("name") or ""), str(body.get("note") or ""),
                    list(permissions), "rk_test_" + _rand(32), self.now())
