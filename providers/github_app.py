@@ -227,6 +227,9 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
     kind = "github.deploy_key"
     params_model = DeployKeyParams
     live_fields = ("private_key", "public_key", "key_id", "fingerprint")
+    # A retried issue first deletes a key a lost create of this rotation left
+    # (found by its title), so repeating it never leaves two keys.
+    is_issue_retry_safe = True
     page_size: int = 100
 
     def __init__(self, params: BaseModel, context: ProviderContext) -> None:
