@@ -248,6 +248,12 @@ class AwsIamAccessKeyProvider(Provider):
         keys = _aws(f"listing access keys of {user}", lambda: self.iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
         return key_id not in {k["AccessKeyId"] for k in keys}
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        key_id = data.get("access_key_id")
+        if not key_id:
+            return None
+        return ProviderKey(key_id=key_id, handle={"user_name": self.params.user_name, "access_key_id": key_id})
+
     def list_keys(self) -> list[ProviderKey]:
         user = self.params.user_name
         iam = self.iam

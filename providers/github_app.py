@@ -293,6 +293,12 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
         check_response(repo, clock=self.context.clock, action=f"reading repository {handle['repository']}")
         return True
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        key_id = data.get("key_id")
+        if not key_id:
+            return None
+        return ProviderKey(key_id=key_id, handle={"repository": self.p.repository, "key_id": key_id, "public_key": data.get("public_key", "")})
+
     def list_keys(self) -> list[ProviderKey]:
         first = f"{self._repo_path}/keys?per_page={self.page_size}"
         items = paginate(lambda url: self._send("GET", url), first, clock=self.context.clock, action=f"listing deploy keys of {self.p.repository}")

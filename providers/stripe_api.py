@@ -336,6 +336,15 @@ class StripeManagedApiKeyProvider(_StripeProvider):
             return True  # nothing left to ask: without the key, gone is the best evidence there is
         return key.get("status") == "expired"
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        key_id = data.get("key_id")
+        if not key_id or not _OBJECT_ID.fullmatch(key_id):
+            return None
+        handle = {"key_id": key_id}
+        if data.get("api_key"):
+            handle["api_key"] = data["api_key"]  # lets is_revoked confirm Stripe rejects it
+        return ProviderKey(key_id=key_id, handle=handle)
+
     def list_keys(self) -> list[ProviderKey]:
         items = self.http.paginate_v2(
             "/v2/iam/api_keys", api_key=self._management_key(), headers=self._v2(), limit=self.page_size

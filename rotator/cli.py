@@ -333,6 +333,11 @@ def _log() -> Any:
     return get_logger()
 
 
+from rotator.cli_adopt import adopt as _adopt  # noqa: E402 - registered after the group exists
+
+cli.add_command(_adopt)
+
+
 def main() -> None:
     cli(prog_name="rotator")
 

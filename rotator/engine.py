@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from rotator import __version__, machine, retry
 from rotator.audit import get_logger, register_secret
+from rotator.baseline import Baseline, find_baseline, needs_baseline
 from rotator.changes import ChangeFeed
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.config import LoadedCredential
@@ -56,7 +57,14 @@ from rotator.vault import VaultStore
 
 T = TypeVar("T")
 MAX_STEPS_PER_RECONCILE = 32
-ONCE = retry.RetryPolicy(max_attempts=1)  # a call whose repeat could act twice
+
+
+class _MayHaveActed(RotatorError):
+    """A transient failure of a create that must not be repeated in-step."""
+
+    def __init__(self, error: TransientError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,17 @@ class Engine:
                 self._providers[key] = provider
             return provider
 
+    def mark_moved(self, name: str, version: int, *, to: str) -> None:
+        """The renamed file's old record: its keys now live in `to`'s record."""
+        record, current = self.read_record(name)
+        if record is None or current != version:
+            return  # changed meanwhile: both records then name the same keys, and revoking twice is harmless
+        moved = record.model_copy(update={"current": None, "retiring": [], "moved_to": to, "lease": None})
+        try:
+            self.store.write(self.options.state_mount, self.state_path(name), moved.to_vault(), cas=version)
+        except RotatorError as exc:
+            get_logger().warning("state.move_failed", credential=name, moved_to=to, error=str(exc))
+
     def _new_provider(self, cred: LoadedCredential) -> Provider:
         context = ProviderContext(read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown, user_agent=f"rotator/{__version__}")
         return cred.provider_cls(cred.params, context)
@@ -201,6 +220,7 @@ class _Run:
         self.log = get_logger(credential=cred.spec.name, provider=cred.spec.provider)
         self._started_monotonic: float | None = None
         self.duration_seconds: float | None = None
+        self._lease_until: datetime | None = None
         _register_record_secrets(record, provider)
 
     # -- persistence -------------------------------------------------------------
@@ -209,6 +229,15 @@ class _Run:
         store, opts = self.engine.store, self.engine.options
         self.version = store.write(opts.state_mount, self.engine.state_path(record.credential), record.to_vault(), cas=self.version)
         self.record = record
+        if record.lease is not None and record.lease.holder == self.engine.holder:
+            self._lease_until = record.lease.expires_at
+
+    def ensure_lease(self) -> None:
+        """Before a side effect: a process that was paused (or slow) may have
+        outlived its lease; renew it first (check-and-set), or stop."""
+        margin = timedelta(seconds=min(60.0, self.engine.options.lease_seconds / 5))
+        if self._lease_until is None or self.engine.clock.now() >= self._lease_until - margin:
+            self.persist(self.record)
 
     def _lease(self) -> Lease:
         me = self.engine.identity
@@ -350,6 +379,11 @@ class _Run:
 
     def _start(self, action: machine.StartRotation) -> None:
         now = self.engine.clock.now()
+        try:
+            found = self._baseline() if needs_baseline(self.record, str(self._live)) else None
+        except RotatorError as exc:
+            self._fail("start", exc)
+            return
         preexisting: tuple[str, ...] = ()
         if self.provider.can_list and not self.provider.is_marking_atomic:
             try:
@@ -359,7 +393,12 @@ class _Run:
                 return
         rotation_id = new_rotation_id(now)
         self._bind_rotation(rotation_id)
-        self._apply(machine.Started(rotation_id, action.reason, action.revoke_now, preexisting))
+        record = self.record
+        if found is not None:
+            record = machine.apply(record, machine.Baselined(found.current, found.live_version, found.live_path, found.retiring), self.policy, now)
+        self.persist(machine.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting), self.policy, now))
+        if found is not None and found.moved_from is not None:
+            self.engine.mark_moved(*found.moved_from, to=self.cred.spec.name)
         self.request = None
         self._started_monotonic = time.monotonic()
         self.emit("rotation.started", reason=action.reason)
@@ -392,11 +431,21 @@ class _Run:
             self.emit("orphan.revoked", key_id=key.key_id)
         return revoked
 
+    def _baseline(self) -> Baseline | None:
+        content = self._call(self._live.read)
+        return find_baseline(
+            self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
+            grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record,
+        )
+
     def _is_orphan(self, key: Any, pending: Any) -> bool:
+        """Made by this very rotation (its mark, or unmarked and new since it
+        began) and unknown to the record. Keys of older rotations are never
+        swept: one may be in its grace under a record that was lost."""
         if key.key_id in self.record.managed_key_ids():
             return False
         if key.mark is not None:
-            return key.mark.credential == self.cred.spec.name
+            return key.mark.credential == self.cred.spec.name and key.mark.rotation_id == pending.rotation_id
         if self.provider.is_marking_atomic or key.key_id in pending.preexisting_key_ids or key.created_at is None:
             return False
         # An unmarked key made since this rotation began, on a scope the
@@ -418,17 +467,35 @@ class _Run:
         crashpoint("after-issue")
         try:
             self._apply(machine.Issued(credential))
+        except LeaseLostError:
+            raise  # the record says `issuing`: whoever holds it now sweeps this rotation's key
         except RotatorError:
-            self._discard(credential)
+            if not self._stash_landed(credential):
+                self._discard(credential)
             raise
         self.emit("credential.issued", key_id=credential.key_id)
         crashpoint("after-stash")
 
     def _mint(self, ctx: IssueContext) -> IssuedCredential:
-        # A create that is not idempotent is made once per step: if its
-        # response is lost, the step fails and the next one sweeps first.
-        policy = retry.API if self.provider.is_issue_retry_safe else ONCE
-        return self._call(lambda: self.provider.issue(ctx), policy)
+        # A create that is not idempotent is repeated inside the step only
+        # when the provider refused it before acting (a rate limit with
+        # Retry-After); any other transient failure may have minted, so the
+        # step fails and the next one sweeps first.
+        if self.provider.is_issue_retry_safe:
+            return self._call(lambda: self.provider.issue(ctx))
+
+        def attempt() -> IssuedCredential:
+            try:
+                return self.provider.issue(ctx)
+            except TransientError as exc:
+                if exc.retry_after is None:
+                    raise _MayHaveActed(exc) from None
+                raise
+
+        try:
+            return self._call(attempt)
+        except _MayHaveActed as wrapped:
+            raise wrapped.error from None
 
     def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential:
         try:
@@ -444,8 +511,14 @@ class _Run:
                 orphans = [k for k in self._call(self.provider.list_keys) if k.key_id in in_the_way and self._is_orphan(k, pending)]
                 in_the_way -= set(self._revoke_orphans(orphans))
             # Room can be made only from our own keys already past grace.
-            ours = {e.key.key_id for e in self.record.retiring if self.engine.clock.now() >= e.revoke_after}
+            now = self.engine.clock.now()
+            ours = {e.key.key_id for e in self.record.retiring if now >= e.revoke_after}
             if not in_the_way <= ours:
+                waiting = [e.revoke_after for e in self.record.retiring if e.key.key_id in in_the_way - ours]
+                if in_the_way <= ours | {e.key.key_id for e in self.record.retiring}:
+                    # Only our own keys, some still in grace: room comes by itself when it ends.
+                    raise TransientError(f"{exc}; retrying when the grace ends",
+                                         retry_after=max(1.0, (min(waiting) - now).total_seconds())) from None
                 raise
             for key_id in sorted(in_the_way):
                 self._retire(key_id, deactivate=False)
@@ -453,6 +526,17 @@ class _Run:
             if still:
                 raise TransientError(f"no room for a new key yet: revoking {', '.join(still)} failed; will retry") from None
             return self._mint(ctx)
+
+    def _stash_landed(self, credential: IssuedCredential) -> bool:
+        """After a failed stash write: did it apply all the same (a lost
+        response)? Unsure counts as yes: a key left unstashed is swept (it
+        carries this rotation's mark), a key revoked under a stash is not."""
+        try:
+            stored, _ = self.engine.read_record(self.cred.spec.name)
+        except RotatorError:
+            return True
+        pending = stored.pending if stored else None
+        return pending is not None and pending.credential is not None and pending.credential.key_id == credential.key_id
 
     def _discard(self, credential: IssuedCredential) -> None:
         """The stash failed: revoke the new credential rather than orphan it."""
@@ -500,9 +584,11 @@ class _Run:
         credential = self._pending_credential()
         pending = self.record.pending
         assert pending is not None
-        last_written = self.record.live_version if self.record.current is not None else None
+        here = str(self._live)
+        last_written = self.record.live_version if self.record.live_path in (None, here) else None
         try:
-            version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written))
+            self.ensure_lease()
+            version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name))
         except RotatorError as exc:
             self._fail("promote", exc)
             return
@@ -516,6 +602,7 @@ class _Run:
         pending = self.record.pending
         assert pending is not None and pending.live_version is not None
         try:
+            self.ensure_lease()
             self._call(lambda: self._live.describe(
                 credential=self.cred.spec.name, provider=self.cred.spec.provider, key_id=credential.key_id,
                 rotation_id=pending.rotation_id, rotated_at=pending.live_at or self.engine.clock.now(), expires_at=credential.expires_at,
@@ -533,7 +620,7 @@ class _Run:
         # Logged before the record says so: after a crash in between, the
         # recovery logs it again (at least once), never not at all.
         self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
-        self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule)))
+        self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)))
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
         duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None
@@ -553,6 +640,7 @@ class _Run:
                     # It reached the live path after all: it is live, keep it.
                     self._apply(machine.LiveWritten(live_version))
                     return
+                self.ensure_lease()
                 self._call(lambda: self.provider.revoke(credential.handle))
                 crashpoint("after-rollback-call")
             except RotatorError as exc:
@@ -569,6 +657,7 @@ class _Run:
         log, self.log = self.log, self.log.bind(rotation_id=entry.superseded_by)
         step = "deactivate" if deactivate else "revoke"
         try:
+            self.ensure_lease()
             if self._live.names_as_live(key_id):
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
             if deactivate:

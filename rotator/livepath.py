@@ -7,7 +7,10 @@ Invariants:
 - a write that already happened (a crash right after it) is recognised by
   comparing the latest version with the stashed data, so it is never made
   twice;
-- metadata changes only `managed-by` and `rotator-*` keys.
+- metadata changes only `managed-by` and `rotator-*` keys;
+- a path holding data the rotator did not write for this credential (no
+  `managed-by: rotator`, or another credential's name) is never written
+  over: `rotator adopt NAME` first accepts it (contract §5).
 """
 
 from __future__ import annotations
@@ -19,6 +22,28 @@ from datetime import datetime
 from rotator.clock import to_rfc3339
 from rotator.errors import CasMismatchError, PermanentError
 from rotator.vault import VaultStore
+
+
+ADOPT_HINT = "run `rotator adopt {name}` to accept what it holds (docs/GETTING_STARTED.md)"
+
+
+@dataclass(frozen=True)
+class LiveContent:
+    """What the live path holds now: its latest version, data and metadata."""
+
+    version: int  # 0: never written
+    data: dict[str, str] | None  # None: empty, or the latest version deleted
+    custom_metadata: dict[str, str]
+
+    def owner(self) -> str | None:
+        """The credential whose data this is, by the rotator's metadata."""
+        if self.custom_metadata.get("managed-by") != "rotator":
+            return None
+        return self.custom_metadata.get("rotator-credential") or None
+
+    def is_writable_by(self, credential: str) -> bool:
+        """Empty, or written by the rotator for `credential`."""
+        return self.data is None or self.owner() == credential
 
 
 @dataclass(frozen=True)
@@ -38,19 +63,36 @@ class LivePath:
         live = self.store.read_version(self.mount, self.path, meta.current_version)
         return meta.current_version if live == dict(data) else None
 
-    def write(self, data: Mapping[str, str], *, last_written: int | None) -> int:
-        """Add one version holding `data`; `last_written`: the version the
-        rotator wrote last (None on the first rotation, which adopts the path)."""
+    def read(self) -> LiveContent:
+        meta = self.store.read_metadata(self.mount, self.path)
+        if meta is None or meta.current_version == 0:
+            return LiveContent(0, None, dict(meta.custom_metadata) if meta else {})
+        data = self.store.read_version(self.mount, self.path, meta.current_version)
+        return LiveContent(meta.current_version, {k: str(v) for k, v in data.items()} if data else None, dict(meta.custom_metadata))
+
+    def write(self, data: Mapping[str, str], *, last_written: int | None, credential: str) -> int:
+        """Add one version holding `data`. `last_written`: the version the
+        rotator wrote (or adopted) last on this path; None when it has none
+        here, and then the path must be empty or hold `credential`'s data."""
         done = self.version_holding(data)
         if done is not None:
             return done
-        meta = self.store.read_metadata(self.mount, self.path)
-        current = meta.current_version if meta else 0
-        if last_written is not None and current != last_written:
-            raise PermanentError(
-                f"{self} is at version {current} but the rotator last wrote version {last_written}: "
-                "someone else wrote the live path; the rotator will not overwrite it"
-            )
+        if last_written is None:
+            content = self.read()
+            current = content.version
+            if not content.is_writable_by(credential):
+                raise PermanentError(
+                    f"{self} holds data the rotator did not write for {credential}; it will not overwrite it: "
+                    + ADOPT_HINT.format(name=credential)
+                )
+        else:
+            meta = self.store.read_metadata(self.mount, self.path)
+            current = meta.current_version if meta else 0
+            if current != last_written:
+                raise PermanentError(
+                    f"{self} is at version {current} but the rotator last wrote version {last_written}: "
+                    "someone else wrote the live path; the rotator will not overwrite it: " + ADOPT_HINT.format(name=credential)
+                )
         try:
             return self.store.write(self.mount, self.path, data, cas=current)
         except CasMismatchError:

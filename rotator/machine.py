@@ -135,6 +135,17 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Baselined:
+    """What the live path holds, taken on when the record knew no version of
+    it (see rotator.baseline)."""
+
+    current: KeyRecord | None
+    live_version: int
+    live_path: str
+    retiring: tuple[Retiring, ...] = ()
+
+
+@dataclass(frozen=True)
 class IssueBegun:
     pass
 
@@ -163,6 +174,7 @@ class LiveWritten:
 class Promoted:
     live_version: int
     jitter_seconds: float
+    live_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,7 +207,7 @@ class Failed:
 
 
 Outcome = (
-    Started | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
+    Started | Baselined | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
     | RolledBack | Deactivated | Revoked | Failed
 )
 
@@ -352,6 +364,13 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
     match outcome:
         case Started():
             return _started(record, outcome, now)
+        case Baselined():
+            known = {e.key.key_id for e in record.retiring}
+            extra = [e for e in outcome.retiring if e.key.key_id not in known]
+            return record.model_copy(update={
+                "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
+                "retiring": [*record.retiring, *extra],
+            })
         case IssueBegun():
             return _with_phase(record, "issuing")
         case Swept():
@@ -455,6 +474,7 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
         update={
             "current": pending.credential,
             "live_version": outcome.live_version,
+            "live_path": outcome.live_path or record.live_path,
             "last_rotated_at": now,
             "jitter_seconds": outcome.jitter_seconds,
             "rotations": record.rotations + 1,

@@ -181,6 +181,12 @@ class Provider(ABC):
         """Every key in this credential's scope at the provider (user, repo, account)."""
         raise NotImplementedError(f"{self.kind} cannot list its credentials")
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        """The key that live data (as written to Vault) holds, with the handle
+        that revokes it, where the data names one (`rotator adopt`, a lost
+        record). None where it cannot be told (installation tokens)."""
+        return None
+
     def secret_values(self, *mappings: Mapping[str, str]) -> list[str]:
         """The secret values in live data or handles, by `secret_fields`."""
         return [v for m in mappings for k, v in m.items() if k in self.secret_fields and isinstance(v, str)]

@@ -134,7 +134,8 @@ class StateRecord(_Frozen):
     credential: str
     provider: str
     current: KeyRecord | None = None  # the credential the live path holds
-    live_version: int | None = None  # the live path's version we last wrote
+    live_version: int | None = None  # the live path's version we last wrote (or adopted)
+    live_path: str | None = None  # MOUNT/PATH that version is of (None: records from before; the file's path)
     last_rotated_at: datetime | None = None
     jitter_seconds: float = 0.0  # drawn once per completed rotation
     rotations: int = 0
@@ -150,6 +151,7 @@ class StateRecord(_Frozen):
     blocked_fingerprint: str | None = None
     lease: Lease | None = None
     paused: Pause | None = None
+    moved_to: str | None = None  # the file was renamed: this name's keys now live in that record
 
     @classmethod
     def new(cls, credential: str, provider: str) -> StateRecord:

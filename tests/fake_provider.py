@@ -148,7 +148,7 @@ class FakeProvider(Provider):
             for k in self.world.keys.values()
         ])
 
-    def adoptable_key(self, data: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
         key_id = data.get("key_id")
-        return (key_id, {"key_id": key_id}) if key_id else None
+        return ProviderKey(key_id=key_id, handle={"key_id": key_id}) if key_id else None
 

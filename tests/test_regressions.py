@@ -204,9 +204,11 @@ def test_stale_lease_holder_resuming_never_revokes_the_live_key(world: World) ->
 
 def test_retirement_happens_on_time_behind_a_blocked_rotation(world: World) -> None:
     """A rotation blocked by NoCapacity still lets the old key be revoked at the end of grace."""
+    world.keys.limit = 3
     first = world.rotate()
     second = world.rotate()
-    result = world.reconcile(request=Request())  # within grace: both keys exist, AWS-style block
+    world.keys.add_static()  # a key someone made by hand fills the scope: NoCapacity, blocked
+    result = world.reconcile(request=Request())
     assert result.record.blocked_fingerprint is not None and result.record.pending is not None
     world.clock.advance(timedelta(hours=2))
     world.reconcile()
@@ -371,3 +373,98 @@ def test_malformed_state_record_gives_a_clean_message(rotator_env, config_dir, b
         assert "Traceback" not in output and "pydantic" not in output and "validation error" not in output.lower(), output[-800:]
         assert leaked not in output and "QQQQ" not in output
         assert iam_user in output and "malformed" in output
+
+
+# -- 7. a foreign write no longer blocks for good: `rotator adopt` -------------------------
+
+
+def _adopt(world: World, cred: LoadedCredential | None = None):  # type: ignore[no-untyped-def]
+    from rotator.adoption import adopt
+
+    return adopt(world.engine, cred or world.cred)
+
+
+def test_first_rotation_refuses_a_path_holding_foreign_data(world: World, events: EventLog) -> None:
+    """Contract §5: data the rotator did not write is never written over without `adopt`."""
+    static = world.keys.add_static()
+    world.store.write("secret", world.path, {"key_id": static.key_id, "secret": static.secret}, cas=0)
+    result = world.reconcile()
+    assert result.status == "failed"
+    assert world.live() == {"key_id": static.key_id, "secret": static.secret}, "the foreign data was overwritten"
+    failed = events.events("rotation.failed")[-1]
+    assert "rotator adopt" in failed["error"] and failed["will_retry"] is False
+    assert set(world.keys.keys) == {static.key_id}, "nothing may be minted for a path it will not write"
+
+
+def test_foreign_write_then_adopt_lets_rotation_continue(world: World, events: EventLog) -> None:
+    """After someone else wrote the live path the credential blocks; `rotator adopt`
+    takes the written key on, the next rotation retires it after grace."""
+    ours = world.rotate()
+    static = world.keys.add_static()
+    world.store.write("secret", world.path, {"key_id": static.key_id, "secret": static.secret}, cas=1)
+    world.clock.advance(timedelta(days=31))
+    assert world.reconcile().status == "failed"
+    assert world.live()["key_id"] == static.key_id
+    adopted = _adopt(world)
+    assert adopted.key_id == static.key_id and adopted.vault_version == 2
+    assert events.events("credential.adopted")[-1]["key_id"] == static.key_id
+    world.reconcile()  # AWS-like: no room while our replaced key is in its grace; retried when it ends
+    assert world.record().blocked_fingerprint is None
+    world.clock.advance(timedelta(hours=2))
+    assert world.reconcile().status == "completed", "adopt must unblock the credential"
+    new = world.live_key_id()
+    assert new not in {ours, static.key_id}
+    world.clock.advance(timedelta(hours=2))
+    world.reconcile()
+    assert set(world.keys.keys) == {new}, "the adopted key and the one it replaced are retired after grace"
+    assert world.violations == []
+
+
+def test_vault_path_change_does_not_block(world: World) -> None:
+    """A changed `vault.path` writes the new (empty) path; the old key is retired after grace."""
+    old = world.rotate()
+    world.cred = world.credential(path=world.path + "-moved")
+    world.rotate()
+    assert world.live(world.path + "-moved")["key_id"] == world.record().current.key_id != old
+    world.clock.advance(timedelta(hours=2))
+    world.reconcile()
+    assert set(world.keys.keys) == {world.record().current.key_id}
+
+
+def test_lost_record_takes_the_live_key_back_as_current(world: World, bao_client: Any) -> None:
+    """A lost state record: the key the live path holds (and one still in grace) is retired on schedule, never orphaned."""
+    world.keys.limit = 10
+    first = world.rotate()
+    second = world.rotate()  # first is in its grace
+    bao_client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{world.prefix}/{world.name}", mount_point="secret")
+    world.clock.advance(timedelta(minutes=5))
+    assert world.reconcile(request=Request()).status == "completed"
+    third = world.live_key_id()
+    assert first in world.keys.keys, "a key in its grace was revoked"
+    world.clock.advance(timedelta(hours=2))
+    world.reconcile()
+    assert set(world.keys.keys) == {third}, f"left behind: {set(world.keys.keys) - {third}} (second was {second})"
+    assert world.violations == []
+
+
+# -- 6. renamed or deleted files do not orphan their keys ----------------------------------
+
+
+def test_renamed_file_carries_its_keys_on(world: World) -> None:
+    """Contract §6.9: a file renamed with the same live path carries the old name's keys on."""
+    world.keys.limit = 10
+    first = world.rotate()
+    world.rotate()  # first in grace, second live
+    old_name = world.name
+    world.name = world.name + "-renamed"
+    world.cred = world.credential(name=world.name)
+    world.clock.advance(timedelta(minutes=5))
+    assert world.reconcile(request=Request()).status == "completed"
+    third = world.live_key_id()
+    assert first in world.keys.keys, "the renamed credential's key in grace was revoked early"
+    world.clock.advance(timedelta(hours=2))
+    world.reconcile()
+    assert set(world.keys.keys) == {third}
+    moved = world.engine.read_record(old_name)[0]
+    assert moved.moved_to == world.name and moved.retiring == [] and moved.current is None
+    assert world.violations == []
