@@ -108,6 +108,7 @@ class AwsIamAccessKeyProvider(Provider):
     verify_budget: ClassVar[timedelta] = timedelta(seconds=45)
     can_list: ClassVar[bool] = True
     is_marking_atomic: ClassVar[bool] = False
+    reports_key_use: ClassVar[bool] = True
 
     params: AwsIamParams
 
@@ -253,6 +254,15 @@ class AwsIamAccessKeyProvider(Provider):
         if not key_id:
             return None
         return ProviderKey(key_id=key_id, handle={"user_name": self.params.user_name, "access_key_id": key_id})
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        # AWS updates this within hours, not seconds (docs/OPERATIONS.md, "quiet").
+        key_id = handle["access_key_id"]
+        try:
+            used = _aws(f"reading last use of {key_id}", lambda: self.iam.get_access_key_last_used(AccessKeyId=key_id))
+        except NotFoundError:
+            return None  # gone already: nobody can use it
+        return used.get("AccessKeyLastUsed", {}).get("LastUsedDate")
 
     def list_keys(self) -> list[ProviderKey]:
         user = self.params.user_name

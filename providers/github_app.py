@@ -231,6 +231,7 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
     # (found by its title), so repeating it never leaves two keys.
     is_issue_retry_safe = True
     page_size: int = 100
+    reports_key_use = True
 
     def __init__(self, params: BaseModel, context: ProviderContext) -> None:
         super().__init__(params, context)
@@ -298,6 +299,14 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
         if not key_id:
             return None
         return ProviderKey(key_id=key_id, handle={"repository": self.p.repository, "key_id": key_id, "public_key": data.get("public_key", "")})
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        response = self._send("GET", f"/repos/{handle['repository']}/keys/{handle['key_id']}")
+        if response.status_code == 404:
+            return None  # gone (or out of reach: then deleting it fails and says so)
+        action = f"reading deploy key {handle['key_id']}"
+        check_response(response, clock=self.context.clock, action=action)
+        return _parse_time(json_body(response, dict, action=action).get("last_used"))
 
     def list_keys(self) -> list[ProviderKey]:
         first = f"{self._repo_path}/keys?per_page={self.page_size}"

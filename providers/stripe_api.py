@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, ClassVar
 
 import httpx
@@ -231,6 +231,8 @@ class StripeManagedApiKeyProvider(_StripeProvider):
     # other reports): poll for up to 4 min inside one step, well within the
     # engine's 5 min lease; after that the state machine tries again later.
     confirm_budget = timedelta(minutes=4)
+    # The v2 API key object has `last_used` (usage-aware revocation, §6.10).
+    reports_key_use = True
     params: StripeManagedApiKeyParams
 
     def _v2(self) -> dict[str, str]:
@@ -344,6 +346,14 @@ class StripeManagedApiKeyProvider(_StripeProvider):
         if data.get("api_key"):
             handle["api_key"] = data["api_key"]  # lets is_revoked confirm Stripe rejects it
         return ProviderKey(key_id=key_id, handle=handle)
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        key_id = _object_id(handle, "key_id")
+        try:
+            key = self.http.request("GET", f"/v2/iam/api_keys/{key_id}", api_key=self._management_key(), headers=self._v2())
+        except NotFoundError:
+            return None  # gone: nobody can use it
+        return parse_timestamp(key.get("last_used"))  # only this field is taken: a test-mode answer holds the token
 
     def list_keys(self) -> list[ProviderKey]:
         items = self.http.paginate_v2(

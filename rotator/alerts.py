@@ -7,7 +7,8 @@ event exactly as it is logged.
 
 Invariants:
 - alerting events: `rotation.failed` with `will_retry` false (final),
-  `credential.overdue`, `credential.unused`, `credential.unmanaged`;
+  `credential.overdue`, `credential.unused`, `credential.unmanaged`,
+  `revocation.held` and `revocation.forced`;
 - an alert never carries more than the log line does, and the log line
   never carries a secret value; webhook URLs are secrets themselves (a
   Slack URL holds a token), so they are registered for masking and never
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from rotator.settings import Settings
 
 FINDING_EVENTS = frozenset({"credential.overdue", "credential.unused", "credential.unmanaged"})
+# Usage-aware revocation (contract §6.10): a key still in use past grace, and
+# one revoked anyway after max_wait.
+USAGE_EVENTS = frozenset({"revocation.held", "revocation.forced"})
 # A delivery keeps trying for about two minutes before it is given up.
 ALERT_RETRY = RetryPolicy(max_attempts=6, max_seconds=120.0, initial_wait=1.0, max_wait=30.0, max_retry_after=60.0)
 QUEUE_SIZE = 256
@@ -54,7 +58,7 @@ def should_alert(event: Mapping[str, Any]) -> bool:
     name = event.get("event")
     if name == "rotation.failed":
         return event.get("will_retry") is False
-    return name in FINDING_EVENTS
+    return name in FINDING_EVENTS or name in USAGE_EVENTS
 
 
 def dedup_key(event: Mapping[str, Any]) -> DedupKey:
@@ -81,6 +85,11 @@ def slack_text(event: Mapping[str, Any]) -> str:
     elif name == "credential.unused":
         used = f"last used {e['last_used']}" if event.get("last_used") else "never used"
         text = f":warning: key `{e.get('key_id', '?')}` of {who} looks unused ({used})"
+    elif name == "revocation.held":
+        text = f":hourglass: revocation of key `{e.get('key_id', '?')}` of {who} is held: still in use (last used {e.get('last_used', '?')}); " \
+               f"revoked anyway after {e.get('max_wait_until', '?')}"
+    elif name == "revocation.forced":
+        text = f":rotating_light: key `{e.get('key_id', '?')}` of {who} was revoked while still in use (last used {e.get('last_used', '?')}): max_wait passed"
     elif name == "credential.unmanaged":
         text = f":warning: key `{e.get('key_id', '?')}` in the scope of {who} was not made by the rotator"
     else:

@@ -210,6 +210,10 @@ class CredentialSpec(_Strict):
     )
 
 
+    revocation: Revocation | None = Field(
+        default=None, description="usage-aware revocation: hold a superseded key's revocation while it is in use (unset: the defaults)"
+    )
+
     # Set by the loader, not read from the file.
     source: str = Field(default="", exclude=True)
 
@@ -233,7 +237,7 @@ class CredentialSpec(_Strict):
         # Fields added later are left out at their defaults, so the
         # fingerprints of existing files stay what they were.
         defaults = (("unused_after", None), ("on_unused", "report"), ("notify", []),
-                    ("revocation", Revocation().model_dump(mode="json")))
+                    ("revocation", None))
         for key, default in defaults:
             if data.get(key) == default:
                 data.pop(key, None)

@@ -53,6 +53,7 @@ class CredentialView:
     due_at: datetime | None = None
     last_rotated_at: datetime | None = None
     pending_revocations: int = 0
+    held_revocations: int = 0
 
     @property
     def record(self) -> StateRecord | None:
@@ -63,6 +64,7 @@ class CredentialView:
         self.due_at = due_at(self.cred.spec.schedule, record)
         self.last_rotated_at = record.last_rotated_at if record else None
         self.pending_revocations = len(record.retiring) if record else 0
+        self.held_revocations = sum(1 for e in record.retiring if e.held_since is not None) if record else 0
 
 
 @dataclass
@@ -182,6 +184,7 @@ class Daemon:
             due = view.due_at or due_at(view.cred.spec.schedule, None)
             metrics.NEXT.labels(*labels).set(due.timestamp())
             metrics.PENDING.labels(*labels).set(view.pending_revocations)
+            metrics.HELD.labels(*labels).set(view.held_revocations)
             if view.last_rotated_at is not None:
                 metrics.AGE.labels(*labels).set((now - view.last_rotated_at).total_seconds())
             overdue += view.last_rotated_at is not None and now > due + allowance

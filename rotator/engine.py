@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from rotator import __version__, machine, retry
+from rotator import __version__, machine, retry, usage
 from rotator.audit import get_logger, register_secret
 from rotator.baseline import Baseline, find_baseline, needs_baseline
 from rotator.changes import ChangeFeed
 from rotator.clock import Clock, SystemClock, to_rfc3339
-from rotator.config import LoadedCredential
+from rotator.config import LoadedCredential, Revocation
 from rotator.errors import (
     CasMismatchError,
     LeaseLostError,
@@ -51,7 +51,7 @@ from rotator.provider import (
     Provider,
     ProviderContext,
 )
-from rotator.state import Lease, StateRecord
+from rotator.state import Lease, Retiring, StateRecord
 from rotator.timetable import draw_jitter
 from rotator.vault import VaultStore
 
@@ -175,7 +175,8 @@ class Engine:
         policy = self._policies.get(key)
         if policy is None:
             provider = provider or self._providers.get(key) or self._new_provider(cred)
-            policy = Policy(schedule=cred.spec.schedule, grace=cred.spec.grace, retire_delay=provider.retire_delay(), fingerprint=cred.fingerprint)
+            policy = Policy(schedule=cred.spec.schedule, grace=cred.spec.grace, retire_delay=provider.retire_delay(),
+                            fingerprint=cred.fingerprint, revocation=cred.spec.revocation or Revocation())
             self._policies[key] = policy
         return policy
 
@@ -656,6 +657,9 @@ class _Run:
         entry = next(e for e in self.record.retiring if e.key.key_id == key_id)
         log, self.log = self.log, self.log.bind(rotation_id=entry.superseded_by)
         step = "deactivate" if deactivate else "revoke"
+        if not self._may_retire_for_use(entry, step):
+            self.log = log
+            return
         try:
             self.ensure_lease()
             if self._live.names_as_live(key_id):
@@ -676,6 +680,34 @@ class _Run:
         self._apply(machine.Deactivated(key_id) if deactivate else machine.Revoked(key_id))
         self.log = log
         crashpoint(f"after-{step}")
+
+    def _may_retire_for_use(self, entry: Retiring, step: str) -> bool:
+        """Usage-aware revocation (contract §6.10, rotator.usage): a key the
+        provider reports in use is held, and checked again with backoff."""
+        revocation = self.policy.revocation
+        if not usage.should_check(entry, revocation, reports_use=self.provider.reports_key_use):
+            return True
+        key_id, now = entry.key.key_id, self.engine.clock.now()
+        deadline = usage.max_wait_until(entry, revocation)
+        try:
+            last_used = self._call(lambda: self.provider.last_used(entry.key.handle))
+        except RotatorError as exc:
+            if now < deadline:
+                self._fail(step, exc, key_id=key_id)
+                return False
+            last_used = entry.last_used_at  # past max_wait: retire it whatever the provider says
+        decision = usage.decide(entry, last_used, revocation, grace=self.policy.grace, now=now)
+        used = to_rfc3339(last_used) if last_used else None
+        if decision.verdict == "held":
+            self.persist(usage.held(self.record, key_id, decision, now))
+            assert decision.retry_at is not None
+            self.emit("revocation.held", "warning", key_id=key_id, last_used=used, retry_at=to_rfc3339(decision.retry_at),
+                      max_wait_until=to_rfc3339(deadline))
+            return False
+        if decision.verdict == "forced":
+            self.emit("revocation.forced", "error", key_id=key_id, last_used=used, max_wait_until=to_rfc3339(deadline),
+                      held_since=to_rfc3339(entry.held_since) if entry.held_since else None)
+        return True
 
     def _confirm_revoked(self, handle: Any) -> bool:
         if not self.provider.is_revoked(handle):

@@ -468,6 +468,7 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
                 superseded_by=pending.rotation_id,
                 revoke_after=now if pending.revoke_now else live_at + policy.grace,
                 immediate=pending.revoke_now,
+                superseded_at=live_at,
             )
         )
     return record.model_copy(

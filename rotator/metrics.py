@@ -31,6 +31,8 @@ DURATION = Histogram("rotator_rotation_duration_seconds", "Duration of completed
 AGE = Gauge("rotator_credential_age_seconds", "Age of the live credential", ["credential", "provider"], registry=REGISTRY)
 NEXT = Gauge("rotator_next_rotation_timestamp_seconds", "When the next rotation is due (Unix time)", ["credential", "provider"], registry=REGISTRY)
 PENDING = Gauge("rotator_pending_revocations", "Superseded credentials not yet revoked", ["credential", "provider"], registry=REGISTRY)
+HELD = Gauge("rotator_revocations_held", "Superseded credentials whose revocation is held because they are still in use",
+             ["credential", "provider"], registry=REGISTRY)
 OVERDUE = Gauge("rotator_overdue_credentials", "Credentials past their due time by more than a tick", registry=REGISTRY)
 DEGRADED = Gauge("rotator_degraded", "1 while any credential or file is failing", registry=REGISTRY)
 

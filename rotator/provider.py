@@ -139,6 +139,12 @@ class Provider(ABC):
     # webhook endpoints): compliance then never calls such a key unused.
     reports_last_use: ClassVar[bool] = True
 
+    # True where the API says when one key was last used (AWS
+    # GetAccessKeyLastUsed, a deploy key's last_used): before retiring a
+    # superseded key the engine asks `last_used`, and holds the revocation
+    # while the key is in use (contract §6.10, rotator.usage).
+    reports_key_use: ClassVar[bool] = False
+
     def __init__(self, params: BaseModel, context: ProviderContext) -> None:
         self.params = params
         self.context = context
@@ -176,6 +182,10 @@ class Provider(ABC):
     @abstractmethod
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
         """Whether the provider now rejects the credential (confirmation)."""
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        """When the provider last saw this key used (None: never, or gone). A read only."""
+        raise NotImplementedError(f"{self.kind} does not report when a key was last used")
 
     def list_keys(self) -> list[ProviderKey]:
         """Every key in this credential's scope at the provider (user, repo, account)."""

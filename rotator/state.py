@@ -107,6 +107,7 @@ class Retiring(_Frozen):
     attempts: int = 0
     next_attempt_at: datetime | None = None
     last_error: str | None = None
+    superseded_at: datetime | None = None  # when its successor went live
     # Usage-aware revocation (contract §6.10): set while the provider reports
     # the key used after its successor went live; no secret values.
     held_since: datetime | None = None  # the first check that found it in use

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,10 @@ def events() -> EventLog:
 
 @pytest.fixture
 def world(openbao, aws_env, iam_user, iam_admin, config_dir: Path, unique: str, events: EventLog):  # type: ignore[no-untyped-def]
-    clock = FakeClock()
+    # Real time as the start: moto stamps a key's last use with the real
+    # time, and a fake clock months behind would read the rotator's own
+    # verification of a key as a use after its successor went live.
+    clock = FakeClock(datetime.now(UTC))
     settings = Settings(config_dir=config_dir, state_prefix=f"rotator-test/{unique}", vault_addr=openbao.addr, vault_token=openbao.token, tick_seconds=10)
     store = VaultStore(settings.vault_connection())
     engine = Engine(store, options=EngineOptions(state_prefix=settings.state_prefix), clock=clock)
