@@ -6,7 +6,9 @@
 
 # Rotation state records (ROTATOR_STATE_PREFIX=rotator/state): check-and-set
 # writes, reads, and listing them for status, report and recovery. These
-# records also carry the replicas' check-and-set leases.
+# records also carry the replicas' check-and-set leases, and, under
+# rotator/state/_audit/, the audit chain's anchors (ROTATOR_AUDIT_ANCHOR's
+# default; docs/AUDIT.md section 8). Grant nobody delete or destroy there.
 path "secret/data/rotator/state/*" {
   capabilities = ["create", "read", "update"]
 }
@@ -41,5 +43,13 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+# Signed audit anchors (ROTATOR_AUDIT_TRANSIT_KEY=transit/rotator-audit, an
+# ed25519 key; docs/AUDIT.md section 9). Only the rotator may sign; auditors
+# get transit/verify/rotator-audit ("update") and transit/keys/rotator-audit
+# ("read") instead. Remove this block if anchors are not signed.
+path "transit/sign/rotator-audit" {
   capabilities = ["update"]
 }

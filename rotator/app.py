@@ -33,15 +33,27 @@ def load_settings() -> Settings:
 
 
 def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_audit_file: bool = True) -> None:
-    sink = None
-    if with_audit_file and settings.audit_file is not None:
-        from rotator.auditfile import AuditFile
-
-        sink = _never_blocking(AuditFile(settings.audit_file).append)
+    """Logging for the process; with an audit file, its tip is first checked
+    against the anchor in Vault (AuditChainError: nothing is appended), and
+    then anchored while the process runs and when it exits (docs/AUDIT.md)."""
     from rotator.alerts import install as install_alerts
 
-    audit.configure(fmt=settings.effective_log_format(), stream=stream or sys.stdout, audit_sink=sink,
-                    alert_sink=install_alerts(settings))
+    alert_sink = install_alerts(settings)
+
+    def setup(sink: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:
+        audit.configure(fmt=settings.effective_log_format(), stream=stream or sys.stdout, audit_sink=sink, alert_sink=alert_sink)
+
+    if not with_audit_file or settings.audit_file is None:
+        setup(None)
+        return
+    from rotator import auditanchor
+    from rotator.auditfile import AuditFile
+
+    writer = AuditFile(settings.audit_file)
+    setup(None)  # what the anchor check logs (a Vault login) reaches stdout, not yet the file
+    anchorer = auditanchor.prepare(settings, writer)
+    setup(_never_blocking(writer.append))
+    anchorer.start()
 
 
 def _never_blocking(append: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:

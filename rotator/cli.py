@@ -229,56 +229,14 @@ def audit() -> None:
     """Work with audit files."""
 
 
-@audit.command("verify")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def audit_verify(files: tuple[Path, ...]) -> None:
-    """Check the hash chain of one audit file, or of several consecutive
-    files in order (oldest first). Exits 0 when intact, 1 at the first bad
-    line, which it names."""
-    from rotator.auditfile import verify
+def _register_audit_commands() -> None:
+    from rotator.auditcli import public_key_command, seal_command, verify_command
 
-    result = verify(list(files))
-    if result.ok:
-        first = (result.continues_from or 0) + 1
-        span = f", seq {first} to {result.last.seq}" if result.last is not None else ""
-        click.echo(f"intact: {result.events} event(s) in {len(files)} file(s){span}")
-    else:
-        where = f"{result.file}:{result.line}" if result.line is not None else f"{result.file}"
-        click.echo(f"{where}: {result.reason}")
-    for note in result.notes:
-        click.echo(f"note: {note}")
-    if result.ok and result.continues_from is not None:
-        click.echo(f"note: to prove the link, verify it together with the file(s) ending at seq {result.continues_from}, oldest first")
-    if not result.ok:
-        sys.exit(EXIT_FAILED)
+    for command in (verify_command, seal_command, public_key_command):
+        audit.add_command(command)
 
 
-@audit.command("seal")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--previous", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The rotated file the chain continues from (decompressed), when FILE is empty or absent.")
-def audit_seal(file: Path, previous: Path | None) -> None:
-    """Let appends resume after a torn write (or a lost sidecar), recording
-    the break in the chain itself (docs/AUDIT.md section 5).
-
-    Without --previous, FILE must end in a torn line with every other line
-    intact: it is moved aside to FILE.broken-TIME as evidence and a new FILE
-    starts with an audit.chain_broken event. With --previous, FILE must be
-    empty or absent and continues the chain from PREVIOUS. Exits 0 when
-    sealed, 1 when refused (nothing is changed)."""
-    from rotator.auditfile import AuditChainError, read_chain_state, seal
-
-    try:
-        aside = seal(file, previous=previous)
-        state = read_chain_state(file)
-    except (AuditChainError, OSError) as exc:
-        click.echo(f"rotator: not sealed: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    tip = f" (tip: seq {state.tip.seq})" if state is not None else ""
-    if aside is not None:
-        click.echo(f"sealed: the torn file is kept as {aside}; {file} continues the chain with an audit.chain_broken event{tip}")
-    else:
-        click.echo(f"sealed: {file} continues the chain from {previous}{tip}")
+_register_audit_commands()
 
 
 @cli.command()

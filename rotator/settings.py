@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     change_poll_seconds: float = Field(default=30.0, gt=0, description="how often the daemon reads the change feed to notice state changes made by others (rotator rotate, other replicas)")
     lease_seconds: float = Field(default=300.0, ge=10, description="how long a credential's lease lasts before another replica may take over")
     audit_file: Path | None = Field(default=None, description="also append hash-chained audit events to this file")
+    audit_anchor: str | None = Field(default=None, description="KV v2 MOUNT/PREFIX where the audit chain's tip is anchored (default: STATE_MOUNT/STATE_PREFIX/_audit)")
+    audit_transit_key: str | None = Field(default=None, description="Transit key (MOUNT/NAME, or NAME on mount transit) that signs each audit anchor (ed25519); docs/AUDIT.md")
     metrics_addr: str | None = Field(default=None, description="host:port for /metrics, /healthz, /readyz")
     log_format: Literal["json", "console"] | None = Field(default=None, description="json or console (default: console on a TTY, else json)")
     # Compliance and alerts (docs/COMPLIANCE.md). Webhook URLs can carry a
@@ -61,6 +63,16 @@ class Settings(BaseSettings):
     @classmethod
     def _safe_path(cls, value: str) -> str:
         return check_vault_path(value)
+
+    @field_validator("audit_anchor", "audit_transit_key")
+    @classmethod
+    def _audit_vault_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        path = check_vault_path(value.strip().strip("/"))
+        if info.field_name == "audit_anchor" and "/" not in path:
+            raise ValueError("must be MOUNT/PREFIX (a KV v2 mount, then a path prefix)")
+        return path
 
     @field_validator("alert_webhook_url", "alert_slack_webhook_url")
     @classmethod
@@ -95,6 +107,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return value.strip().lower() not in {"", "0", "false", "no"}
         return value
+
+    def audit_anchor_location(self) -> tuple[str, str]:
+        """(mount, prefix) of the audit anchors: the first segment is the mount."""
+        mount, _, prefix = (self.audit_anchor or f"{self.state_mount}/{self.state_prefix}/_audit").partition("/")
+        return mount, prefix
+
+    def audit_transit_location(self) -> tuple[str, str] | None:
+        """(mount, key name) of the Transit key that signs anchors, if any."""
+        if self.audit_transit_key is None:
+            return None
+        mount, _, name = self.audit_transit_key.rpartition("/")
+        return mount or "transit", name
 
     def effective_log_format(self) -> str:
         if self.log_format:

@@ -385,6 +385,37 @@ class VaultStore:
             raise PermanentError(f"Vault reference {ref} is not a non-empty string")
         return value
 
+    # -- audit anchors: Transit signatures (rotator.auditanchor) ---------------
+
+    def transit_sign(self, mount: str, key: str, data: bytes) -> str:
+        """Transit's signature (`vault:vN:…`) over `data` with key `key`."""
+        response = self._call(
+            f"signing with transit key {mount}/{key}",
+            lambda: self._client.secrets.transit.sign_data(name=key, hash_input=_b64(data), mount_point=mount),
+        )
+        return str(response["data"]["signature"])
+
+    def transit_verify(self, mount: str, key: str, data: bytes, signature: str) -> bool:
+        """Whether Transit key `key` made `signature` over `data`; a malformed signature is False."""
+        try:
+            response = self._call(
+                f"verifying a signature with transit key {mount}/{key}",
+                lambda: self._client.secrets.transit.verify_signed_data(
+                    name=key, hash_input=_b64(data), signature=signature, mount_point=mount,
+                ),
+            )
+        except PermanentError:
+            return False  # Vault answers 400 to a signature it cannot parse
+        return bool(response["data"]["valid"])
+
+    def transit_public_keys(self, mount: str, key: str) -> dict[int, str]:
+        """The public keys of an asymmetric Transit key, by version (base64, as Transit gives them)."""
+        response = self._call(
+            f"reading transit key {mount}/{key}", lambda: self._client.secrets.transit.read_key(name=key, mount_point=mount)
+        )
+        keys = response["data"].get("keys") or {}
+        return {int(version): str(entry["public_key"]) for version, entry in keys.items() if isinstance(entry, dict) and entry.get("public_key")}
+
 
 class _HvacAuthenticator:
     """`Authenticator` for `TokenSession`, over the store's hvac client.
@@ -429,6 +460,10 @@ class _HvacAuthenticator:
     def renew(self) -> TokenLease:
         client = self._store._client
         return TokenLease.from_auth(self._store._send("renewing the token", lambda: client.auth.token.renew_self())["auth"])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext:

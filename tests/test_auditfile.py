@@ -322,7 +322,9 @@ def test_seal_moves_the_torn_file_aside_and_records_the_break(log: Path) -> None
     both = verify([aside, log])
     assert both.ok and both.events == 5 and any("sealed by audit.chain_broken" in n for n in both.notes)
     assert not verify([aside]).ok
-    assert verify([log]).continues_from == 3
+    assert not verify([log]).ok  # strict: the new file alone does not start at genesis
+    resumed = verify([log], start=Tip(3, last_good["hash"]))
+    assert resumed.ok and resumed.continues_from == 3
 
 
 def test_verify_rejects_a_torn_file_followed_by_an_unrelated_file(log: Path) -> None:
@@ -383,8 +385,12 @@ def test_rotated_file_is_continued_by_the_new_one(log: Path) -> None:
     both = verify([old, log])
     assert both.ok and both.events == 6 and both.continues_from is None
     alone = verify([log])
-    assert alone.ok and alone.continues_from == 4 and alone.reason == "intact; continues a chain from seq 4"
-    assert any("continues a chain from seq 4" in note for note in alone.notes)
+    assert not alone.ok and (alone.file, alone.line) == (log, 1) and "genesis" in alone.reason
+    last = _records(old)[-1]
+    resumed = verify([log], start=Tip(4, str(last["hash"])))
+    assert resumed.ok and resumed.continues_from == 4 and resumed.reason == "intact"
+    wrong = verify([log], start=Tip(4, "ab" * 32))
+    assert not wrong.ok and wrong.line == 1 and "after --from 4:" in wrong.reason
 
 
 def test_files_given_out_of_order_or_with_a_gap_fail_at_the_file_boundary(log: Path) -> None:
@@ -397,7 +403,7 @@ def test_files_given_out_of_order_or_with_a_gap_fail_at_the_file_boundary(log: P
     audit.append(_event(3))
     assert verify([first, second, log]).ok
     swapped = verify([second, first, log])
-    assert not swapped.ok and (swapped.file, swapped.line) == (first, 1)
+    assert not swapped.ok and (swapped.file, swapped.line) == (second, 1) and "genesis" in swapped.reason
     gap = verify([first, log])
     assert not gap.ok and (gap.file, gap.line) == (log, 1) and "missing" in gap.reason
 
@@ -412,7 +418,7 @@ def _crash_between_line_and_commit(log: Path, *, line_landed: bool) -> Tip:
         pending = Pending(state.tip.seq + 1, "ab" * 32, audit_stat.st_dev, audit_stat.st_ino, audit_stat.st_size)
     else:
         pending = Pending(record["seq"], record["hash"], audit_stat.st_dev, audit_stat.st_ino, audit_stat.st_size)
-    log.with_name(log.name + ".chain").write_bytes(encode_chain_state(ChainState(state.tip, pending)))
+    log.with_name(log.name + ".chain").write_bytes(encode_chain_state(ChainState(state.tip, pending, state.chain_id)))
     return Tip(pending.seq, pending.hash) if line_landed else state.tip
 
 

@@ -408,8 +408,8 @@ def test_audit_seal_cli_refuses_an_intact_file_and_changes_nothing(tmp_path: Pat
     assert log.read_bytes() == before and not list(tmp_path.glob("*.broken-*"))
 
 
-def test_audit_seal_previous_resumes_the_chain_and_verify_reports_the_continuation(tmp_path: Path) -> None:
-    """seal --previous starts an empty file from a rotated one elsewhere; verify of the new file alone notes where it continues."""
+def test_audit_seal_previous_resumes_the_chain_and_verify_needs_from_for_the_continuation(tmp_path: Path) -> None:
+    """seal --previous starts an empty file from a rotated one elsewhere; verify of the new file alone fails at line 1 unless --from names the link."""
     log = tmp_path / "audit.jsonl"
     _write(log, 3)
     archive = tmp_path / "archive"
@@ -423,7 +423,9 @@ def test_audit_seal_previous_resumes_the_chain_and_verify_reports_the_continuati
     assert f"continues the chain from {previous}" in result.stdout
     AuditFile(log).append({"timestamp": "2026-03-01T00:00:01Z", "level": "info", "event": "test.tick", "i": 3})
     alone = _cli("verify", str(log))
-    assert alone.returncode == 0
-    assert alone.stdout.splitlines()[0] == "intact: 1 event(s) in 1 file(s), seq 4 to 4"
-    assert "continues a chain from seq 3" in alone.stdout and "ending at seq 3" in alone.stdout
+    assert alone.returncode == 1 and alone.stdout.startswith(f"{log}:1: seq 4 ") and "genesis" in alone.stdout
+    last = json.loads(previous.read_text().splitlines()[-1])
+    linked = _cli("verify", str(log), "--from", f"{last['seq']}:{last['hash']}")
+    assert linked.returncode == 0, linked.stdout
+    assert linked.stdout.splitlines()[0] == "intact: 1 event(s) in 1 file(s), seq 4 to 4"
     assert verify([previous, log]).ok
