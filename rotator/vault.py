@@ -492,12 +492,27 @@ class ConsistencyIndex:
     replaces a higher one (responses of parallel requests arrive in any
     order); otherwise the latest wins. An index of another cluster is
     ignored by the server, so a changed address costs nothing.
+
+    A write the store could not confirm (no answer: the active node died
+    with it in flight; an error, such as a lost check-and-set, which shows
+    that someone else's write is newer than anything the store has seen)
+    leaves the store in doubt: its newest index may predate data that
+    exists. Until a write of its own succeeds, its requests name an index no
+    node has reached, so that every read is forwarded to, and answered from,
+    the active node's data (where a standby cannot forward, as during an
+    election, the read fails as transient instead of answering from a copy
+    that may be old). This needs the decoded form; with an index that does
+    not decode, the newest one is sent as usual.
     """
+
+    BEYOND_ANY = 2**62  # an index value no node reaches
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._value: str | None = None
         self._rank: tuple[str, int] | None = None
+        self._doubt = False
+        self.doubts = 0  # how many writes were not confirmed (a generation, too)
 
     @staticmethod
     def _parse(value: str) -> tuple[str, int] | None:
@@ -517,9 +532,35 @@ class ConsistencyIndex:
                 return
             self._value, self._rank = value, rank
 
+    def doubt(self) -> None:
+        """A write was not confirmed: read the active node's data until one is."""
+        with self._lock:
+            self._doubt = True
+            self.doubts += 1
+
+    def confirmed(self, value: str, *, since: int) -> None:
+        """A write succeeded and named its index. It covers every write the
+        store doubted before it was sent (`since`: `doubts` then), not one
+        doubted while it was in flight, which may be applied after it."""
+        self.observe(value)
+        with self._lock:
+            if self.doubts == since:
+                self._doubt = False
+
+    @property
+    def in_doubt(self) -> bool:
+        return self._doubt
+
     def headers(self) -> dict[str, str]:
-        value = self._value
+        with self._lock:
+            value, rank, doubt = self._value, self._rank, self._doubt
+        if doubt and rank is not None:
+            beyond = json.dumps({"cluster": rank[0], "value": str(self.BEYOND_ANY)}, separators=(",", ":"))
+            value = base64.b64encode(beyond.encode()).decode()
         return {INDEX_HEADER: value, INCONSISTENT_HEADER: "forward-active-node"} if value else {}
+
+
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class _IndexedSession(requests.Session):
@@ -530,11 +571,24 @@ class _IndexedSession(requests.Session):
         self.index = index
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        since = self.index.doubts
         extra = self.index.headers()
         if extra:
             kwargs["headers"] = {**extra, **(kwargs.get("headers") or {})}
-        response = super().request(method, url, *args, **kwargs)
-        self.index.observe(response.headers.get(INDEX_HEADER))
+        is_write = (method.decode() if isinstance(method, bytes) else method).upper() in _WRITES
+        try:
+            response = super().request(method, url, *args, **kwargs)
+        except requests.RequestException:
+            if is_write:
+                self.index.doubt()
+            raise
+        value = response.headers.get(INDEX_HEADER)
+        if is_write and response.status_code >= 400:
+            self.index.doubt()
+        elif is_write and value:
+            self.index.confirmed(value, since=since)
+        else:
+            self.index.observe(value)
         return response
 
 

@@ -23,6 +23,7 @@ import pytest
 from helpers import DaemonProcess, SecretLedger, names, parse_events, write_credential
 from rotator.faults import PAUSE_ENV
 from rotator.sandbox.services import MotoServer, RaftCluster
+from rotator.errors import CasMismatchError
 from rotator.vault import ConsistencyIndex, VaultConnection, VaultStore, Versioned
 
 
@@ -81,6 +82,31 @@ def standby_store(raft: RaftCluster) -> VaultStore:
     return VaultStore(VaultConnection(url=raft.addrs[standby], token=raft.token))
 
 
+def test_an_unconfirmed_write_sends_reads_to_the_active_node_until_a_later_write_succeeds() -> None:
+    """In doubt, the index named is one no node reaches (so a standby forwards);
+    only a write sent after the doubt arose ends it."""
+    tracker = ConsistencyIndex()
+    tracker.observe(index("c1", 40))
+    before = tracker.doubts
+    tracker.doubt()  # a write with no answer, or a lost check-and-set
+    assert tracker.in_doubt
+    sent = json.loads(base64.b64decode(tracker.headers()["X-Vault-Index"]))
+    assert sent == {"cluster": "c1", "value": str(ConsistencyIndex.BEYOND_ANY)}
+    tracker.confirmed(index("c1", 42), since=before)  # in flight while the doubt arose: may be older than the doubted write
+    assert tracker.in_doubt
+    tracker.confirmed(index("c1", 43), since=tracker.doubts)
+    assert not tracker.in_doubt
+    assert tracker.headers()["X-Vault-Index"] == index("c1", 43)
+
+
+def test_in_doubt_with_an_index_that_does_not_decode_the_newest_is_sent() -> None:
+    tracker = ConsistencyIndex()
+    tracker.observe("opaque-1")
+    tracker.doubt()
+    assert tracker.headers() == {"X-Vault-Index": "opaque-1", "X-Vault-Inconsistent": "forward-active-node"}
+    assert ConsistencyIndex().headers() == {}
+
+
 @pytest.mark.slow
 def test_a_store_pointed_at_a_standby_reads_its_own_writes(healed: RaftCluster) -> None:
     """A standby serves reads from its own copy, which lags the active node by
@@ -96,6 +122,30 @@ def test_a_store_pointed_at_a_standby_reads_its_own_writes(healed: RaftCluster) 
         meta = store.read_metadata("secret", path)
         assert meta is not None and meta.current_version == second
         assert store.read_data("secret", path) == {"n": "two"}
+
+
+@pytest.mark.slow
+def test_after_a_write_it_could_not_confirm_a_store_reads_the_active_nodes_data(healed: RaftCluster) -> None:
+    """A write whose answer was lost (the active node died with it in flight)
+    may have been applied; so may a write the store lost a check-and-set to.
+    The store's index predates that write, and a lagging standby would answer
+    from the old copy: a promotion retried there finds the live path "changed
+    by someone else", and a rollback that reads it there revokes the key that
+    is live. Until a write of its own succeeds, the store's reads come from
+    the active node's data."""
+    store = standby_store(healed)
+    writer = hvac.Client(url=healed.addrs[healed.wait_for_active()], token=healed.token).secrets.kv.v2
+    prefix = f"doubt-{uuid.uuid4().hex[:8]}"
+    for i in range(10):
+        path = f"{prefix}/{i}"
+        assert store.write("secret", path, {"n": "mine"}, cas=0) == 1
+        # The write the store never heard back about, made as another client.
+        writer.create_or_update_secret(path=path, secret={"n": "applied"}, cas=1, mount_point="secret")
+        with pytest.raises(CasMismatchError):
+            store.write("secret", path, {"n": "again"}, cas=1)
+        meta = store.read_metadata("secret", path)
+        assert meta is not None and meta.current_version == 2, f"trial {i}: read the standby's old copy"
+        assert store.read("secret", path) == Versioned({"n": "applied"}, 2), f"trial {i}"
 
 
 @pytest.mark.slow
