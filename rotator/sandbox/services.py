@@ -239,7 +239,11 @@ class RaftCluster:
         headers = {"X-Vault-Token": self.token} if self.token else {}
         response = requests.request(method, f"{self.addrs[i]}/v1/{path}", headers=headers, timeout=10, **kwargs)
         if response.status_code >= 400:
-            raise RuntimeError(f"OpenBao node{i} answered {response.status_code} to {method} {path}")
+            try:
+                errors = "; ".join(str(e) for e in response.json().get("errors") or [])[:300]
+            except ValueError:
+                errors = ""
+            raise RuntimeError(f"OpenBao node{i} answered {response.status_code} to {method} {path}: {errors} (log: {self._processes[i].log_path})")
         return response
 
     def voters(self) -> int:
