@@ -214,6 +214,8 @@ class CredentialSpec(_Strict):
         default=None, description="usage-aware revocation: hold a superseded key's revocation while it is in use (unset: the defaults)"
     )
 
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=20, description="webhooks told of each promotion (rotator.notify)")
+
     # Set by the loader, not read from the file.
     source: str = Field(default="", exclude=True)
 

@@ -44,6 +44,7 @@ from rotator.faults import crashpoint
 from rotator.holder import current as holder_identity
 from rotator.livepath import LivePath
 from rotator.machine import Policy, Request
+from rotator.notify import Notifier
 from rotator.provider import (
     IssueContext,
     IssuedCredential,
@@ -113,6 +114,7 @@ class Engine:
         self._providers: dict[tuple[str, str, str], Provider] = {}
         self._policies: dict[tuple[str, str, str], Policy] = {}
         self._providers_lock = threading.Lock()
+        self.notices = Notifier(self._read_secret)  # consumer notices (rotator.notify): never block a rotation
 
     # -- wiring --------------------------------------------------------------
 
@@ -158,7 +160,9 @@ class Engine:
         return cred.provider_cls(cred.params, context)
 
     def close(self) -> None:
-        """Close every provider (they may hold short-lived tokens of their own)."""
+        """Close every provider (they may hold short-lived tokens of their own),
+        after giving queued consumer notices a short while to go out."""
+        self.notices.close()
         with self._providers_lock:
             providers, self._providers = list(self._providers.values()), {}
         for provider in providers:
@@ -621,11 +625,14 @@ class _Run:
         # Logged before the record says so: after a crash in between, the
         # recovery logs it again (at least once), never not at all.
         self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
+        rotation_id = self.record.pending.rotation_id if self.record.pending else ""
         self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)))
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
         duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None
         self.emit("rotation.completed", duration_ms=duration_ms)
+        self.engine.notices.promoted(self.cred.spec, key_id=credential.key_id, vault_version=version, rotation_id=rotation_id,
+                                     at=self.engine.clock.now())
         self.status = "completed"
         self.request = None
         self.log = self.log.unbind("rotation_id")

@@ -1,0 +1,199 @@
+"""Consumer notices (contract §4 `notify`): after each promotion, POST a
+signed JSON notice to each of the credential's webhooks, so consumers
+reload the live credential instead of waiting for their next poll.
+
+Invariants:
+- a notice never blocks or fails a rotation: `promoted()` only queues (a
+  full queue drops the notice with a warning); one background thread
+  delivers, retrying transient failures (network, 5xx, 408, 429) with
+  backoff, and logs `consumer.notified` with the outcome;
+- the body holds no secret value: `event`, `credential`, `vault_path`,
+  `vault_version`, `key_id`, `rotation_id`, `timestamp`. It is signed with
+  HMAC-SHA256 under the key at the target's Vault ref; the hex digest of the
+  exact body bytes goes in `X-Rotator-Signature`. Without the key, nothing
+  is sent (never an unsigned notice);
+- events name the target by scheme and host only (a URL path may carry a
+  token); the signing key is registered as a secret and never logged;
+- delivery is at least once: a rotation recovered after a crash between
+  promotion and its record may notify again, with the same
+  `X-Rotator-Delivery` id, so receivers can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from rotator import __version__
+from rotator.audit import get_logger, register_secret
+from rotator.clock import to_rfc3339
+from rotator.config import CredentialSpec, NotifyTarget
+from rotator.errors import PermanentError, RotatorError, TransientError
+from rotator.retry import RetryPolicy, call_with_retry
+
+EVENT = "credential.rotated"
+SIGNATURE_HEADER = "X-Rotator-Signature"
+DELIVERY_HEADER = "X-Rotator-Delivery"
+# About 8 s of retrying per target: long enough for a receiver restarting,
+# short enough that a `rotator rotate` exits soon after its rotation.
+NOTIFY_RETRY = RetryPolicy(max_attempts=5, max_seconds=20.0, initial_wait=0.5, max_wait=4.0, max_retry_after=10.0)
+QUEUE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Notice:
+    credential: str
+    provider: str
+    rotation_id: str
+    target: NotifyTarget
+    delivery_id: str
+    body: bytes
+
+
+def target_label(url: str) -> str:
+    """Scheme and host only: a webhook's path or port is not for the logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}"
+
+
+def sign(key: str, body: bytes) -> str:
+    return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+def notice_body(spec: CredentialSpec, *, key_id: str, vault_version: int, rotation_id: str, at: datetime) -> bytes:
+    document = {
+        "event": EVENT, "credential": spec.name, "vault_path": f"{spec.vault.mount}/{spec.vault.path}",
+        "vault_version": vault_version, "key_id": key_id, "rotation_id": rotation_id, "timestamp": to_rfc3339(at),
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Notifier:
+    """Queues notices and delivers them on one background thread."""
+
+    def __init__(self, read_secret: Callable[[str], str], *, policy: RetryPolicy = NOTIFY_RETRY, timeout: float = 5.0) -> None:
+        self._read_secret = read_secret
+        self._policy = policy
+        self._timeout = timeout
+        self._queue: queue.Queue[Notice | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def promoted(self, spec: CredentialSpec, *, key_id: str, vault_version: int, rotation_id: str, at: datetime) -> None:
+        """Queue one notice per webhook of `spec`. Never blocks, never raises."""
+        if not spec.notify or self._stop.is_set():
+            return
+        body = notice_body(spec, key_id=key_id, vault_version=vault_version, rotation_id=rotation_id, at=at)
+        self._start()
+        for index, target in enumerate(spec.notify):
+            notice = Notice(spec.name, spec.provider, rotation_id, target, f"{rotation_id}.{index}", body)
+            try:
+                self._queue.put_nowait(notice)
+            except queue.Full:
+                get_logger(credential=spec.name, provider=spec.provider, rotation_id=rotation_id).warning(
+                    "consumer.notified", target=target_label(target.webhook), status="dropped", attempts=0,
+                    error="notice queue full")
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._client = httpx.Client(timeout=self._timeout, follow_redirects=False,
+                                            headers={"User-Agent": f"rotator/{__version__}"})
+                self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+
+    def _run(self) -> None:
+        while True:
+            notice = self._queue.get()
+            try:
+                if notice is None:
+                    return
+                self._deliver(notice)
+            except Exception as exc:  # a bug here must not end notices for good
+                get_logger().error("consumer.notified", status="failed", attempts=0, error=f"unexpected {type(exc).__name__}")
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, notice: Notice) -> None:
+        log = get_logger(credential=notice.credential, provider=notice.provider, rotation_id=notice.rotation_id)
+        target = target_label(notice.target.webhook)
+        try:
+            key = self._read_secret(notice.target.signing_key)
+        except RotatorError as exc:
+            log.error("consumer.notified", target=target, status="not_sent", attempts=0, error=f"signing key unreadable: {exc}")
+            return
+        register_secret(key)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, notice.body),
+                   DELIVERY_HEADER: notice.delivery_id, "X-Rotator-Event": EVENT}
+        attempts, status = 0, None
+
+        def send() -> None:
+            nonlocal attempts, status
+            attempts += 1
+            assert self._client is not None
+            try:
+                response = self._client.post(notice.target.webhook, content=notice.body, headers=headers)
+            except httpx.TransportError as exc:
+                status = None
+                raise TransientError(f"unreachable ({type(exc).__name__})") from None
+            status = response.status_code
+            if 200 <= status < 300:
+                return
+            if status >= 500 or status in (408, 429):
+                raise TransientError(f"HTTP {status}", retry_after=_retry_after(response))
+            raise PermanentError(f"HTTP {status}")
+
+        try:
+            call_with_retry(send, policy=self._policy, shutdown=self._stop)
+        except RotatorError as exc:
+            log.warning("consumer.notified", target=target, status=status, outcome="failed", attempts=attempts, error=str(exc))
+        else:
+            log.info("consumer.notified", target=target, status=status, outcome="delivered", attempts=attempts)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued notice was delivered or given up; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 25.0) -> None:
+        """Deliver what is queued (for at most `timeout` seconds), then stop."""
+        if self._thread is None or self._stop.is_set():
+            return
+        self.flush(timeout)
+        self._stop.set()  # ends any retry wait at once
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=2.0)
+        if self._client is not None:
+            self._client.close()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
