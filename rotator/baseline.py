@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rotator.errors import PermanentError
+from rotator.errors import PermanentError, TransientError
 from rotator.livepath import ADOPT_HINT, LiveContent
 from rotator.provider import Provider
 from rotator.state import KeyRecord, Retiring, StateRecord
@@ -83,7 +83,10 @@ def find_baseline(
         return Baseline(current, content.version, live_path, superseded + strays)
     if owner is not None:
         other, version = read_other(owner)
-        if other is not None and other.pending is None and _wrote_here(other, live_path, meta_key):
+        if other is not None and other.pending is not None and _wrote_here(other, live_path, meta_key):
+            # A renamed file's rotation under way: its record is undone or finished first (rotator.fileless).
+            raise TransientError(f"{live_path} is still under credential {owner}'s unfinished rotation; waiting for it")
+        if other is not None and _wrote_here(other, live_path, meta_key):
             held = _key_in(content, provider, rotation_id=rotation_id, now=now)
             current = other.current
             retiring = list(other.retiring)
@@ -93,7 +96,7 @@ def find_baseline(
                 current = held
             return Baseline(current, content.version, live_path, tuple(retiring), moved_from=(owner, version))
         raise PermanentError(
-            f"{live_path} holds the data of credential {owner}, which still manages it (or has an unfinished rotation); "
+            f"{live_path} holds the data of credential {owner}, whose record does not say it wrote this path; "
             f"the rotator will not overwrite it: " + ADOPT_HINT.format(name=name)
         )
     raise PermanentError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from rotator.audit import get_logger
 from rotator.compliance import ComplianceScanner
 from rotator.config import LoadedCredential, LoadResult
 from rotator.engine import ReconcileResult
+from rotator.fileless import fileless_credential, has_work
+from rotator.provider import load_providers
 from rotator.errors import RotatorError
 from rotator.state import StateRecord
 from rotator.timetable import due_at
@@ -83,6 +86,8 @@ class Daemon:
         self.shutdown = app.engine.shutdown
         self.reload_requested = threading.Event()
         self.views: dict[str, CredentialView] = {}
+        # Records whose file was removed, with keys still to retire (rotator.fileless).
+        self.fileless: dict[str, CredentialView] = {}
         self.config_problems: list[str] = []
         self.failed_files: set[str] = set()
         self._notify = notify or (lambda _msg: None)
@@ -140,7 +145,44 @@ class Daemon:
             except ValueError:
                 continue  # unreadable here: the engine reports it when it acts
             self._remember(unknown[path], ReconcileResult("idle", record, current.version))
+        self.find_fileless()
         return len(found)
+
+    def find_fileless(self) -> None:
+        """Records with no credential file and keys still to retire (contract
+        §6.9): found at start-up and reload, reconciled for retirement only."""
+        settings = self.app.settings
+        with self._lock:
+            known = set(self.views)
+            failed = set(self.failed_files)
+        try:
+            names = [n for n in self.app.store.walk(settings.state_mount, settings.state_prefix)
+                     if not n.startswith("_") and "/" not in n and n not in known]
+            found = self.app.store.read_many(settings.state_mount, [self.engine.state_path(n) for n in names])
+        except RotatorError as exc:
+            self.log.warning("state.fileless_scan_failed", error=str(exc))
+            return
+        stems = {Path(f).stem for f in failed}
+        fileless: dict[str, CredentialView] = {}
+        for current in found.values():
+            try:
+                record = StateRecord.from_vault(current.data) if current.data is not None else None
+            except ValueError:
+                continue
+            if record is None or not has_work(record) or record.credential in stems or (record.source or "") in failed:
+                continue  # nothing to do, or its file is only broken (its last good version is unknown here)
+            cred = fileless_credential(record, load_providers())
+            if cred is None:
+                self.log.warning("state.fileless_unretirable", credential=record.credential,
+                                 error="its file was removed and its record lacks the provider params to retire its keys")
+                continue
+            view = self.fileless.get(record.credential)
+            if view is None or view.cred.fingerprint != cred.fingerprint:
+                view = CredentialView(cred)
+            self._remember(view, ReconcileResult("idle", record, current.version))
+            fileless[record.credential] = view
+        with self._lock:
+            self.fileless = fileless
 
     @property
     def is_degraded(self) -> bool:
@@ -150,7 +192,7 @@ class Daemon:
 
     def due_views(self, now: datetime) -> list[CredentialView]:
         with self._lock:
-            views = list(self.views.values())
+            views = list(self.views.values()) + [v for n, v in self.fileless.items() if n not in self.views]
         return [v for v in views if v.wake_at is None or v.wake_at <= now]
 
     def _reconcile(self, view: CredentialView) -> ReconcileResult:
@@ -294,7 +336,7 @@ class Daemon:
             self.log.warning("changes.poll_failed", error=str(exc))
             return
         with self._lock:
-            for name, view in self.views.items():
+            for name, view in [*self.views.items(), *self.fileless.items()]:
                 if changed is None or name in changed:
                     view.wake_at = None
 

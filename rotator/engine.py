@@ -41,6 +41,7 @@ from rotator.errors import (
     TransientError,
 )
 from rotator.faults import crashpoint
+from rotator.fileless import FilelessCredential
 from rotator.holder import current as holder_identity
 from rotator.livepath import LivePath
 from rotator.machine import Policy, Request
@@ -180,7 +181,8 @@ class Engine:
         if policy is None:
             provider = provider or self._providers.get(key) or self._new_provider(cred)
             policy = Policy(schedule=cred.spec.schedule, grace=cred.spec.grace, retire_delay=provider.retire_delay(),
-                            fingerprint=cred.fingerprint, revocation=cred.spec.revocation or Revocation())
+                            fingerprint=cred.fingerprint, revocation=cred.spec.revocation or Revocation(),
+                            has_file=not isinstance(cred, FilelessCredential))
             self._policies[key] = policy
         return policy
 
@@ -253,7 +255,14 @@ class _Run:
         )
 
     def take_lease(self) -> None:
-        self._write(self.record.model_copy(update={"lease": self._lease()}))
+        update: dict[str, Any] = {"lease": self._lease()}
+        if self.policy.has_file:
+            # What a removed file's keys need to be retired (rotator.fileless).
+            update["params"] = dict(self.cred.spec.params)
+            update["source"] = self.cred.spec.source or None
+            if self.record.live_path is None and self.record.live_version is not None:
+                update["live_path"] = str(self._live)  # a record from before live_path was kept
+        self._write(self.record.model_copy(update=update))
 
     def persist(self, record: StateRecord) -> None:
         """Write the record back, renewing the lease; a lost CAS means the lease is gone."""
@@ -655,6 +664,8 @@ class _Run:
                 self._fail("rollback", exc)
                 return
         failed_step, error = pending.failed_step or "verify", self.record.last_error or "verification failed"
+        if not self.policy.has_file:
+            failed_step, error = "removed", "its credential file was removed: the unfinished rotation is undone"
         if pending.credential is not None:
             self.emit("rotation.rolled_back", "warning", key_id=pending.credential.key_id)
         self._apply(machine.RolledBack())

@@ -57,6 +57,7 @@ class Policy:
     retire_delay: timedelta | None  # time from deactivation to revocation; None: no deactivated stage
     fingerprint: str
     revocation: Revocation = field(default_factory=Revocation)
+    has_file: bool = True  # False: the file was removed; retirement only (rotator.fileless)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,8 @@ def _retirement_action(record: StateRecord, policy: Policy, now: datetime) -> Ac
 def next_action(record: StateRecord, policy: Policy, now: datetime, request: Request | None = None) -> Action | None:
     """The next thing to do for this credential, or None when nothing is due."""
     pending = record.pending
+    if not policy.has_file:
+        return _fileless_action(record, policy, now)
     if pending is not None:
         if request is not None and request.revoke_now and not pending.revoke_now:
             return MarkRevokeNow()
@@ -263,6 +266,19 @@ def next_action(record: StateRecord, policy: Policy, now: datetime, request: Req
     if is_due(record, policy, now):
         return StartRotation("schedule")
     return None
+
+
+def _fileless_action(record: StateRecord, policy: Policy, now: datetime) -> Action | None:
+    """A removed file: superseded keys are retired on schedule, the live key
+    is left alone, and an unfinished rotation is undone (finished if live)."""
+    pending = record.pending
+    if pending is not None and _retry_gate_open(record, now):
+        if pending.phase == "promoted":
+            return DescribeLive()
+        if pending.phase == "issuing":
+            return SweepOrphans()
+        return RollBack()
+    return _retirement_action(record, policy, now)
 
 
 def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: datetime, request: Request | None) -> Action | None:
@@ -333,9 +349,9 @@ def next_wake_at(record: StateRecord | None, policy: Policy, now: datetime | Non
         record = StateRecord(credential="", provider="")
     times: list[datetime] = []
     if record.pending is not None:
-        if record.pending.phase in {"rolling_back", "promoted"} or not is_blocked(record, policy):
+        if record.pending.phase in {"rolling_back", "promoted"} or not is_blocked(record, policy) or not policy.has_file:
             times.append(record.next_attempt_at or EPOCH)
-    elif not is_blocked(record, policy) and not (record.paused is not None and record.paused.until is None):
+    elif policy.has_file and not is_blocked(record, policy) and not (record.paused is not None and record.paused.until is None):
         due = due_at(policy.schedule, record)
         due = max(due, record.next_attempt_at) if record.next_attempt_at else due
         if record.paused is not None and record.paused.until is not None:

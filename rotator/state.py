@@ -153,6 +153,10 @@ class StateRecord(_Frozen):
     lease: Lease | None = None
     paused: Pause | None = None
     moved_to: str | None = None  # the file was renamed: this name's keys now live in that record
+    # The file's provider params at the last reconcile (refs, never secret
+    # values), so a removed file's superseded keys can still be retired.
+    params: dict[str, Any] | None = None
+    source: str | None = None  # the credential file it was last reconciled from
 
     @classmethod
     def new(cls, credential: str, provider: str) -> StateRecord:

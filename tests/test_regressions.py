@@ -468,3 +468,42 @@ def test_renamed_file_carries_its_keys_on(world: World) -> None:
     moved = world.engine.read_record(old_name)[0]
     assert moved.moved_to == world.name and moved.retiring == [] and moved.current is None
     assert world.violations == []
+
+
+def test_deleted_file_keeps_revoking_superseded_keys_on_schedule(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Contract §6.9: a removed file's superseded key is still revoked on
+    schedule, and its live key is left alone. Real moto, real daemon pass."""
+    from helpers import write_credential
+    from rotator.app import App
+    from rotator.daemon import Daemon
+    from rotator.settings import Settings
+
+    from datetime import UTC, datetime
+
+    clock = FakeClock(datetime.now(UTC))  # moto's last-use times are real ones: keep the clock past them
+    settings = Settings(config_dir=config_dir, state_prefix=f"rotator-test/{unique}", vault_addr=openbao.addr, vault_token=openbao.token)
+    store = VaultStore(settings.vault_connection())
+    engine = Engine(store, options=EngineOptions(state_prefix=settings.state_prefix), clock=clock)
+    file = write_credential(config_dir, iam_user, params={"user_name": iam_user, "delete_after_deactivation": "0s"}, every="30d", grace="1h")
+    daemon = Daemon(App(settings, store, engine))
+    keys = lambda: {k["AccessKeyId"]: k["Status"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}  # noqa: E731
+    live = lambda: store.read("secret", f"apps/{iam_user}").data["access_key_id"]  # noqa: E731
+    daemon.load()
+    daemon.preload_state()
+    assert daemon.run_pass().completed == 1
+    first = live()
+    clock.advance(timedelta(days=31))
+    assert daemon.run_pass().completed == 1
+    second = live()
+    assert set(keys()) == {first, second}
+    file.unlink()
+    daemon.load()
+    daemon.preload_state()
+    clock.advance(timedelta(hours=2))
+    daemon.run_pass()
+    assert keys() == {second: "Active"}, "the removed file's superseded key must be revoked at the end of grace"
+    assert live() == second
+    clock.advance(timedelta(days=60))
+    daemon.run_pass()
+    assert keys() == {second: "Active"}, "the removed file's live key is left alone"
+    daemon.close()
