@@ -50,9 +50,12 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_
     from rotator.auditfile import AuditFile
 
     writer = AuditFile(settings.audit_file)
-    setup(None)  # what the anchor check logs (a Vault login) reaches stdout, not yet the file
+    # What the anchor check logs (its Vault login) is held back from the file
+    # until the check passes: a refused start appends nothing.
+    held = auditanchor.HeldAppends(writer.append)
+    setup(_never_blocking(held))
     anchorer = auditanchor.prepare(settings, writer)
-    setup(_never_blocking(writer.append))
+    held.release()
     anchorer.start()
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from rotator.auditchain import GENESIS, AuditChainError, Tip, canonical_json
+from rotator.auditchain import GENESIS, AuditChainError, Tip, canonical_json, seq_span
 from rotator.auditfile import AuditFile
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.errors import CasMismatchError, RotatorError
@@ -173,7 +173,7 @@ def problem_with(anchor: AnchorRecord, writer: AuditFile, tip: Tip, where: str) 
     """Why the file cannot be the chain `anchor` witnessed, and what to do; None when the anchor is on it."""
     if anchor.seq > tip.seq:
         return (f"the chain's tip anchored in Vault ({where}) is seq {anchor.seq}, anchored at {anchor.anchored_at} by "
-                f"{anchor.host}, but {writer.path} ends at seq {tip.seq}: seq {tip.seq + 1} to {anchor.seq} were cut",
+                f"{anchor.host}, but {writer.path} ends at seq {tip.seq}: {seq_span(tip.seq + 1, anchor.seq)} were cut",
                 f"run `rotator audit seal {writer.path}` to record the break (docs/AUDIT.md)")
     if anchor.seq == tip.seq and anchor.hash != tip.hash:
         found = None  # the tip itself (perhaps only the sidecar's, in an empty file) is another line
@@ -203,6 +203,7 @@ class Anchorer:
         self._thread: threading.Thread | None = None
         self._round_lock = threading.Lock()
         self._last_error: str | None = None
+        self._invalid: str | None = None
 
     def log(self) -> Any:
         if self._log is not None:
@@ -226,7 +227,26 @@ class Anchorer:
             if problem is not None:
                 reason, advice = problem
                 raise AuditChainError(self.writer.path, f"{reason}. Not appending over it: {advice}")
+            self._invalid = self._written_by_someone_else(stored)
         self._known = stored
+
+    def _written_by_someone_else(self, stored: Stored) -> str | None:
+        """What shows that the record was not written by a rotator (kept as evidence in the chain)."""
+        record = stored.record
+        assert record is not None
+        if record.kv_version != stored.version:
+            return (f"the anchor at {self.anchors.where(record.chain_id)} names version {record.kv_version} but is version "
+                    f"{stored.version}: an older record was written back, or the record was written by hand")
+        if self.anchors.transit is not None and record.signature is None:
+            return f"the anchor at {self.anchors.where(record.chain_id)} is unsigned although anchors are signed"
+        return None
+
+    def log_start_findings(self) -> None:
+        """Log, into the chain itself, what the start check found but did not stop for."""
+        if self._last_error is not None:
+            self.log().warning("audit.anchor_failed", error=self._last_error, will_retry=True)
+        if self._invalid is not None:
+            self.log().error("audit.anchor_invalid", error=self._invalid)
 
     def anchor_round(self) -> AnchorRecord | None:
         """Anchor the tip, log `audit.anchored`, then anchor that line too (quietly). Never raises."""
@@ -292,9 +312,8 @@ class Anchorer:
     # -- the background loop -------------------------------------------------------
 
     def start(self) -> None:
-        """Log a problem met at start, anchor every `interval`, and once more at exit."""
-        if self._last_error is not None:
-            self.log().warning("audit.anchor_failed", error=self._last_error, will_retry=True)
+        """Log what the start check found, anchor every `interval`, and once more at exit."""
+        self.log_start_findings()
         self._thread = threading.Thread(target=self._loop, name="audit-anchor", daemon=True)
         self._thread.start()
         atexit.register(self.stop)
@@ -313,6 +332,33 @@ class Anchorer:
 
 class _Refused(Exception):  # noqa: N818 - internal control flow, never leaves this module
     """The anchor is off the file's chain: already logged, and the round ends."""
+
+
+class HeldAppends:
+    """An audit sink that holds events in memory until `release` appends
+    them (in order) and lets later ones through: what a process logs while
+    its start is being checked reaches the file only if the check passes."""
+
+    def __init__(self, append: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self._append = append
+        self._lock = threading.Lock()
+        self._held: list[dict[str, Any]] | None = []
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self._held is not None:
+                self._held.append(event)
+                return event  # printed without chain fields; appended on release
+        return self._append(event)
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+            for event in held:
+                try:
+                    self._append(event)
+                except (OSError, RotatorError):
+                    pass  # printed already; the next append reports the file's trouble on its event
 
 
 def prepare(settings: Any, writer: AuditFile) -> Anchorer:

@@ -356,3 +356,8 @@ def is_gap_seal(record: Mapping[str, Any]) -> bool:
     return record.get("event") == CHAIN_BROKEN_EVENT and all(
         isinstance(record.get(f), int) and not isinstance(record.get(f), bool) for f in fields
     ) and isinstance(record.get("after_hash"), str)
+
+
+def seq_span(first: int, last: int) -> str:
+    """`seq 7`, or `seq 5 to 7`: a range of lines for messages."""
+    return f"seq {first}" if first == last else f"seq {first} to {last}"

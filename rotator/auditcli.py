@@ -16,7 +16,7 @@ from typing import NoReturn
 import click
 
 from rotator.auditanchor import AnchorStore, Stored, public_key_pem, signature_problem
-from rotator.auditchain import AuditChainError, Tip, read_chain_state
+from rotator.auditchain import AuditChainError, Tip, read_chain_state, seq_span
 from rotator.auditverify import VerifyResult, declared_chain_id, parse_from, seal, verify
 from rotator.errors import ConfigError, RotatorError
 from rotator.settings import Settings
@@ -108,7 +108,7 @@ class _Anchor:
                   "verify the file(s) holding it too, oldest first", result)
         if record.seq > last:
             _fail(f"{where}: the files end at seq {last}, but the chain's anchored tip is {said}: "
-                  f"seq {last + 1} to {record.seq} are missing (cut)", result)
+                  f"{seq_span(last + 1, record.seq)} missing (cut, or the newer files were not given)", result)
         lines = []
         if any(first <= record.seq <= last_cut for first, last_cut in result.gaps):
             lines.append(f"note: the anchored seq {record.seq} lies in a range the chain records as cut (audit.chain_broken)")

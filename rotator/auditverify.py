@@ -45,6 +45,7 @@ from rotator.auditchain import (
     opened,
     parse_line,
     read_state,
+    seq_span,
     sidecar_path,
     write_state,
 )
@@ -197,7 +198,7 @@ class _Walk:
             return False
         first, last = record["missing_first"], record["missing_last"]
         self.gaps.append((first, last))
-        self.notes.append(f"{path}:{number}: seq {first} to {last} are missing (cut), sealed by {CHAIN_BROKEN_EVENT}")
+        self.notes.append(f"{path}:{number}: {seq_span(first, last)} missing (cut), sealed by {CHAIN_BROKEN_EVENT}")
         return True
 
     def _accept_seal(self, path: Path, record: Mapping[str, Any]) -> bool:

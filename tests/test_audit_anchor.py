@@ -186,7 +186,7 @@ def test_seal_records_the_cut_range_and_appending_and_anchoring_go_on(log_path: 
     assert fresh.anchor_round() is not None
     result = verify([log_path])
     assert result.ok and result.gaps == ((5, anchored.seq),)
-    assert any("are missing (cut), sealed by audit.chain_broken" in note for note in result.notes)
+    assert any("missing (cut), sealed by audit.chain_broken" in note for note in result.notes)
 
 
 def test_vault_down_is_logged_once_and_never_stops_appends(log_path: Path, anchors: AnchorStore) -> None:
@@ -290,6 +290,7 @@ def test_rotate_anchors_and_a_cut_file_stops_run_until_sealed(aws_world, tmp_pat
     env = {**w.env, "ROTATOR_AUDIT_FILE": str(log)}
     code, events = w.cli("rotate", w.name, extra_env={"ROTATOR_AUDIT_FILE": str(log)})
     assert code == 0 and "audit.anchored" in [e["event"] for e in events]
+    assert len(events) == log.read_bytes().count(b"\n")  # every stdout event is in the file, the start check's too
     anchored = run_rotator(["audit", "verify", str(log), "--anchor"], env)
     assert anchored.returncode == 0 and "anchored: seq" in anchored.stdout, anchored.stdout + anchored.stderr
     lines = log.read_bytes().count(b"\n")
@@ -297,7 +298,7 @@ def test_rotate_anchors_and_a_cut_file_stops_run_until_sealed(aws_world, tmp_pat
     size = sum(len(line) for line in log.read_bytes().splitlines(keepends=True)[:-1])
     subprocess.run(["truncate", "-s", str(size), str(log)], check=True)
     cut = run_rotator(["audit", "verify", str(log), "--anchor"], env)
-    assert cut.returncode == 1 and "are missing (cut)" in cut.stdout.splitlines()[0]
+    assert cut.returncode == 1 and "missing (cut" in cut.stdout.splitlines()[0]
     before = log.read_bytes()
     refused = run_rotator(["run", "--once"], env)
     assert refused.returncode == 1 and "its newest lines were cut" in refused.stderr
@@ -307,7 +308,7 @@ def test_rotate_anchors_and_a_cut_file_stops_run_until_sealed(aws_world, tmp_pat
     assert w.cli("run", "--once", extra_env={"ROTATOR_AUDIT_FILE": str(log)})[0] == 0
     after = run_rotator(["audit", "verify", str(log), "--anchor"], env)
     assert after.returncode == 0, after.stdout
-    assert "are missing (cut), sealed by audit.chain_broken" in after.stdout
+    assert "missing (cut), sealed by audit.chain_broken" in after.stdout
 
 
 def test_the_shipped_policy_allows_signed_anchors(bao_client: hvac.Client, openbao: OpenBaoServer, log_path: Path, unique: str) -> None:
@@ -329,3 +330,44 @@ def test_the_shipped_policy_allows_signed_anchors(bao_client: hvac.Client, openb
     assert stored.record is not None and (stored.record.signature or "").startswith("vault:v")
     root = VaultStore(VaultConnection(url=openbao.addr, token=openbao.token))
     assert signature_problem(stored.record, stored.version, store=root, transit=("transit", "rotator-audit")) is None
+
+
+def test_an_anchor_written_back_through_kv_is_logged_into_the_chain_at_start(
+    log_path: Path, anchors: AnchorStore, bao_client: hvac.Client,
+) -> None:
+    """A record whose kv_version is not its version was rewound: the next process logs audit.anchor_invalid, then anchors forward."""
+    writer = AuditFile(log_path)
+    _append(writer, 2)
+    _anchorer(writer, anchors)[0].anchor_round()
+    path = anchors.path(writer.chain_id)
+    old = bao_client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", version=1, raise_on_deleted_version=True)["data"]["data"]
+    bao_client.secrets.kv.v2.create_or_update_secret(path=path, secret=old, mount_point="secret")
+    anchorer, log = _anchorer(AuditFile(log_path), anchors)
+    anchorer.check_at_start()
+    anchorer.log_start_findings()
+    (invalid,) = [e for e in log.events if e["event"] == "audit.anchor_invalid"]
+    assert "names version 1 but is version 3" in invalid["error"]
+    assert anchorer.anchor_round() is not None
+
+
+TWO_WRITERS = KILLABLE.replace("while True:", "for _ in range(int(sys.argv[5])):").replace(
+    'writer.append({"event": "test.tick", "i": i})', 'writer.append({"event": "test.tick", "i": i, "pid": __import__("os").getpid()})',
+) + "\nanchorer.anchor_round()\n"
+
+
+def test_two_processes_appending_at_once_keep_one_chain_and_one_anchor(
+    log_path: Path, anchors: AnchorStore, openbao: OpenBaoServer, prefix: str,
+) -> None:
+    """Two OS processes appending and anchoring concurrently: one gapless chain, one anchor at its tip."""
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_WRITERS, str(log_path), openbao.addr, openbao.token, prefix, "60"],
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    writer = AuditFile(log_path)
+    records = [json.loads(line) for line in log_path.read_bytes().splitlines()]
+    assert len({r["pid"] for r in records if r["event"] == "test.tick"}) == 2
+    stored = anchors.read(writer.chain_id)
+    assert stored.record is not None and stored.record.tip == writer.tip()  # the last one out anchored the very tip
+    result = verify([log_path], probe=stored.record.seq)
+    assert result.ok and result.probe is not None and result.probe.hash == stored.record.hash

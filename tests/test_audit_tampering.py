@@ -306,7 +306,7 @@ EXPECTED = {  # (kind, command) -> exit code and a phrase of the message, the be
     ("swap two lines", "audit verify FILE"): (1, "audit.jsonl:2: seq 3 where 2 was expected"),
     ("cut the oldest lines", "audit verify FILE"): (1, "audit.jsonl:1: seq 3 "),
     ("cut the newest line (`truncate`)", "audit verify FILE"): (0, "intact"),
-    ("cut the newest line (`truncate`)", "audit verify FILE --anchor"): (1, "are missing (cut)"),
+    ("cut the newest line (`truncate`)", "audit verify FILE --anchor"): (1, "missing (cut"),
     ("cut the newest line (`truncate`)", "run / rotate (start)"): (1, "its newest lines were cut"),
     ("cut the newest lines, sidecar rewritten to match", "run / rotate (start)"): (1, "were cut. Not appending over it"),
     ("rewrite the whole chain (same chain id)", "audit verify FILE"): (0, "intact"),
