@@ -27,7 +27,7 @@ from helpers import run_rotator, write_credential
 from rotator import alerts, audit, metrics, plan, usage
 from rotator.app import App, build_app, load_credentials
 from rotator.clock import FakeClock, parse_rfc3339
-from rotator.config import LoadedCredential, Revocation, load_file
+from rotator.config import LoadedCredential, Revocation, load_directory, load_file
 from rotator.daemon import Daemon
 from rotator.machine import Request
 from rotator.provider import load_providers
@@ -285,10 +285,40 @@ def test_a_deploy_key_used_after_promotion_is_held_then_revoked_once_quiet(openb
         held = [e for e in captured() if e["event"] == "revocation.held"]
         assert [e["key_id"] for e in held] == [old]
         assert {str(k["id"]) for k in fake.deploy_keys(REPO)} == {old, new}
+        # plan shows the hold and makes no request to GitHub (the sandbox's request log).
+        before = len(fake.requests)
+        row = plan.collect_plan(app, load_directory(tmp_path, load_providers()))[0]
+        assert row["action"] == "wait" and f"held revocation of {old}" in row["reason"]
+        assert len(fake.requests) == before
         clock.advance(timedelta(minutes=20))  # 31 min since that use: quiet
         engine.reconcile(cred)
         assert "credential.revoked" in [e["event"] for e in captured()]
         assert {str(k["id"]) for k in fake.deploy_keys(REPO)} == {new}
         engine.close()
+    finally:
+        fake.stop()
+
+
+# -- Stripe: the v2 API key's last_used ------------------------------------------------------
+
+
+def test_stripe_managed_keys_report_their_last_use_and_webhook_secrets_do_not() -> None:
+    """A managed key reads as never used until a request is made with it; webhook endpoints report no use."""
+    from test_stripe_provider import Env, ctx
+
+    from rotator.sandbox.stripe import FakeStripe
+
+    fake = FakeStripe().start()
+    try:
+        env = Env(fake)
+        provider = env.managed()
+        assert provider.reports_key_use and not env.webhook().reports_key_use
+        issued = provider.issue(ctx())
+        assert provider.last_used(issued.handle) is None
+        before = datetime.now(UTC) - timedelta(seconds=2)
+        assert env.customers(issued.data["api_key"]) == 200
+        used = provider.last_used(issued.handle)
+        assert used is not None and before <= used <= datetime.now(UTC) + timedelta(seconds=2)
+        provider.close()
     finally:
         fake.stop()

@@ -70,9 +70,12 @@ def test_pause_is_kept_in_the_record_shown_everywhere_audited_and_goes_overdue(a
     record = w.state()
     assert record["paused"]["reason"] == "quarter-end freeze" and record["paused"]["by"] == "alice"
 
+    # `rotate NAME` still works while paused, and the pause survives the rotation's writes.
+    assert w.cli("rotate", w.name, "--revoke-now")[0] == 0
+    assert w.state()["paused"]["reason"] == "quarter-end freeze" and w.state()["rotations"] == 2
     status = json.loads(run_rotator(["status", "--json"], w.env).stdout)
     assert next(r for r in status if r["credential"] == w.name)["paused"]["by"] == "alice"
-    time.sleep(2)  # past the 3 s interval since the rotation: due, but paused
+    time.sleep(3.2)  # past the 3 s interval since the last rotation: due, but paused
     row = plan(w)
     assert row["action"] == "paused" and "quarter-end freeze" in row["reason"] and row["paused"]["by"] == "alice"
     report = json.loads(run_rotator(["report", "--format", "json"], {**w.env, "ROTATOR_TICK_SECONDS": "1"}).stdout)
