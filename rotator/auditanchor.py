@@ -204,6 +204,7 @@ class Anchorer:
         self._round_lock = threading.Lock()
         self._last_error: str | None = None
         self._invalid: str | None = None
+        self._last_refusal: Tip | None = None
 
     def log(self) -> Any:
         if self._log is not None:
@@ -306,8 +307,12 @@ class Anchorer:
         if problem is not None:
             self._known = None
             reason, advice = problem
-            self.log().error("audit.anchor_refused", error=f"{reason}; the anchor is not moved back: {advice}", anchored_seq=anchor.seq)
+            if anchor.tip != self._last_refusal:  # once per anchor refused, not every round
+                self._last_refusal = anchor.tip
+                self.log().error("audit.anchor_refused", error=f"{reason}; the anchor is not moved back: {advice}",
+                                 anchored_seq=anchor.seq)
             raise _Refused(reason)
+        self._last_refusal = None
 
     # -- the background loop -------------------------------------------------------
 

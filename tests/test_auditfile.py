@@ -472,3 +472,43 @@ def test_damaged_sidecar_is_refused_and_seal_previous_repairs_it(log: Path) -> N
     seal(log, previous=old)
     AuditFile(log).append(_event(3))
     assert verify([old, log]).ok
+
+
+# --- the command line's usage errors -----------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "phrase"), [
+    (["--from", "3"], "expected SEQ:HASH"),
+    (["--from", "0:" + "a" * 64], "expected SEQ:HASH"),
+    (["--from", "3:ABC"], "64 lowercase hex digits"),
+    (["--public-key", "PEM"], "give --anchor too"),
+])
+def test_verify_usage_errors_exit_2_naming_the_option(log: Path, args: list[str], phrase: str) -> None:
+    """A malformed --from, or --public-key without --anchor, is a usage error (exit 2), never a verdict."""
+    from click.testing import CliRunner
+
+    from rotator.cli import cli
+
+    _write_events(log, 1)
+    pem = log.with_name("key.pem")
+    pem.write_text("not a key")
+    args = [str(pem) if a == "PEM" else a for a in args]
+    result = CliRunner().invoke(cli, ["audit", "verify", str(log), *args])
+    assert result.exit_code == 2 and phrase in result.output
+
+
+def test_verify_from_links_a_continued_file_and_rejects_the_wrong_hash(log: Path) -> None:
+    """--from SEQ:HASH is the link a rotated-in file must continue; anything else fails at line 1."""
+    from click.testing import CliRunner
+
+    from rotator.cli import cli
+
+    audit = _write_events(log, 3)
+    old = log.with_name("audit.jsonl-1")
+    os.rename(log, old)
+    audit.append(_event(3))
+    last = _records(old)[-1]
+    good = CliRunner().invoke(cli, ["audit", "verify", str(log), "--from", f"3:{last['hash']}"])
+    assert good.exit_code == 0 and good.output.startswith("intact: 1 event(s) in 1 file(s), seq 4 to 4")
+    bad = CliRunner().invoke(cli, ["audit", "verify", str(log), "--from", f"3:{'0' * 64}"])
+    assert bad.exit_code == 1 and bad.output.startswith(f"{log}:1: prev_hash does not match the hash of seq 3 after --from 3:")
