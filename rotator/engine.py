@@ -407,7 +407,7 @@ class _Run:
                 return
         rotation_id = new_rotation_id(now)
         self._bind_rotation(rotation_id)
-        record = self.record
+        record = self._end_expired_pause(self.record, now)
         if found is not None:
             record = machine.apply(record, machine.Baselined(found.current, found.live_version, found.live_path, found.retiring), self.policy, now)
         self.persist(machine.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting), self.policy, now))
@@ -417,6 +417,15 @@ class _Run:
         self._started_monotonic = time.monotonic()
         self.emit("rotation.started", reason=action.reason)
         crashpoint("after-intent")
+
+    def _end_expired_pause(self, record: StateRecord, now: datetime) -> StateRecord:
+        """A pause whose `until` passed ends with the first scheduled rotation after it, audited."""
+        paused = record.paused
+        if paused is None or paused.is_active(now):
+            return record
+        self.emit("rotation.resumed", reason=paused.reason, until=to_rfc3339(paused.until) if paused.until else None,
+                  by="until", paused_by=paused.by)
+        return record.model_copy(update={"paused": None})
 
     def _sweep(self) -> None:
         pending = self.record.pending

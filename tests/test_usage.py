@@ -322,3 +322,26 @@ def test_stripe_managed_keys_report_their_last_use_and_webhook_secrets_do_not() 
         provider.close()
     finally:
         fake.stop()
+
+
+# -- a pause with an end ------------------------------------------------------------------
+
+
+def test_a_pause_holds_the_schedule_until_its_end_then_the_rotation_logs_the_resume(  # type: ignore[no-untyped-def]
+    openbao, moto, aws_env, iam_admin, iam_user, config_dir: Path, unique: str, captured
+) -> None:
+    """Paused past the due time: nothing; once `until` passes, the next pass rotates and logs rotation.resumed (by: until)."""
+    from rotator.pause import change_pause
+    from rotator.state import Pause
+
+    w = aws_use(openbao, moto, aws_env, iam_admin, iam_user, config_dir, unique)
+    w.rotate()
+    until = w.clock.now() + timedelta(days=31)
+    change_pause(w.app.engine, w.user, w.cred.spec.provider, Pause(reason="audit", by="carol", at=w.clock.now(), until=until), wait_seconds=5)
+    w.clock.advance(timedelta(days=30, seconds=1))  # due
+    assert w.app.engine.reconcile(w.cred).status == "idle"
+    w.clock.advance(timedelta(days=1))  # the pause has ended
+    assert w.app.engine.reconcile(w.cred).status == "completed"
+    resumed = [e for e in captured() if e["event"] == "rotation.resumed"]
+    assert len(resumed) == 1 and resumed[0]["by"] == "until" and resumed[0]["paused_by"] == "carol" and resumed[0]["reason"] == "audit"
+    assert w.record().paused is None and w.record().rotations == 2
