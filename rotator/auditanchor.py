@@ -42,6 +42,10 @@ _FIELDS = ("chain_id", "seq", "hash", "file", "host", "anchored_at", "kv_version
 class AnchorError(RotatorError):
     """An anchor record that cannot be read as one (named by its path, never its values)."""
 
+    def __init__(self, message: str, *, version: int = 0) -> None:
+        super().__init__(message)
+        self.version = version  # the KV version of the malformed record, for check-and-set past it
+
 
 @dataclass(frozen=True)
 class AnchorRecord:
@@ -111,7 +115,10 @@ class AnchorStore:
         current = self.store.read(self.mount, self.path(chain_id))
         if current.data is None:
             return Stored(None, current.version)
-        return Stored(AnchorRecord.from_data(current.data, self.where(chain_id)), current.version)
+        try:
+            return Stored(AnchorRecord.from_data(current.data, self.where(chain_id)), current.version)
+        except AnchorError as exc:
+            raise AnchorError(str(exc), version=current.version) from None
 
     def write(self, record: AnchorRecord, *, cas: int) -> AnchorRecord:
         """Write `record` over version `cas` (0: none yet); returns it as stored."""
@@ -205,6 +212,7 @@ class Anchorer:
         self._last_error: str | None = None
         self._invalid: str | None = None
         self._last_refusal: Tip | None = None
+        self._findings_logged = False
 
     def log(self) -> Any:
         if self._log is not None:
@@ -219,7 +227,7 @@ class Anchorer:
         Vault unreachable: nothing to compare with now; the next round checks."""
         position = self.writer.position()
         try:
-            stored = self.anchors.read(position.chain_id)
+            stored = self._read(position.chain_id)
         except RotatorError as exc:
             self._last_error = f"cannot read the audit anchor at start: {exc}"
             return
@@ -230,6 +238,17 @@ class Anchorer:
                 raise AuditChainError(self.writer.path, f"{reason}. Not appending over it: {advice}")
             self._invalid = self._written_by_someone_else(stored)
         self._known = stored
+
+    def _read(self, chain_id: str) -> Stored:
+        """The anchor; a malformed record (not a rotator's) is logged as evidence and written past."""
+        try:
+            return self.anchors.read(chain_id)
+        except AnchorError as exc:
+            if str(exc) != self._invalid:
+                self._invalid = str(exc)
+                if self._findings_logged:  # before that, log_start_findings logs it
+                    self.log().error("audit.anchor_invalid", error=str(exc))
+            return Stored(None, exc.version)
 
     def _written_by_someone_else(self, stored: Stored) -> str | None:
         """What shows that the record was not written by a rotator (kept as evidence in the chain)."""
@@ -244,6 +263,7 @@ class Anchorer:
 
     def log_start_findings(self) -> None:
         """Log, into the chain itself, what the start check found but did not stop for."""
+        self._findings_logged = True
         if self._last_error is not None:
             self.log().warning("audit.anchor_failed", error=self._last_error, will_retry=True)
         if self._invalid is not None:
@@ -281,7 +301,7 @@ class Anchorer:
             if position.tip == GENESIS:
                 return None
             if self._known is None or self._known.record is None or self._known.record.chain_id != position.chain_id:
-                self._known = self.anchors.read(position.chain_id)
+                self._known = self._read(position.chain_id)
                 if self._known.record is not None:
                     self._refuse_if_off(self._known.record, position.chain_id)
             known = self._known

@@ -371,3 +371,18 @@ def test_two_processes_appending_at_once_keep_one_chain_and_one_anchor(
     assert stored.record is not None and stored.record.tip == writer.tip()  # the last one out anchored the very tip
     result = verify([log_path], probe=stored.record.seq)
     assert result.ok and result.probe is not None and result.probe.hash == stored.record.hash
+
+
+def test_a_malformed_anchor_is_logged_as_evidence_and_written_past(log_path: Path, anchors: AnchorStore, bao_client: hvac.Client) -> None:
+    """Garbage written to the anchor path does not stop anchoring: audit.anchor_invalid, then a check-and-set write over it."""
+    writer = AuditFile(log_path)
+    _append(writer, 2)
+    bao_client.secrets.kv.v2.create_or_update_secret(path=anchors.path(writer.chain_id), secret={"seq": "many"}, mount_point="secret")
+    anchorer, log = _anchorer(writer, anchors)
+    anchorer.check_at_start()
+    anchorer.log_start_findings()
+    (invalid,) = [e for e in log.events if e["event"] == "audit.anchor_invalid"]
+    assert "missing or malformed" in invalid["error"] and "many" not in invalid["error"]
+    assert anchorer.anchor_round() is not None
+    stored = anchors.read(writer.chain_id)
+    assert stored.version == 3 and stored.record is not None and stored.record.tip == writer.tip()
