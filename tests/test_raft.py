@@ -1,6 +1,8 @@
 """Against a real three-node OpenBao cluster on Integrated Storage (Raft):
-the rotator pointed at a standby, the active node killed mid-rotation, and
-three daemons on three different nodes sharing the work."""
+the store reading through a standby (its own writes, a write it could not
+confirm), the active node killed mid-rotation with the daemon on a standby,
+and three daemons on three different nodes sharing the work. The tests that
+start the cluster are marked slow; the module takes about 80 s."""
 
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import boto3
 import botocore.exceptions
 import hvac
 import pytest
+import requests
 
 from helpers import DaemonProcess, SecretLedger, names, parse_events, write_credential
-from rotator.faults import PAUSE_ENV
-from rotator.sandbox.services import MotoServer, RaftCluster
 from rotator.errors import CasMismatchError
-from rotator.vault import ConsistencyIndex, VaultConnection, VaultStore, Versioned
+from rotator.faults import PAUSE_ENV
+from rotator.sandbox.services import MotoServer, RaftCluster, free_port
+from rotator.vault import ConsistencyIndex, VaultConnection, VaultStore, Versioned, _session_for
 
 
 def index(cluster: str, value: int) -> str:
@@ -97,6 +100,21 @@ def test_an_unconfirmed_write_sends_reads_to_the_active_node_until_a_later_write
     tracker.confirmed(index("c1", 43), since=tracker.doubts)
     assert not tracker.in_doubt
     assert tracker.headers()["X-Vault-Index"] == index("c1", 43)
+
+
+def test_a_write_with_no_answer_leaves_the_store_in_doubt_and_a_read_does_not() -> None:
+    """Through the store's real session: a POST that gets no answer (nothing
+    listens) may have been applied somewhere; a GET that gets none changed nothing."""
+    url = f"http://127.0.0.1:{free_port()}"
+    tracker = ConsistencyIndex()
+    tracker.observe(index("c1", 7))
+    session = _session_for(url, True, tracker)
+    with pytest.raises(requests.ConnectionError):
+        session.get(f"{url}/v1/secret/data/x", timeout=2)
+    assert not tracker.in_doubt
+    with pytest.raises(requests.ConnectionError):
+        session.post(f"{url}/v1/secret/data/x", json={"data": {}}, timeout=2)
+    assert tracker.in_doubt
 
 
 def test_in_doubt_with_an_index_that_does_not_decode_the_newest_is_sent() -> None:
