@@ -2,7 +2,7 @@
 the store reading through a standby (its own writes, a write it could not
 confirm), the active node killed mid-rotation with the daemon on a standby,
 and three daemons on three different nodes sharing the work. The tests that
-start the cluster are marked slow; the module takes about 80 s."""
+start servers are marked slow; the module takes about 80 s."""
 
 from __future__ import annotations
 
@@ -336,6 +336,7 @@ def test_three_daemons_on_three_nodes_rotate_each_of_30_credentials_exactly_once
     ledger.assert_clean()
 
 
+@pytest.mark.slow
 def test_a_write_landing_between_the_data_read_and_the_metadata_read_is_not_read_as_missing(openbao, bao_client, unique: str) -> None:  # type: ignore[no-untyped-def]
     """The same interleaving made certain on one server: the other process's
     write is made right before the metadata read. The record must come back
