@@ -103,6 +103,7 @@ def _parse_mark(value: str | None) -> KeyMark | None:
 
 class AwsIamAccessKeyProvider(Provider):
     kind: ClassVar[str] = "aws.iam_access_key"
+    scope_params: ClassVar[Mapping[str, str]] = {"user_name": "aws_users"}
     params_model: ClassVar[type[BaseModel]] = AwsIamParams
     live_fields: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key")
     verify_budget: ClassVar[timedelta] = timedelta(seconds=45)

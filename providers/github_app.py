@@ -169,6 +169,7 @@ class GitHubAppInstallationTokenProvider(_GitHubAppProvider):
 
     kind = "github.app_installation_token"
     params_model = InstallationTokenParams
+    scope_params: ClassVar[Mapping[str, str]] = {"installation_id": "github_installations", "repositories": "github_repository_names"}
     live_fields = ("token", "expires_at")
     can_list = False
 
@@ -226,6 +227,7 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
 
     kind = "github.deploy_key"
     params_model = DeployKeyParams
+    scope_params: ClassVar[Mapping[str, str]] = {"installation_id": "github_installations", "repository": "github_repositories"}
     live_fields = ("private_key", "public_key", "key_id", "fingerprint")
     # A retried issue first deletes a key a lost create of this rotation left
     # (found by its title), so repeating it never leaves two keys.

@@ -226,6 +226,7 @@ class StripeManagedApiKeyProvider(_StripeProvider):
 
     kind = "stripe.managed_api_key"
     params_model = StripeManagedApiKeyParams
+    scope_params: ClassVar[Mapping[str, str]] = {"account": "stripe_accounts"}
     live_fields = ("api_key", "key_id")
     # Stripe's expiry reaches the API late (about 9 s observed, "minutes" by
     # other reports): poll for up to 4 min inside one step, well within the
@@ -405,6 +406,7 @@ class StripeWebhookSecretProvider(_StripeProvider):
 
     kind = "stripe.webhook_secret"
     params_model = StripeWebhookSecretParams
+    scope_params: ClassVar[Mapping[str, str]] = {"url": "urls"}
     live_fields = ("signing_secret", "endpoint_id")
     reports_last_use = False  # Stripe says nothing of when an endpoint last received an event
     params: StripeWebhookSecretParams

@@ -16,6 +16,7 @@ from rotator.clock import Clock, SystemClock
 from rotator.config import LoadResult, load_directory
 from rotator.engine import Engine, EngineOptions
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
+from rotator.policy import TrustRules, read_policy
 from rotator.provider import load_providers
 from rotator.settings import Settings
 from rotator.vault import VaultStore
@@ -26,10 +27,15 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = [
-            ConfigProblem("environment", "ROTATOR_" + ".".join(str(p) for p in err["loc"]).upper(), err["msg"])
+            ConfigProblem("environment", _variable(".".join(str(p) for p in err["loc"])), err["msg"].removeprefix("Value error, "))
             for err in exc.errors()
         ]
         raise ConfigError(problems) from None
+
+
+def _variable(loc: str) -> str:
+    # Vault's own variables (VAULT_ADDR...) are aliases, named as they are.
+    return loc if loc.isupper() else "ROTATOR_" + loc.upper()
 
 
 def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_audit_file: bool = True) -> None:
@@ -73,9 +79,18 @@ def _never_blocking(append: Callable[[dict[str, Any]], dict[str, Any]]) -> Calla
     return sink
 
 
-def load_credentials(settings: Settings) -> LoadResult:
+def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False) -> LoadResult:
+    """Every credential file under the API-host rule and the operator policy.
+
+    A broken policy file raises `ConfigError` (exit 2), except on a daemon's
+    reload (`keep_last_good_policy`), where the last good version stays in
+    force and the policy's problems are reported with the files'."""
+    policy, policy_problems = read_policy(settings.policy_file, keep_last_good=keep_last_good_policy)
     # A plugin that fails to load is reported in each file that names it.
-    return load_directory(settings.config_dir, load_providers(), state_location=(settings.state_mount, settings.state_prefix))
+    result = load_directory(settings.config_dir, load_providers(), state_location=(settings.state_mount, settings.state_prefix),
+                            rules=TrustRules(settings.api_host_rule(), policy))
+    result.problems[:0] = policy_problems
+    return result
 
 
 def build_store(settings: Settings) -> VaultStore:

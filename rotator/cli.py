@@ -84,7 +84,7 @@ def validate(config_dir: Path | None) -> None:
     Prints one line per problem, `FILE: field.path: message`; exits 0 when
     all files are valid, 2 otherwise."""
     settings = _settings(config_dir)
-    result = load_credentials(settings)
+    result = _load_credentials(settings, problems_to_stdout=True)
     for problem in result.problems:
         click.echo(str(problem))
     from rotator.provider import load_provider_errors
@@ -125,7 +125,12 @@ def run(config_dir: Path | None, once: bool) -> None:
         _log().error("daemon.failed", error=str(exc))
         sys.exit(EXIT_FAILED)
     daemon = Daemon(app, notify=notify)
-    result = daemon.load()
+    try:
+        result = daemon.load()
+    except ConfigError as exc:  # the policy file is broken: nothing may run unbounded
+        for problem in exc.problems:
+            _log().error("config.invalid", file=problem.file, error=f"{problem.field}: {problem.message}")
+        sys.exit(EXIT_CONFIG)
     if not settings.config_dir.is_dir():
         sys.exit(EXIT_CONFIG)
     if once:
@@ -168,7 +173,7 @@ def rotate(name: str, revoke_now: bool, wait_seconds: float, config_dir: Path | 
 
     settings = _settings(config_dir)
     _configure_logging(settings)
-    result = load_credentials(settings)
+    result = _load_credentials(settings)
     cred = result.credentials.get(name)
     if cred is None:
         problems = [str(p) for p in result.problems if Path(p.file).stem == name]
@@ -269,7 +274,7 @@ def _read_state(config_dir: Path | None, collect: Callable[[App, LoadResult], T]
     files go to stderr, an unreachable Vault is exit 1."""
     settings = _settings(config_dir)
     configure_logging(settings, stream=sys.stderr, with_audit_file=False)
-    result = load_credentials(settings)
+    result = _load_credentials(settings)
     for problem in result.problems:
         click.echo(str(problem), err=True)
     try:
@@ -277,6 +282,20 @@ def _read_state(config_dir: Path | None, collect: Callable[[App, LoadResult], T]
     except RotatorError as exc:
         click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def _load_credentials(settings: Settings, *, problems_to_stdout: bool = False) -> LoadResult:
+    """The credential files, with warnings on stderr; a broken policy file
+    is its problems (stdout for `validate`, else stderr) and exit 2."""
+    try:
+        result = load_credentials(settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=not problems_to_stdout)
+        sys.exit(EXIT_CONFIG)
+    for warning in result.warnings:
+        click.echo(f"rotator: warning: {warning}", err=True)
+    return result
 
 
 def _json_default(value: Any) -> Any:

@@ -5,7 +5,12 @@ Invariants:
   problems `FILE: field.path: message`; one bad file never hides the others;
 - unknown keys, duplicate YAML keys, literal values that look like secrets,
   names and paths that would escape or break a Vault path are errors;
-- two files that yield one `name`, or one live Vault path, are both errors.
+- two files that yield one `name`, or one live Vault path, are both errors;
+- a file is read under rotator.yamlfile's limits (size, depth, no aliases,
+  no symbolic link out of the directory) and checked against the API-host
+  rule and the operator policy (rotator.policy);
+- no message quotes a value from the file (it may hold a secret by
+  mistake): a message names the field and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from croniter import croniter
 from pydantic import (
     BaseModel,
@@ -42,7 +46,9 @@ from rotator.fields import (
     format_duration,
     secret_lookalike,
 )
+from rotator.policy import Refusal, TrustRules, check_credential
 from rotator.provider import ProviderFactory, ProviderLoadError
+from rotator.yamlfile import YamlRefusedError, load_yaml, safe_name
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -114,7 +120,7 @@ class Schedule(_Strict):
         if value is None:
             return value
         if len(value.split()) != 5 or not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
+            raise ValueError("is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
         return value
 
     @field_validator("every")
@@ -266,72 +272,92 @@ class LoadResult:
     problems: list[ConfigProblem] = field(default_factory=list)
     # Files that failed, so a reload can keep their last good version.
     failed_files: set[str] = field(default_factory=set)
-
-
-# libyaml's parser when PyYAML was built with it (most wheels are): ten
-# times faster on a directory of thousands of files.
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
-    """A YAML loader that rejects a mapping key given twice."""
-
-
-def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key_node.value!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
-                )
-            seen.add(key_node.value)
-    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    # Files that loaded but deserve the operator's eye (group-writable).
+    warnings: list[ConfigProblem] = field(default_factory=list)
 
 
 def credential_files(config_dir: Path) -> list[Path]:
-    return sorted(p for p in config_dir.iterdir() if p.is_file() and p.suffix in {".yaml", ".yml"} and not p.name.startswith("."))
+    # Symbolic links are listed too (even broken ones), so the loader can
+    # say why it refuses one instead of skipping it without a word.
+    return sorted(
+        p for p in config_dir.iterdir()
+        if (p.is_file() or p.is_symlink()) and p.suffix in {".yaml", ".yml"} and not p.name.startswith(".")
+    )
 
 
 def _loc(loc: tuple[Any, ...], prefix: str = "") -> str:
+    # Keys come from the file: one that is not shaped like a field name is
+    # not printed (a secret pasted as a key).
     parts = [prefix] if prefix else []
-    parts += [str(p) for p in loc]
+    parts += [str(p) if isinstance(p, int) else (safe_name(p) or "?") for p in loc]
     return ".".join(parts)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a parsed YAML value, keys included."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def unquote_values(message: str, values: list[str]) -> str:
+    """`message` with any of `values` (taken from the file) cut out: a safety
+    net under validators, a provider's included, that quote their input."""
+    for value in sorted(set(values), key=len, reverse=True):
+        if not value:
+            continue
+        message = message.replace(repr(value), "the value")
+        if len(value) >= 6:
+            message = message.replace(value, "the value")
+    return message
 
 
 def _problems_from(exc: ValidationError, file: str, prefix: str = "") -> list[ConfigProblem]:
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        message = err["msg"].removeprefix("Value error, ")
+        message = unquote_values(err["msg"].removeprefix("Value error, "), _strings(err.get("input")))
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         out.append(ConfigProblem(file, _loc(loc, prefix), message))
     return out
 
 
+_SECRET_ADVICE = "never put a secret in a credential file; store it in Vault and reference it as MOUNT/PATH#FIELD"
+
+
 def _scan_for_secrets(value: Any, path: str, file: str) -> list[ConfigProblem]:
     if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _scan_for_secrets(v, f"{path}.{k}" if path else str(k), file)]
+        problems = []
+        for k, v in value.items():
+            key = safe_name(k) or "?"
+            if isinstance(k, str) and (what := secret_lookalike(k)):
+                problems.append(ConfigProblem(file, path or "<file>", f"a key looks like {what}: {_SECRET_ADVICE}"))
+            problems += _scan_for_secrets(v, f"{path}.{key}" if path else key, file)
+        return problems
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _scan_for_secrets(v, f"{path}.{i}", file)]
     if isinstance(value, str) and (what := secret_lookalike(value)):
-        return [ConfigProblem(file, path, f"looks like {what}: never put a secret in a credential file; store it in Vault and reference it as MOUNT/PATH#FIELD")]
+        return [ConfigProblem(file, path, f"looks like {what}: {_SECRET_ADVICE}")]
     return []
 
 
-def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadedCredential | list[ConfigProblem]:
-    """Parse and validate one credential file."""
+def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None,
+              rules: TrustRules | None = None, root: Path | None = None,
+              warnings: list[ConfigProblem] | None = None) -> LoadedCredential | list[ConfigProblem]:
+    """Parse and validate one credential file. `rules`: the API-host rule and
+    the operator policy (default: the contract's default hosts, no policy);
+    `root`: the directory a symbolic link must stay in (default: the file's)."""
     file = str(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except (OSError, UnicodeDecodeError) as exc:
-        return [ConfigProblem(file, "", f"cannot read: {exc}")]
-    except yaml.YAMLError as exc:
-        return [ConfigProblem(file, "", f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else exc}")]
+        document = load_yaml(path, root=root if root is not None else path.parent)
+    except YamlRefusedError as exc:
+        return [ConfigProblem(file, "", str(exc))]
+    if warnings is not None:
+        warnings.extend(ConfigProblem(file, "", w) for w in document.warnings)
+    raw = document.data
     if not isinstance(raw, dict):
         return [ConfigProblem(file, "", "must be a YAML mapping of keys such as provider, schedule, grace, vault, params")]
 
@@ -346,7 +372,7 @@ def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_loc
     problems += _schedule_problems(spec, file, state_location)
     if spec.provider not in providers:
         known = ", ".join(sorted(providers)) or "none installed"
-        return problems + [ConfigProblem(file, "provider", f"unknown provider {spec.provider!r} (known: {known})")]
+        return problems + [ConfigProblem(file, "provider", f"unknown provider (known: {known})")]
     try:
         provider_cls = providers[spec.provider]
     except ProviderLoadError as exc:
@@ -356,8 +382,10 @@ def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_loc
     except ValidationError as exc:
         return problems + _problems_from(exc, file, "params")
     field_name = "schedule.every" if spec.schedule.every is not None else "schedule.cron"
+    values = _strings(spec.params)
     for fld, message in provider_cls.check_policy(params, interval=spec.schedule.gaps()[1], grace=spec.grace):
-        problems.append(ConfigProblem(file, fld or field_name, message))
+        problems.append(ConfigProblem(file, fld or field_name, unquote_values(message, values)))
+    problems += check_credential(spec, params, provider_cls, rules or TrustRules())
     if problems:
         return problems
     return LoadedCredential(spec, provider_cls, params)
@@ -377,7 +405,8 @@ def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[st
     return problems
 
 
-def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None) -> LoadResult:
+def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None,
+                   rules: TrustRules | None = None) -> LoadResult:
     """Load every credential file; collect every problem; skip only bad files."""
     result = LoadResult()
     if not config_dir.is_dir():
@@ -386,10 +415,11 @@ def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *
     by_name: dict[str, list[LoadedCredential]] = {}
     by_path: dict[tuple[str, str], list[LoadedCredential]] = {}
     for path in credential_files(config_dir):
-        loaded = load_file(path, providers, state_location=state_location)
+        loaded = load_file(path, providers, state_location=state_location, rules=rules, root=config_dir, warnings=result.warnings)
         if isinstance(loaded, list):
             result.problems.extend(loaded)
-            result.failed_files.add(str(path))
+            if not any(isinstance(p, Refusal) for p in loaded):  # a refused file is dropped, never kept as last good
+                result.failed_files.add(str(path))
             continue
         by_name.setdefault(loaded.spec.name, []).append(loaded)
         by_path.setdefault((loaded.spec.vault.mount, loaded.spec.vault.path), []).append(loaded)

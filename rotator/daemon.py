@@ -90,6 +90,7 @@ class Daemon:
         self.fileless: dict[str, CredentialView] = {}
         self.config_problems: list[str] = []
         self.failed_files: set[str] = set()
+        self._loaded_once = False
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[ReconcileResult]] = {}
@@ -104,9 +105,13 @@ class Daemon:
     # -- configuration -----------------------------------------------------------
 
     def load(self) -> LoadResult:
-        result = load_credentials(self.app.settings)
+        # At start-up a broken policy file raises (exit 2); on reload its last good version stays.
+        result = load_credentials(self.app.settings, keep_last_good_policy=self._loaded_once)
+        self._loaded_once = True
         for problem in result.problems:
             self.log.error("config.invalid", file=problem.file, error=f"{problem.field}: {problem.message}")
+        for warning in result.warnings:
+            self.log.warning("config.insecure_file", file=warning.file, warning=warning.message)
         self._adopt(result)
         return result
 

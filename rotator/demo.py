@@ -185,6 +185,8 @@ def daemon_env(world: World) -> dict[str, str]:
         "ROTATOR_TICK_SECONDS": "2",
         "ROTATOR_AUDIT_FILE": str(world.audit_file),
         "ROTATOR_METRICS_ADDR": world.metrics_addr,
+        # The sandboxes listen on plain http on loopback; production never needs this.
+        "ROTATOR_ALLOW_LOOPBACK_HTTP": "true",
         # Readable events by default; ROTATOR_LOG_FORMAT=json still wins (tests, jq).
         "ROTATOR_LOG_FORMAT": os.environ.get("ROTATOR_LOG_FORMAT", "console"),
     })
@@ -248,7 +250,7 @@ def _schedules(world: World) -> str:
 
 def banner(world: World, duration: float | None) -> str:
     rotator, bao = _command("rotator"), _command("bao")
-    exports = f"export VAULT_ADDR={world.openbao.addr} VAULT_TOKEN={world.openbao.token} ROTATOR_CONFIG_DIR={world.config_dir}"
+    exports = f"export VAULT_ADDR={world.openbao.addr} VAULT_TOKEN={world.openbao.token} ROTATOR_CONFIG_DIR={world.config_dir} ROTATOR_ALLOW_LOOPBACK_HTTP=true"
     stop = f"It stops by itself after {duration:g}s, or on Ctrl-C." if duration is not None else "Stop it with Ctrl-C."
     return "\n".join([
         "rotator demo: the real daemon, rotating five credentials against local throw-away services.",

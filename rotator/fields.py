@@ -29,12 +29,12 @@ def parse_duration(text: str | int | timedelta) -> timedelta:
         raise ValueError("a duration is a string such as 30s, 15m, 24h, 30d or 1h30m")
     compact = text.strip()
     if not _DURATION.match(compact):
-        raise ValueError(f"{text!r} is not a duration: use an integer and a unit s, m, h, d or w, e.g. 30d or 1h30m")
+        raise ValueError("is not a duration: use an integer and a unit s, m, h, d or w, e.g. 30d or 1h30m")
     parts = _DURATION_PART.findall(compact)
     units = [u for _, u in parts]
     order = "wdhms"
     if len(set(units)) != len(units) or units != sorted(units, key=order.index):
-        raise ValueError(f"{text!r}: give each unit once, largest first (e.g. 1d12h)")
+        raise ValueError("is not a duration: give each unit once, largest first (e.g. 1d12h)")
     return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
@@ -70,7 +70,7 @@ _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 def check_vault_path(text: str) -> str:
     if not isinstance(text, str) or not _PATH.match(text) or any(s in {".", ".."} for s in text.split("/")):
         raise ValueError(
-            f"{text!r} is not a safe Vault path: use segments of letters, digits and _ . + @ = -, "
+            "is not a safe Vault path: use segments of letters, digits and _ . + @ = -, "
             "separated by single slashes, with no leading or trailing slash and no '..'"
         )
     return text
@@ -84,26 +84,29 @@ def parse_vault_ref(text: str) -> tuple[str, str, str]:
     """`secret/github/app#private_key` -> (mount, path, field). The mount is the
     first segment (nested mounts are not supported in references)."""
     if not isinstance(text, str) or text.count("#") != 1:
-        raise ValueError(f"{text!r} is not a Vault reference: write MOUNT/PATH#FIELD, e.g. secret/github/app#private_key")
+        raise ValueError("is not a Vault reference: write MOUNT/PATH#FIELD, e.g. secret/github/app#private_key")
     location, fld = text.split("#")
     if "/" not in location:
-        raise ValueError(f"{text!r} is not a Vault reference: write MOUNT/PATH#FIELD (a path after the mount is required)")
+        raise ValueError("is not a Vault reference: write MOUNT/PATH#FIELD (a path after the mount is required)")
     mount, path = location.split("/", 1)
-    check_vault_path(mount)
-    check_vault_path(path)
+    try:
+        check_vault_path(mount)
+        check_vault_path(path)
+    except ValueError:
+        raise ValueError("is not a Vault reference: MOUNT and PATH must be safe Vault paths (letters, digits and _ . + @ = -, no '..')") from None
     if not _FIELD.match(fld):
-        raise ValueError(f"{text!r}: the field after '#' must be letters, digits, _ . -")
+        raise ValueError("is not a Vault reference: the field after '#' must be letters, digits, _ . -")
     return mount, path, fld
 
 
-def _check_vault_ref(text: str) -> str:
+def check_vault_ref(text: str) -> str:
     parse_vault_ref(text)
     return text
 
 
 VaultRef = Annotated[
     str,
-    AfterValidator(_check_vault_ref),
+    AfterValidator(check_vault_ref),
     WithJsonSchema({"type": "string", "pattern": r"^[^#/]+/[^#]+#[A-Za-z0-9_.-]+$", "examples": ["secret/github/app#private_key"]}),
 ]
 
@@ -120,12 +123,12 @@ def _is_loopback(host: str) -> bool:
 def check_api_url(text: str) -> str:
     parts = urlsplit(text) if isinstance(text, str) else None
     if parts is None or not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{text!r} is not an API base URL such as https://api.example.com")
+        raise ValueError("is not an API base URL such as https://api.example.com (no user info, query or fragment)")
     if parts.scheme == "https":
         return text.rstrip("/")
     if parts.scheme == "http" and _is_loopback(parts.hostname):
         return text.rstrip("/")
-    raise ValueError(f"{text!r} must use https:// (plain http:// is allowed only for loopback hosts such as http://127.0.0.1:PORT)")
+    raise ValueError("must use https:// (plain http:// is allowed only for loopback hosts such as http://127.0.0.1:PORT, with ROTATOR_ALLOW_LOOPBACK_HTTP)")
 
 
 ApiUrl = Annotated[str, AfterValidator(check_api_url), WithJsonSchema({"type": "string", "format": "uri"})]

@@ -138,6 +138,11 @@ class Provider(ABC):
     # False where the API says nothing of when a key was last used (Stripe
     # webhook endpoints): compliance then never calls such a key unused.
     reports_last_use: ClassVar[bool] = True
+    # Which params name something the operator policy bounds (rotator.policy):
+    # param name -> aws_users, github_repositories, github_repository_names,
+    # github_installations, stripe_accounts or urls. Params typed ApiUrl or
+    # VaultRef are found by their type and need no entry here.
+    scope_params: ClassVar[Mapping[str, str]] = {}
 
     # True where the API says when one key was last used (AWS
     # GetAccessKeyLastUsed, a deploy key's last_used): before retiring a

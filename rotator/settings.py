@@ -9,13 +9,31 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rotator.fields import check_api_url, check_vault_path
+from rotator.policy import DEFAULT_API_HOSTS, ApiHostRule, is_loopback, parse_hosts
 from rotator.vault import VaultConnection
+
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def parse_go_bool(text: str, name: str) -> bool:
+    """Go's strconv.ParseBool, as Vault's tools read their variables; an
+    empty value counts as unset (false)."""
+    if text == "":
+        return False
+    if text in _GO_TRUE:
+        return True
+    if text in _GO_FALSE:
+        return False
+    raise ValueError(f"{name} must be one of 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False")
+
 
 _REQUIRED_BY_AUTH_METHOD = {
     "approle": ("vault_role_id", "vault_secret_id_file"),
@@ -52,6 +70,10 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(default=None, repr=False, description="POST each alert as JSON to this URL (https, or http on loopback)")
     alert_slack_webhook_url: str | None = Field(default=None, repr=False, description="Slack incoming-webhook URL for alerts")
     alert_dedup_seconds: float = Field(default=3600.0, ge=0, description="an alert for the same event, credential and key is sent once per this window")
+    # What credential files may make the rotator do (rotator.policy, docs/POLICY.md).
+    allowed_api_hosts: str = Field(default=DEFAULT_API_HOSTS, description="the only hosts an api_url / api_base may name (comma-separated)")
+    allow_loopback_http: bool = Field(default=False, description="allow loopback API hosts, over http:// too (sandboxes, tests, the demo)")
+    policy_file: Path | None = Field(default=None, description="the operator policy: which owners may name which paths, refs and provider scopes")
 
     vault_addr: str = Field(default="http://127.0.0.1:8200", validation_alias=AliasChoices("VAULT_ADDR"))
     vault_token: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_TOKEN"), repr=False)
@@ -103,9 +125,10 @@ class Settings(BaseSettings):
     @field_validator("vault_skip_verify", mode="before")
     @classmethod
     def _skip_verify(cls, value: object) -> object:
-        # Vault's CLI treats any non-empty value other than false/0 as set.
+        # Vault reads it with Go's strconv.ParseBool; anything else is an
+        # error there, and here (a typo must not silently keep or drop TLS).
         if isinstance(value, str):
-            return value.strip().lower() not in {"", "0", "false", "no"}
+            return parse_go_bool(value, "VAULT_SKIP_VERIFY")
         return value
 
     def audit_anchor_location(self) -> tuple[str, str]:
@@ -119,6 +142,20 @@ class Settings(BaseSettings):
             return None
         mount, _, name = self.audit_transit_key.rpartition("/")
         return mount or "transit", name
+
+    @field_validator("allowed_api_hosts")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        parse_hosts(value)
+        return value
+
+    def api_host_rule(self) -> ApiHostRule:
+        return ApiHostRule(parse_hosts(self.allowed_api_hosts), self.allow_loopback_http)
+
+    def is_vault_plain_http_remote(self) -> bool:
+        """VAULT_ADDR is http:// to a host other than loopback: the token crosses the network in clear."""
+        parts = urlsplit(self.vault_addr)
+        return parts.scheme == "http" and not is_loopback((parts.hostname or "").lower())
 
     def effective_log_format(self) -> str:
         if self.log_format:

@@ -35,6 +35,7 @@ import pytest
 from helpers import SecretLedger, parse_events, run_rotator, write_credential
 
 from providers.github_http import token_key_id
+from rotator.policy import ApiHostRule, TrustRules
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.stripe import FakeStripe
 
@@ -53,6 +54,9 @@ SECRET_SHAPES = (
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
 )
 STRIPE_PREVIEW = "2026-08-26.preview"
+# What a rotator process needs to reach the sandboxes (plain http on loopback).
+SANDBOX_ENV = {"ROTATOR_ALLOW_LOOPBACK_HTTP": "true"}
+SANDBOX_RULES = TrustRules(ApiHostRule(allow_loopback_http=True))
 
 
 class ShiftableClock:
@@ -500,8 +504,9 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 
 def rotator_env_for(vault_env: dict[str, str], config_dir: Path) -> dict[str, str]:
-    """What `rotator_env` gives, without AWS: these providers never call it."""
-    return {**vault_env, "ROTATOR_CONFIG_DIR": str(config_dir)}
+    """What `rotator_env` gives, without AWS: these providers never call it.
+    The sandboxes serve plain http on loopback, which only this flag allows."""
+    return {**vault_env, "ROTATOR_CONFIG_DIR": str(config_dir), **SANDBOX_ENV}
 
 
 @pytest.fixture

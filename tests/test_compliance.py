@@ -27,6 +27,7 @@ from rotator.auditfile import AuditFile, verify
 from rotator.clock import FakeClock
 from rotator.compliance import ComplianceScanner, assess, orphans_to_disable, overdue_finding, unmanaged_findings, unused_findings
 from rotator.config import CredentialSpec, LoadedCredential, load_file
+from rotator.policy import ApiHostRule, TrustRules
 from rotator.provider import KeyMark, ProviderKey, load_providers
 from rotator.sandbox.github import FakeGitHub
 from rotator.settings import Settings
@@ -210,7 +211,7 @@ class GitHubEstate:
         }
         path = self.config_dir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc))
-        loaded = load_file(path, load_providers())
+        loaded = load_file(path, load_providers(), rules=TrustRules(ApiHostRule(allow_loopback_http=True)))  # the sandbox is loopback http
         assert isinstance(loaded, LoadedCredential), loaded
         return loaded
 

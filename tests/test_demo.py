@@ -19,6 +19,7 @@ import pytest
 from helpers import SecretLedger, names, parse_events, run_rotator
 
 from rotator.config import load_directory
+from rotator.policy import ApiHostRule, TrustRules
 from rotator.demo import DemoError, credential_documents, prepare_workdir, write_credential_files
 from rotator.fields import secret_lookalike
 from rotator.provider import Provider, load_providers
@@ -34,7 +35,7 @@ def test_demo_credential_files_are_valid(tmp_path: Path) -> None:
     """The files the demo writes validate, one per provider type, schedules under a minute."""
     config_dir = tmp_path / "credentials.d"
     files = write_credential_files(config_dir, credential_documents("http://127.0.0.1:1", "http://127.0.0.1:2"))
-    result = load_directory(config_dir, load_providers())
+    result = load_directory(config_dir, load_providers(), rules=TrustRules(ApiHostRule(allow_loopback_http=True)))
     assert result.problems == []
     assert {c.spec.provider for c in result.credentials.values()} == PROVIDERS
     assert all(c.spec.schedule.every is not None and c.spec.schedule.every.total_seconds() <= 60 for c in result.credentials.values())

@@ -28,6 +28,7 @@ from providers.github_app import new_ed25519_pair
 from rotator import audit
 from rotator.app import build_app
 from rotator.config import LoadedCredential, load_file
+from rotator.policy import ApiHostRule, TrustRules
 from rotator.fields import secret_lookalike
 from rotator.provider import load_providers
 from rotator.sandbox.github import FakeGitHub
@@ -61,7 +62,7 @@ def _write(config_dir: Path, name: str, provider: str, params: dict[str, Any], *
            "schedule": {"every": "30d"}, "grace": "1h", "vault": {"path": f"apps/{name}"}, "params": params, **extra}
     path = config_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
-    loaded = load_file(path, load_providers())
+    loaded = load_file(path, load_providers(), rules=TrustRules(ApiHostRule(allow_loopback_http=True)))  # the sandbox is loopback http
     assert isinstance(loaded, LoadedCredential), loaded
     return loaded
 
@@ -96,7 +97,7 @@ def estate(openbao: OpenBaoServer, moto: MotoServer, tmp_path_factory: pytest.Te
     app_params = {"app_id": 31, "installation_id": 41, "private_key": f"secret/report-{unique}/app#private_key", "api_url": github.url}
     prefix = f"rotator-test/report-{unique}"
     env = {"VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.token, "ROTATOR_STATE_PREFIX": prefix,
-           "ROTATOR_LOG_FORMAT": "json", "ROTATOR_CONFIG_DIR": str(config_dir), **moto.env()}
+           "ROTATOR_LOG_FORMAT": "json", "ROTATOR_CONFIG_DIR": str(config_dir), "ROTATOR_ALLOW_LOOPBACK_HTTP": "true", **moto.env()}
     world = Estate(env, idle_user, secrets={app_pem, moto.env()["AWS_SECRET_ACCESS_KEY"]})
 
     creds = [
