@@ -47,6 +47,13 @@ def _configure_logging(settings: Settings) -> None:
         sys.exit(EXIT_FAILED)
     if settings.vault_skip_verify:
         _log().warning("vault.tls_verify_disabled", reason="VAULT_SKIP_VERIFY is set")
+    if settings.is_vault_plain_http_remote():
+        _log().warning("vault.plain_http", reason="VAULT_ADDR is plain http:// to a host other than loopback: the Vault token and every secret cross the network unencrypted")
+    from rotator.hardening import disable_core_dumps
+
+    # `run` and `rotate` (and `pause`/`resume`) come through here before they read any secret.
+    for failure in disable_core_dumps():
+        _log().warning("process.core_dumps_not_disabled", reason=failure)
 
 
 def _settings(config_dir: Path | None = None) -> Settings:

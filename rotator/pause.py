@@ -94,12 +94,12 @@ def _event_fields(pause: Pause) -> dict[str, object]:
 
 
 def _load(name: str, config_dir: Path | None):  # type: ignore[no-untyped-def]
-    from rotator.app import build_app, load_credentials
-    from rotator.cli import _configure_logging, _log, _settings
+    from rotator.app import build_app
+    from rotator.cli import _configure_logging, _load_credentials, _log, _settings
 
     settings = _settings(config_dir)
     _configure_logging(settings)
-    cred = load_credentials(settings).credentials.get(name)
+    cred = _load_credentials(settings).credentials.get(name)
     if cred is None:
         _log().error("pause.unknown_credential", credential=name, error=f"no valid credential named {name!r} in {settings.config_dir}")
         sys.exit(EXIT_USAGE)

@@ -15,7 +15,7 @@ from helpers import DaemonProcess, parse_events, run_rotator, write_credential
 
 REPO = Path(__file__).resolve().parent.parent
 APP = {"app_id": 1, "installation_id": 41, "private_key": "secret/rotator/payments/github#private_key"}
-STRIPE = {"account": "acct_1PaYmEnTs", "management_key": "secret/rotator/payments/stripe#key", "permissions": ["customers_read"]}
+STRIPE = {"account": "acct_1PaYmEnTs", "management_key": "secret/rotator/payments/stripe#key", "permissions": ["customer_read"]}
 WEBHOOK = {"url": "https://hooks.payments.example.com/stripe", "enabled_events": ["invoice.paid"],
            "management_key": "secret/rotator/payments/stripe#key"}
 POLICY = {
