@@ -240,7 +240,7 @@ def estate(openbao: Any, bao_client: hvac.Client, unique: str, tmp_path: Path,
     fake = FakeGitHub(clock=clock).start()
     pem = fake.create_app(11, 22, repositories=[REPO])
     bao_client.secrets.kv.v2.create_or_update_secret(path=f"gh-{unique}/app", mount_point="secret", secret={"private_key": pem})
-    settings = Settings(vault_addr=openbao.addr, vault_token=openbao.token, state_prefix=f"rotator-test/{unique}",
+    settings = Settings(vault_addr=openbao.addr, vault_token=openbao.token, state_prefix=f"rotator-test/{unique}", allow_loopback_http=True,
                         config_dir=tmp_path, compliance_scan_seconds=3600, tick_seconds=10)
     app = build_app(settings, clock=clock)
     world = GitHubEstate(app, clock, fake, tmp_path, captured, [pem], f"secret/gh-{unique}/app#private_key")
