@@ -307,6 +307,8 @@ def check_credential(spec: CredentialSpec, params: BaseModel, provider_cls: Prov
     file = spec.source
     problems: list[Refusal] = []
     named = list(named_values(params, provider_cls))
+    for index, target in enumerate(getattr(spec, "notify", None) or ()):  # consumer notices (contract §4 notify)
+        named += [("urls", f"notify.{index}.webhook", target.webhook), ("refs", f"notify.{index}.signing_key", target.signing_key)]
     for kind, path, value in named:
         if kind == "api_url" and (problem := rules.hosts.api_url_problem(value)):
             problems.append(Refusal(file, path, problem))

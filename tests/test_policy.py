@@ -77,6 +77,7 @@ ELSEWHERE = {
                   "is not an API base URL"),
     "plain-webhook": ("stripe.webhook_secret", {**WEBHOOK, "url": "http://hooks.example.com/x"}, "params.url", "https"),
 }
+NOTIFY_LOOPBACK = [{"webhook": "http://127.0.0.1:9/hook", "signing_key": "secret/rotator/payments/hooks#hmac"}]
 
 
 def test_api_urls_may_name_only_allowed_hosts(config_dir: Path) -> None:
@@ -85,12 +86,15 @@ def test_api_urls_may_name_only_allowed_hosts(config_dir: Path) -> None:
     for stem, (provider, params, _, _) in ELSEWHERE.items():
         payments(config_dir, stem, provider, params)
     anywhere = payments(config_dir, "webhook-anywhere", "stripe.webhook_secret", {**WEBHOOK, "url": "https://hooks.somewhere.example/x"})
+    loopback = payments(config_dir, "notify-loopback", "aws.iam_access_key", {"user_name": "u"}, notify=NOTIFY_LOOPBACK)
     code, lines = validate(config_dir)
     assert code == 2
     for stem, (_, _, field, message) in ELSEWHERE.items():
         mine = [line for line in lines if line.startswith(f"{config_dir / stem}.yaml: ")]
         assert len(mine) == 1 and mine[0].startswith(f"{config_dir / stem}.yaml: {field}: ") and message in mine[0], (stem, lines)
     assert not [line for line in lines if line.startswith(f"{anywhere}: ")]
+    assert [line for line in lines if line.startswith(f"{loopback}: ")] == [
+        f"{loopback}: notify.0.webhook: plain http:// needs ROTATOR_ALLOW_LOOPBACK_HTTP (local sandboxes and tests); use https://"]
 
 
 def test_loopback_and_enterprise_hosts_need_the_operator(config_dir: Path) -> None:
@@ -121,12 +125,14 @@ ALLOWED = [
     ("github.app_installation_token", {**APP, "repositories": ["payments-web"]}),
     ("aws.iam_access_key", {"user_name": "payments-ci"}),
 ]
+NOTIFY = [{"webhook": "https://hooks.payments.example.com/rotated", "signing_key": "secret/rotator/payments/hooks#hmac"}]
 
 
 def test_files_within_the_policy_pass(config_dir: Path, tmp_path: Path) -> None:
     """Each provider's file that names only what its owner is allowed validates."""
     for number, (provider, params) in enumerate(ALLOWED):
         payments(config_dir, f"ok-{number}", provider, params)
+    payments(config_dir, "ok-notify", "aws.iam_access_key", {"user_name": "payments-ci"}, notify=NOTIFY)
     code, lines = validate(config_dir, {"ROTATOR_POLICY_FILE": str(policy_file(tmp_path))})
     assert code == 0, lines
 
@@ -145,6 +151,12 @@ OVERREACH = {
     "other-installation": ("github.deploy_key", {**APP, "installation_id": 42, "repository": "acme/payments-api"}, {}, "params.installation_id"),
     "token-other-repo": ("github.app_installation_token", {**APP, "repositories": ["payments-web", "infra"]}, {}, "params.repositories.1"),
     "token-every-repo": ("github.app_installation_token", APP, {}, "params.repositories"),
+    "notify-elsewhere": ("aws.iam_access_key", {"user_name": "payments-ci"},
+                         {"notify": [{"webhook": "https://collector.attacker.example/x", "signing_key": "secret/rotator/payments/hooks#hmac"}]},
+                         "notify.0.webhook"),
+    "notify-other-teams-key": ("aws.iam_access_key", {"user_name": "payments-ci"},
+                               {"notify": [{"webhook": "https://hooks.payments.example.com/r", "signing_key": "secret/rotator/team-a/hooks#hmac"}]},
+                               "notify.0.signing_key"),
     "other-teams-app-key": ("github.deploy_key", {**APP, "private_key": "secret/rotator/team-a/github#private_key",
                                                   "repository": "acme/payments-x"}, {}, "params.private_key"),
 }
