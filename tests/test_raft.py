@@ -2,7 +2,7 @@
 the store reading through a standby (its own writes, a write it could not
 confirm), the active node killed mid-rotation with the daemon on a standby,
 and three daemons on three different nodes sharing the work. The tests that
-start servers are marked slow; the module takes about 80 s."""
+start servers are marked slow; the module takes about 100 s."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import hvac
 import pytest
 import requests
 
-from helpers import DaemonProcess, SecretLedger, names, parse_events, write_credential
+from helpers import DaemonProcess, SecretLedger, names, parse_events, run_rotator, write_credential
 from rotator.errors import CasMismatchError
 from rotator.faults import PAUSE_ENV
 from rotator.sandbox.services import MotoServer, RaftCluster, free_port
@@ -354,3 +354,64 @@ def test_a_write_landing_between_the_data_read_and_the_metadata_read_is_not_read
     store.read_metadata = another_process_writes_first  # type: ignore[method-assign]
     assert store.read("secret", path) == Versioned({"holder": "other"}, 1)
     assert writes == [1]
+
+
+@pytest.mark.slow
+def test_rotate_caught_without_a_leader_fails_and_run_again_finishes_the_same_rotation(
+    healed: RaftCluster, moto: MotoServer, iam_admin: Any, iam_user: str, config_dir: Path, unique: str,
+) -> None:
+    """`rotator rotate` on a standby; once the new key is stashed, the active
+    node and the other standby are killed, so no leader can be elected until
+    one comes back. The command cannot write the record and exits 1, its
+    lease left behind. With a leader again, `rotate` run again sees the
+    holder is gone, resumes the same rotation and completes it: one key
+    minted, one live version, no orphan."""
+    raft = healed
+    prefix = f"rotator-test/{unique}"
+    live_path = f"apps/{iam_user}"
+    write_credential(config_dir, iam_user, params={"user_name": iam_user}, path=live_path)
+    active, standby = raft.active(), raft.standbys()[0]
+    assert active is not None
+    other = next(i for i in range(len(raft.addrs)) if i not in (active, standby))
+    env = rotator_env(raft, standby, moto, config_dir, prefix)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "ROTATOR_", "AWS_"))}
+    first = subprocess.Popen([sys.executable, "-m", "rotator", "rotate", iam_user], env={**base, **env, PAUSE_ENV: "after-stash:0.5"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    lines = []
+    for line in first.stdout:  # ends when the process does
+        lines.append(line)
+        if '"credential.issued"' in line:
+            raft.kill(active)
+            raft.kill(other)  # one node of three: no quorum, no leader
+            break
+    killed_at = time.monotonic()
+    out, err = first.communicate(timeout=120)
+    failed_after = time.monotonic() - killed_at
+    first_events = parse_events("".join(lines) + out)
+    assert first.returncode == 1, err[-1500:]
+    assert "rotation.completed" not in names(first_events)
+    raft.restart(other)
+    raft.wait_for_active(timeout=30)
+    state = state_of(raft, prefix, iam_user)
+    assert state["pending"]["phase"] == "issued" and state["lease"] is not None
+    rerun_at = time.monotonic()
+    again = run_rotator(["rotate", iam_user], env)
+    print(f"\nRAFT rotate without a leader: exit {first.returncode} {failed_after:.1f}s after the kill "
+          f"({sorted({e.get('step') or e['event'] for e in first_events if 'failed' in e['event']})}); "
+          f"run again: exit {again.returncode} in {time.monotonic() - rerun_at:.1f}s")
+    assert again.returncode == 0, again.stderr[-1500:]
+    events = parse_events(again.stdout)
+    assert [e["reason"] for e in events if e["event"] == "rotation.started"] == ["recovery"]
+    assert names(events).count("rotation.completed") == 1
+    data, meta = live_of(raft, live_path)
+    assert data is not None and meta["current_version"] == 1
+    assert works_at_moto(moto, data)
+    state = state_of(raft, prefix, iam_user)
+    assert state["pending"] is None and state["rotations"] == 1 and state["current"]["key_id"] == data["access_key_id"]
+    assert keys_at_moto(iam_admin, iam_user) == {data["access_key_id"]} == {meta["custom_metadata"]["rotator-key-id"]}
+    ledger = SecretLedger()
+    ledger.add(data["secret_access_key"])
+    ledger.capture("first rotate", "".join(lines) + out + err)
+    ledger.capture("second rotate", again.stdout + again.stderr)
+    ledger.assert_clean()
