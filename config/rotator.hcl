@@ -2,7 +2,8 @@
 #   bao policy write rotator config/rotator.hcl     (or: vault policy write ...)
 # Adjust "secret/" and the paths below to ROTATOR_STATE_MOUNT/PREFIX and to
 # the vault.mount/vault.path of your credential files. Nothing here allows
-# deleting or destroying a version, or any sys/ call.
+# deleting or destroying a version, or any sys/ call, except destroying the
+# rotator's own stash entries once their credential is revoked.
 
 # Rotation state records (ROTATOR_STATE_PREFIX=rotator/state): check-and-set
 # writes, reads, and listing them for status, report and recovery. These
@@ -14,6 +15,18 @@ path "secret/data/rotator/state/*" {
 }
 path "secret/metadata/rotator/state/*" {
   capabilities = ["read", "list"]
+}
+
+# The stash (ROTATOR_STASH_PREFIX, default rotator/state-stash): one entry
+# per issued credential holding what recovery and revocation need (its live
+# fields, a token that revokes itself). Written once (check-and-set create),
+# read back after a crash or to revoke, destroyed once the credential is
+# revoked. The reader policy (config/rotator-reader.hcl) has none of this.
+path "secret/data/rotator/state-stash/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/rotator/state-stash/*" {
+  capabilities = ["read", "delete"]
 }
 
 # Live credentials. EXAMPLE: narrow "apps/*" to the vault.path values of your

@@ -116,6 +116,8 @@ class AwsIamAccessKeyProvider(Provider):
     # -- clients -----------------------------------------------------------------
 
     def _session(self) -> tuple[boto3.session.Session, datetime | None]:
+        # The rotator's own AWS secrets, and an assumed role's, are masked too.
+        self.context.register_secret(os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"))
         base = boto3.session.Session(region_name=self.params.region)
         if self.params.role_arn is None:
             return base, None
@@ -124,6 +126,7 @@ class AwsIamAccessKeyProvider(Provider):
             f"assuming {self.params.role_arn}",
             lambda: sts.assume_role(RoleArn=self.params.role_arn, RoleSessionName="rotator")["Credentials"],
         )
+        self.context.register_secret(creds.get("SecretAccessKey"), creds.get("SessionToken"))
         session = boto3.session.Session(
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
@@ -163,6 +166,7 @@ class AwsIamAccessKeyProvider(Provider):
             raise NoCapacityError(f"IAM user {user} already has 2 access keys (AWS's limit): {detail}", blocking_key_ids=ids)
         created = _aws(f"creating an access key for {user}", lambda: iam.create_access_key(UserName=user)["AccessKey"])
         key_id, secret = created["AccessKeyId"], created["SecretAccessKey"]
+        self.context.register_secret(secret)
         crashpoint("aws-after-create")  # tests: a crash between "create" and "mark"
         try:
             _aws(

@@ -144,7 +144,8 @@ class _GitHubAppProvider(Provider):
         with self._state_lock:
             if self._http_client is None:
                 self._http_client = GitHubHttp(
-                    self._app.api_url, app_id=str(self._app.app_id), clock=self.context.clock, user_agent=self.context.user_agent
+                    self._app.api_url, app_id=str(self._app.app_id), clock=self.context.clock, user_agent=self.context.user_agent,
+                    register_secret=self.context.register_secret,
                 )
             return self._http_client
 
@@ -253,6 +254,7 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
             if key.mark == KeyMark(ctx.credential, ctx.rotation_id):
                 self.revoke(key.handle)
         private_key, public_key = new_ed25519_pair()
+        self.context.register_secret(private_key)
         body = {"title": title, "key": public_key, "read_only": self.p.read_only}
         response = self._send("POST", f"{self._repo_path}/keys", json=body)
         action = f"adding a deploy key to {self.p.repository}"

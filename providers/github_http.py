@@ -177,8 +177,14 @@ def check_response(response: httpx.Response, *, clock: Clock, action: str, ok: t
 class GitHubHttp:
     """A thin httpx transport bound to one API base URL and one App."""
 
-    def __init__(self, api_url: str, *, app_id: str, clock: Clock, user_agent: str, timeout: float = 15.0) -> None:
+    def __init__(
+        self, api_url: str, *, app_id: str, clock: Clock, user_agent: str, timeout: float = 15.0,
+        register_secret: Callable[..., None] = lambda *_: None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
+        # Every bearer this transport sends (JWTs, installation tokens) and
+        # every token GitHub answers with is registered for masking.
+        self.register_secret = register_secret
         self.app_id = app_id
         self.clock = clock
         self._origin = _origin(self.api_url)
@@ -207,6 +213,7 @@ class GitHubHttp:
         if _origin(url) != self._origin:
             scheme, host, port = _origin(url)
             raise PermanentError(f"GitHub pointed to {scheme}://{host}:{port}, outside the configured api_url; refusing to follow")
+        self.register_secret(auth)
         headers = {"Authorization": f"Bearer {auth}"}
         what = f"{method} {urlsplit(url).path}"
         try:
@@ -263,7 +270,9 @@ class AppAuth:
 
     def jwt(self) -> str:
         key = load_app_key(self._read_secret(self.private_key_ref), where=self.private_key_ref)
-        return app_jwt(self.http.app_id, key, now=self.http.clock.now())
+        token = app_jwt(self.http.app_id, key, now=self.http.clock.now())
+        self.http.register_secret(token)
+        return token
 
     def mint(
         self,
@@ -284,6 +293,8 @@ class AppAuth:
         self._check_mint(response, hint=hint)
         data = json_body(response, dict, action=f"minting an installation token (installation {self.installation_id})")
         token, expires = data.get("token"), data.get("expires_at")
+        if isinstance(token, str):
+            self.http.register_secret(token)  # before anything below can raise
         if not isinstance(token, str) or not token or not isinstance(expires, str):
             raise PermanentError(f"GitHub's access token answer for installation {self.installation_id} lacks token or expires_at")
         try:

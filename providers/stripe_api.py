@@ -269,6 +269,7 @@ class StripeManagedApiKeyProvider(_StripeProvider):
             raise PermanentError(f"Stripe created a key without an id (named {name}); the orphan sweep will find it")
         try:
             api_key = open_created_secret(key, pair)
+            self.context.register_secret(api_key)
         except JweError as exc:
             raise PermanentError(f"Stripe key {key_id}: {exc}; {self._expire_quietly(key_id)}") from None
         return IssuedCredential(
@@ -424,6 +425,8 @@ class StripeWebhookSecretProvider(_StripeProvider):
             form["api_version"] = self.params.event_api_version
         endpoint, _ = self._create(ctx, "/v1/webhook_endpoints", lambda _: {"form": form}, api_key=self._management_key())
         endpoint_id, secret = endpoint.get("id"), endpoint.get("secret")
+        if isinstance(secret, str):
+            self.context.register_secret(secret)  # before anything below can raise
         if not isinstance(endpoint_id, str) or not _OBJECT_ID.fullmatch(endpoint_id):
             raise PermanentError(f"Stripe created a webhook endpoint without an id (marked {mark})")
         if not isinstance(secret, str) or not re.fullmatch(r"whsec_[A-Za-z0-9+/=_-]{8,}", secret):

@@ -2,13 +2,15 @@
 
 Every event is one line with `timestamp` (RFC 3339 UTC, `Z`), `level` and
 `event`. A redaction processor runs last before rendering, as a safety net
-under the rule that no secret value is ever passed to a log call:
+under the rule that no secret value is ever passed to a log call. It
+visits every string of the event (the event name, nested values, dict keys,
+and bytes after decoding them as UTF-8):
 - values under keys that name secrets (`secret`, `token`, `password`, ...)
   are masked;
-- every secret the process has seen (registered by the engine when minted
-  or read) is masked wherever it appears inside any string;
-- strings that look like a secret (a private key, a Stripe or GitHub token)
-  are masked.
+- every secret the process has seen, in any encoded or cut-off form, is
+  masked wherever it appears (`rotator.redaction`);
+- a string that still looks like a secret (a private key, a Stripe or
+  GitHub token, a JWT) is masked whole.
 With an audit file configured, each event is also appended to it with its
 hash chain before being printed.
 """
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -26,48 +26,15 @@ from typing import Any, TextIO
 import structlog
 
 from rotator.fields import secret_lookalike
+from rotator.redaction import REDACTED, SECRETS, register_secret
 
-REDACTED = "[REDACTED]"
+__all__ = ["REDACTED", "SECRETS", "configure", "get_logger", "redact", "redact_text", "register_secret"]
+
 _SECRET_KEY_PARTS = ("secret", "token", "password", "passwd", "private_key", "api_key", "credential_data", "handle", "ciphertext")
 # Keys whose name contains a secret-ish word but whose value is never secret.
 _PUBLIC_KEYS = {"key_id", "credential", "token_type", "rotator-key-id"}
-
-
-class SecretRegistry:
-    """The secret values this process has seen, to mask them in any output.
-
-    Bounded: a long-running daemon forgets the oldest first.
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._values: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-        self._limit = limit
-
-    def add(self, value: str | None) -> None:
-        if not value or len(value) < 8:
-            return
-        with self._lock:
-            self._values[value] = None
-            self._values.move_to_end(value)
-            while len(self._values) > self._limit:
-                self._values.popitem(last=False)
-
-    def scrub(self, text: str) -> str:
-        with self._lock:
-            values = list(self._values)
-        for value in values:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
-
-
-SECRETS = SecretRegistry()
-
-
-def register_secret(*values: str | None) -> None:
-    for value in values:
-        SECRETS.add(value)
+# Fields every event has, whose values the processor itself made.
+_OWN_FIELDS = frozenset({"timestamp", "level"})
 
 
 def _is_secret_key(key: str) -> bool:
@@ -75,26 +42,45 @@ def _is_secret_key(key: str) -> bool:
     return lowered not in _PUBLIC_KEYS and any(part in lowered for part in _SECRET_KEY_PARTS)
 
 
+def redact_text(text: str) -> str:
+    """A string fit for output: registered secrets masked, and the whole
+    string masked if what is left still looks like a secret."""
+    scrubbed = SECRETS.scrub(text)
+    return REDACTED if secret_lookalike(scrubbed) else scrubbed
+
+
+def _redact_key(key: Any) -> Any:
+    return redact_text(key) if isinstance(key, str) else key
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        scrubbed = SECRETS.scrub(value)
-        return REDACTED if secret_lookalike(scrubbed) else scrubbed
+        return redact_text(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return redact_text(bytes(value).decode("utf-8", errors="replace"))
     if isinstance(value, dict):
-        return {k: (REDACTED if _is_secret_key(str(k)) else _redact_value(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+        return {_redact_key(k): (REDACTED if _is_secret_key(str(k)) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_redact_value(v) for v in value]
     if isinstance(value, BaseException):
         return _redact_value(f"{type(value).__name__}: {value}")
-    return value
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return _redact_value(str(value))  # whatever it is, it is printed as its str()
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: the safety net described above."""
-    for key in list(event_dict):
-        if key in {"timestamp", "level", "event"}:
-            continue
-        event_dict[key] = REDACTED if _is_secret_key(key) else _redact_value(event_dict[key])
-    return event_dict
+    """structlog processor: the safety net described above. Every string is
+    scrubbed, the event name and the keys included."""
+    out: dict[str, Any] = {}
+    for key, value in event_dict.items():
+        if key in _OWN_FIELDS:
+            out[key] = value
+        elif key == "event":
+            out[key] = _redact_value(value)
+        else:
+            out[_redact_key(key)] = REDACTED if _is_secret_key(str(key)) else _redact_value(value)
+    return out
 
 
 def _timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

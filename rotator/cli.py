@@ -214,11 +214,11 @@ def status(as_json: bool, config_dir: Path | None) -> None:
     Exits 1 when Vault is unreachable."""
     from rotator.inventory import collect_status, render_status_table
 
+    from rotator.audit import SECRETS
+
     rows = _read_state(config_dir, collect_status)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=_json_default))
-    else:
-        click.echo(render_status_table(rows))
+    text = json.dumps(rows, indent=2, default=_json_default) if as_json else render_status_table(rows)
+    click.echo(SECRETS.scrub(text))  # a safety net, as for report
 
 
 @cli.command()
@@ -287,7 +287,9 @@ def _read_state(config_dir: Path | None, collect: Callable[[App, LoadResult], T]
     try:
         return collect(build_app(settings), result)
     except RotatorError as exc:
-        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {exc}", err=True)
+        from rotator.audit import redact_text
+
+        click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {redact_text(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
 
 

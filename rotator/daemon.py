@@ -34,6 +34,7 @@ from rotator.engine import ReconcileResult
 from rotator.fileless import fileless_credential, has_work
 from rotator.provider import load_providers
 from rotator.errors import RotatorError
+from rotator.records import has_inline_secrets
 from rotator.state import StateRecord
 from rotator.timetable import due_at
 
@@ -245,8 +246,8 @@ class Daemon:
         # None from the machine means never (blocked, nothing to retire):
         # until the file changes or the change feed says someone acted.
         view.wake_at = machine.next_wake_at(record, policy, self.engine.clock.now()) or NEVER
-        if result.status == "locked":
-            view.wake_at = None
+        if result.status == "locked" or has_inline_secrets(record, view.cred.provider_cls.secret_fields):
+            view.wake_at = None  # read it again next tick (a schema 1 record: move its secrets to the stash)
         view.failing = bool(record and (record.attempts > 0 or any(e.attempts > 0 for e in record.retiring)))
 
     def run_pass(self, *, wait: bool = True) -> PassSummary:

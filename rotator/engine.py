@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from rotator import __version__, machine, retry, usage
-from rotator.audit import get_logger, register_secret
+from rotator.audit import get_logger, redact_text, register_secret
 from rotator.baseline import Baseline, find_baseline, needs_baseline
 from rotator.changes import ChangeFeed
 from rotator.clock import Clock, SystemClock, to_rfc3339
@@ -46,6 +46,7 @@ from rotator.holder import current as holder_identity
 from rotator.livepath import LivePath
 from rotator.machine import Policy, Request
 from rotator.notify import Notifier
+from rotator.records import RecordStore, default_stash_prefix, has_inline_secrets, public_view
 from rotator.provider import (
     IssueContext,
     IssuedCredential,
@@ -74,6 +75,7 @@ class EngineOptions:
     state_mount: str = "secret"
     state_prefix: str = "rotator/state"
     lease_seconds: float = 300.0
+    stash_prefix: str | None = None  # default: state_prefix + "-stash"
 
 
 @dataclass
@@ -112,6 +114,8 @@ class Engine:
         self.identity = holder_identity()
         self.holder = holder or self.identity.holder
         self.changes = ChangeFeed(store, mount=self.options.state_mount, prefix=self.options.state_prefix, holder=self.holder)
+        opts = self.options
+        self.records = RecordStore(store, opts.state_mount, opts.state_prefix, opts.stash_prefix or default_stash_prefix(opts.state_prefix))
         self._providers: dict[tuple[str, str, str], Provider] = {}
         self._policies: dict[tuple[str, str, str], Policy] = {}
         self._providers_lock = threading.Lock()
@@ -123,11 +127,8 @@ class Engine:
         return f"{self.options.state_prefix}/{name}"
 
     def read_record(self, name: str) -> tuple[StateRecord | None, int]:
-        current = self.store.read(self.options.state_mount, self.state_path(name))
-        if current.data is None:
-            return None, current.version
-        where = f"the state record of {name} ({self.options.state_mount}/{self.state_path(name)})"
-        return StateRecord.from_vault(current.data, where=where), current.version
+        """The record as readers see it: no secret value (those are in the stash)."""
+        return self.records.read(name)
 
     def _read_secret(self, ref: str) -> str:
         value = self.store.read_ref(ref)
@@ -157,7 +158,8 @@ class Engine:
             get_logger().warning("state.move_failed", credential=name, moved_to=to, error=str(exc))
 
     def _new_provider(self, cred: LoadedCredential) -> Provider:
-        context = ProviderContext(read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown, user_agent=f"rotator/{__version__}")
+        context = ProviderContext(read_secret=self._read_secret, clock=self.clock, shutdown=self.shutdown, user_agent=f"rotator/{__version__}",
+                                  register_secret=register_secret)
         return cred.provider_cls(cred.params, context)
 
     def close(self) -> None:
@@ -196,7 +198,7 @@ class Engine:
         record, version = self.read_record(spec.name)
         base = record or StateRecord.new(spec.name, spec.provider)
         now = self.clock.now()
-        if machine.next_action(base, policy, now, request) is None:
+        if machine.next_action(base, policy, now, request) is None and not has_inline_secrets(record, provider.secret_fields):
             return ReconcileResult("idle", record, version)
         if base.lease is not None and base.lease.is_held_by_other(self.holder, now):
             return ReconcileResult("locked", record, version)
@@ -233,9 +235,10 @@ class _Run:
     # -- persistence -------------------------------------------------------------
 
     def _write(self, record: StateRecord) -> None:
-        store, opts = self.engine.store, self.engine.options
-        self.version = store.write(opts.state_mount, self.engine.state_path(record.credential), record.to_vault(), cas=self.version)
-        self.record = record
+        # rotator.records: new secrets go to the stash first, then the record.
+        self.record, self.version = self.engine.records.save(
+            record, cas=self.version, previous=self.record, secret_fields=self.provider.secret_fields, scrub=redact_text,
+        )
         if record.lease is not None and record.lease.holder == self.engine.holder:
             self._lease_until = record.lease.expires_at
 
@@ -300,10 +303,11 @@ class _Run:
                 action = machine.next_action(self.record, self.policy, now, self.request)
                 if action is None:
                     break
+                self.record = self.engine.records.hydrate(self.record, action, self.provider.secret_fields)
                 self._do(action)
         except LeaseLostError as exc:
             self.log.warning("lease.lost", error=str(exc))
-            return ReconcileResult("locked", self.record, self.version, self.events)
+            return ReconcileResult("locked", self._public(), self.version, self.events)
         except RotatorError as exc:
             # Vault failed while persisting: the record in Vault is still a
             # consistent earlier state; the next reconcile resumes from it.
@@ -311,7 +315,11 @@ class _Run:
             self.status = "failed"
         self.release()
         self.engine.changes.record(self.record.credential)
-        return ReconcileResult(self.status, self.record, self.version, self.events, self.duration_seconds)
+        return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
+
+    def _public(self) -> StateRecord:
+        """The record as callers keep it: no secret value."""
+        return public_view(self.record, self.provider.secret_fields)
 
     def _bind_rotation(self, rotation_id: str) -> None:
         self.log = self.log.bind(rotation_id=rotation_id)
@@ -438,6 +446,11 @@ class _Run:
             except RotatorError as exc:
                 self._fail("sweep", exc)
                 return
+        try:
+            revoked += self._sweep_stash(revoked)
+        except RotatorError as exc:
+            self._fail("sweep", exc)
+            return
         self._apply(machine.Swept(tuple(revoked)))
         crashpoint("after-sweep")
 
@@ -460,6 +473,25 @@ class _Run:
             self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
             grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record,
         )
+
+    def _sweep_stash(self, revoked: list[str]) -> list[str]:
+        """A credential stashed but never recorded (a crash between the two
+        writes): revoked from its stash entry, which lists can't (GitHub
+        tokens), under the same rules as `_revoke_orphans`."""
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
+        if found is None:
+            return []
+        path, entry = found
+        if entry.key_id in revoked:
+            self.engine.records.forget(path)
+            return []
+        self.persist(self.record)  # renews the lease, or raises LeaseLostError
+        if entry.key_id in self.record.managed_key_ids() or self._live.names_as_live(entry.key_id):
+            return []
+        self._call(lambda: self.provider.revoke(entry.handle))
+        self.emit("orphan.revoked", key_id=entry.key_id)
+        self.engine.records.forget(path)
+        return [entry.key_id]
 
     def _is_orphan(self, key: Any, pending: Any) -> bool:
         """Made by this very rotation (its mark, or unmarked and new since it

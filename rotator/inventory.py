@@ -9,6 +9,7 @@ from typing import Any
 
 from rotator import machine
 from rotator.app import App
+from rotator.audit import redact_text
 from rotator.clock import to_rfc3339
 from rotator.config import LoadResult
 from rotator.fields import format_duration
@@ -36,7 +37,8 @@ def status_row(name: str, record: StateRecord | None, app: App, cred: Any | None
         "pending_revocations": summary.get("pending_revocations", []),
         "attempts": summary.get("attempts", 0),
         "next_attempt_at": summary.get("next_attempt_at"),
-        "last_error": summary.get("last_error"),
+        # Scrubbed when stored; again here, with what this process knows.
+        "last_error": redact_text(error) if isinstance(error := summary.get("last_error"), str) else None,
         "blocked": summary.get("blocked", False),
         "has_credential_file": cred is not None,
         "paused": summary.get("paused") if record is not None and machine.is_paused(record, now) else None,

@@ -163,10 +163,12 @@ def plan_command(as_json: bool, config_dir: Path | None) -> None:
     revocation with the key's last use), paused or blocked. Reads Vault
     only: never calls a provider and never writes. Exits 1 when Vault is
     unreachable."""
-    from rotator.audit import SECRETS
+    from rotator.audit import SECRETS, redact_text
     from rotator.cli import _read_state
 
     rows = _read_state(config_dir, collect_plan)
+    for row in rows:  # a reason may quote a last error: scrubbed when stored, and again here
+        row["reason"] = redact_text(row["reason"])
     text = json.dumps(rows, indent=2, default=_json_default) if as_json else render_table(rows)
     click.echo(SECRETS.scrub(text))
     sys.stdout.flush()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel
 
 from rotator.errors import PermanentError
+from rotator.redaction import register_secret
 
 if TYPE_CHECKING:
     from rotator.clock import Clock
@@ -85,12 +86,16 @@ class IssueContext:
 @dataclass
 class ProviderContext:
     """What the core hands a provider: a way to read referenced secrets, a
-    clock, and the shutdown event every wait should watch."""
+    clock, the shutdown event every wait should watch, and where to register
+    each secret value the moment the provider learns one (a minted key, a
+    token it uses itself), so that no output, an error raised a line later
+    included, can carry it (contract §6.6)."""
 
     read_secret: Callable[[str], str]
     clock: Clock
     shutdown: threading.Event = field(default_factory=threading.Event)
     user_agent: str = "rotator"
+    register_secret: Callable[..., None] = register_secret
 
 
 class NoCapacityError(PermanentError):

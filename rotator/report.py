@@ -8,8 +8,10 @@ unused and unmanaged keys found by listing the provider.
 Invariants:
 - it only reads: Vault state records (through `rotator.inventory`) and
   provider listings; it never changes a key or a record;
-- no secret value: rows are built from `StateRecord.summary()`, key ids
-  and error messages, which never carry one;
+- no secret value: rows are built from `StateRecord.summary()` (records
+  hold none, see `rotator.records`), key ids and error messages, scrubbed
+  (`rotator.audit.redact_text`); an unexpected exception is named by its
+  type only;
 - a provider that cannot list says so ("not listable"); one that fails to
   list says why, and the other rows are unaffected.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 from rotator import retry
 from rotator.app import App
+from rotator.audit import redact_text
 from rotator.clock import to_rfc3339
 from rotator.compliance import Finding, assess, provider_reports_last_use
 from rotator.config import LoadedCredential, LoadResult
@@ -106,9 +109,9 @@ def _compliance(app: App, cred: LoadedCredential, now: datetime, allowance: time
             keys = retry.call_with_retry(provider.list_keys, clock=engine.clock, shutdown=engine.shutdown)
             listing = "listed"
         except RotatorError as exc:
-            listing = f"error: {exc}"
+            listing = f"error: {redact_text(str(exc))}"
         except Exception as exc:  # a provider bug must not cost the other rows
-            listing = f"error: unexpected {type(exc).__name__}: {exc}"
+            listing = f"error: unexpected {type(exc).__name__}"  # its message may quote a value: the type only
     record, _ = engine.read_record(cred.spec.name)
     findings = assess(cred.spec, record, keys, now, allowance=allowance, is_marking_atomic=provider.is_marking_atomic,
                       reports_last_use=provider_reports_last_use(provider))

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     )
     state_mount: str = Field(default="secret", description="KV v2 mount of the state records")
     state_prefix: str = Field(default="rotator/state", description="path prefix of the state records")
+    stash_prefix: str | None = Field(
+        default=None, description="path prefix (under the state mount) of the stash of secrets the records name; default: STATE_PREFIX-stash"
+    )
     tick_seconds: float = Field(default=10.0, gt=0, description="how often the daemon looks for due work")
     max_concurrency: int = Field(default=8, ge=1, le=256, description="rotations in flight at once")
     change_poll_seconds: float = Field(default=30.0, gt=0, description="how often the daemon reads the change feed to notice state changes made by others (rotator rotate, other replicas)")
@@ -95,6 +98,22 @@ class Settings(BaseSettings):
         if info.field_name == "audit_anchor" and "/" not in path:
             raise ValueError("must be MOUNT/PREFIX (a KV v2 mount, then a path prefix)")
         return path
+
+    @field_validator("stash_prefix")
+    @classmethod
+    def _safe_stash_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "":
+            return None
+        check_vault_path(value)
+        state = str(info.data.get("state_prefix", ""))
+        if value == state or value.startswith(state + "/"):
+            # Whoever may read the records (the reader policy) would read the stash too.
+            raise ValueError("must not lie inside ROTATOR_STATE_PREFIX: readers of the state records must not read the stash")
+        return value
+
+    @property
+    def effective_stash_prefix(self) -> str:
+        return self.stash_prefix or self.state_prefix + "-stash"
 
     @field_validator("alert_webhook_url", "alert_slack_webhook_url")
     @classmethod

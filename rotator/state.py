@@ -5,10 +5,15 @@ The record is a small frozen value. It is the single source of truth for a
 credential's progress: the state machine (`rotator.machine`) turns a record
 and an outcome into the next record, and the engine writes it back with
 check-and-set before and after every side effect, so any replica can resume
-any rotation. It holds secret values in two places only, both needed to
-finish work after a crash and both stored only in Vault: the stashed pending
-credential (`pending.data`, `pending.credential.handle`) and the handles
-needed to revoke older credentials (`handle` fields).
+any rotation.
+
+The record that readers see (`status`, `plan`, `report`) holds no secret
+value. What a crash recovery needs that is secret (the new credential's live
+fields, `pending.data`, and the secret parts of revocation handles) lives in
+the stash, one entry per issued credential, named by each key's `stash`
+field; `rotator.records` splits a record on write and fills it back in on
+demand. In memory, during a reconcile, a record may hold those values
+inline; schema version 1 records held them in Vault too, and still load.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rotator.errors import PermanentError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: secrets moved to the stash (1 still loads, and is migrated on write)
 
 Phase = Literal["intent", "issuing", "issued", "verified", "promoted", "rolling_back"]
 Stage = Literal["active", "deactivated"]
@@ -46,9 +51,17 @@ class KeyRecord(_Frozen):
 
     key_id: str
     rotation_id: str
-    handle: dict[str, str] = Field(default_factory=dict)
+    handle: dict[str, str] = Field(default_factory=dict)  # in Vault: the parts that are no secret
     issued_at: datetime
     expires_at: datetime | None = None
+    # Where this key's secrets are stashed (a KV v2 path under the state
+    # mount), and which handle fields live only there.
+    stash: str | None = None
+    stashed_fields: list[str] = Field(default_factory=list)
+
+    def lacks_secrets(self) -> bool:
+        """Whether the handle's secret parts are only in the stash (not loaded)."""
+        return any(f not in self.handle for f in self.stashed_fields)
 
 
 class Lease(_Frozen):
@@ -85,7 +98,7 @@ class Pending(_Frozen):
     # is an orphan of this rotation (providers whose mark is not atomic).
     preexisting_key_ids: list[str] = Field(default_factory=list)
     credential: KeyRecord | None = None
-    data: dict[str, str] | None = None  # the live fields, stashed
+    data: dict[str, str] | None = None  # the live fields: in the stash, inline only in memory (or schema 1)
     verify_attempts: int = 0
     failed_step: str | None = None  # set while rolling back: the step that failed
     failure_permanent: bool = False  # ...and whether retrying would help

@@ -48,6 +48,7 @@ from rotator.errors import (
     VaultUnavailableError,
 )
 from rotator.fields import parse_vault_ref
+from rotator.redaction import register_secret
 from rotator.vault_auth import TokenLease, TokenSession, VaultDeniedError
 
 T = TypeVar("T")
@@ -137,6 +138,7 @@ class VaultStore:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.connection = connection
+        register_secret(connection.token)  # the token must never reach an output
         logs_in = connection.auth_method in DEFAULT_AUTH_MOUNTS
         self.consistency = ConsistencyIndex()
         self._client = client or hvac.Client(
@@ -323,6 +325,14 @@ class VaultStore:
         )
         return int(response["data"]["version"])
 
+    def destroy(self, mount: str, path: str) -> None:
+        """Delete every version of `mount/path` and its metadata, for good
+        (a stash entry whose credential is revoked). Absent counts as done."""
+        try:
+            self._call(f"destroying {mount}/{path}", lambda: self._kv.delete_metadata_and_all_versions(path=path, mount_point=mount))
+        except NotFoundError:
+            return
+
     def read_metadata(self, mount: str, path: str) -> LiveMetadata | None:
         try:
             response = self._call(
@@ -437,6 +447,7 @@ class _HvacAuthenticator:
         conn, client, mount = self._store.connection, self._store._client, self.mount
         if self.method == "approle":
             secret_id = _read_file(conn.secret_id_file, "ROTATOR_VAULT_SECRET_ID_FILE")
+            register_secret(secret_id)
             response = self._store._send(
                 f"logging in with AppRole at auth/{mount}",
                 lambda: client.auth.approle.login(role_id=conn.role_id, secret_id=secret_id, mount_point=mount),
@@ -444,6 +455,7 @@ class _HvacAuthenticator:
             )
         elif self.method == "kubernetes":
             jwt = _read_file(conn.k8s_token_file, "the service-account token file")
+            register_secret(jwt)
             response = self._store._send(
                 f"logging in with Kubernetes auth at auth/{mount} as role {conn.k8s_role}",
                 lambda: client.auth.kubernetes.login(role=conn.k8s_role, jwt=jwt, mount_point=mount),
@@ -451,6 +463,7 @@ class _HvacAuthenticator:
             )
         else:
             raise PermanentError(f"the {self.method!r} auth method cannot log in again: give a new VAULT_TOKEN")
+        register_secret(response["auth"].get("client_token"))
         return TokenLease.from_auth(response["auth"])
 
     def look_up(self) -> TokenLease:

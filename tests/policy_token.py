@@ -27,8 +27,10 @@ def vault_policy_token(root: hvac.Client, *, policy_hcl: str | None = None, ttl:
     """A renewable token holding only the given policy (default: the shipped
     one) and not Vault's `default` policy, so it proves the policy suffices.
 
-    The shipped policy covers state under `secret/rotator/state/`: give a test
-    its own records with ROTATOR_STATE_PREFIX=rotator/state/<unique>.
+    The shipped policy covers state under `secret/rotator/state/` and the
+    stash under `secret/rotator/state-stash/`: give a test its own with
+    ROTATOR_STATE_PREFIX=rotator/state/<unique> and
+    ROTATOR_STASH_PREFIX=rotator/state-stash/<unique>.
     """
     name = f"rotator-{uuid.uuid4().hex[:8]}"
     root.sys.create_or_update_policy(name=name, policy=policy_hcl or VAULT_POLICY.read_text())

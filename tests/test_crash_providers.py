@@ -52,6 +52,7 @@ POINTS = [
     "after-intent",
     "after-issuing-marker",
     "after-issue",  # minted, not stashed
+    "after-stash-entry",  # stashed, not recorded: found from the stash, even an installation token
     "after-stash",
     "after-verify",
     "after-live-write",  # live written, metadata not yet
@@ -156,7 +157,7 @@ def test_crash_converges(crash_batches: dict[str, CrashBatch], github_clock: Shi
         assert [e["reason"] for e in events if e["event"] == "rotation.started"] == ["recovery"]
         assert "rotation.completed" in names(events)
     assert ("credential.revoked" in names(events)) == (point != "after-revoke"), "revoke-now survives the crash"
-    if point == "after-issue" and kind != TOKEN:
+    if (point == "after-issue" and kind != TOKEN) or point == "after-stash-entry":
         assert len([e for e in events if e["event"] == "orphan.revoked"]) == 1, "the credential minted before the crash is revoked"
     assert_converged(w, old=old, point=point, github_clock=github_clock)
 

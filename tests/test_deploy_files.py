@@ -287,3 +287,18 @@ def test_iam_policy_actions_suffice_and_nothing_more(moto: MotoServer, unique: s
         with pytest.raises(ClientError, match="AccessDenied"):
             denied()
     assert iam_policy()["Statement"][0]["Resource"] != "*"  # the shipped file stays scoped; only moto's copy is widened
+
+
+def test_policy_allows_the_stash_create_read_and_destroy_only(limited: hvac.Client, unique: str) -> None:
+    """Stash entries: created check-and-set, read back, destroyed after revocation; nothing else."""
+    kv = limited.secrets.kv.v2
+    path = f"rotator/state-stash/{unique}/x/r1"
+    kv.create_or_update_secret(path=path, secret={"key_id": "k"}, cas=0, mount_point="secret")
+    assert kv.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)["data"]["data"] == {"key_id": "k"}
+    with pytest.raises(hvac.exceptions.Forbidden):
+        kv.list_secrets(path=f"rotator/state-stash/{unique}", mount_point="secret")
+    with pytest.raises(hvac.exceptions.Forbidden):
+        limited.adapter.request("POST", f"/v1/secret/metadata/{path}", json={"max_versions": 1})
+    kv.delete_metadata_and_all_versions(path=path, mount_point="secret")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)

@@ -25,6 +25,7 @@ def test_rotation_works_under_the_shipped_policies_and_nothing_more(openbao, mot
         "VAULT_ADDR": openbao.addr,
         "VAULT_TOKEN": token,
         "ROTATOR_STATE_PREFIX": f"rotator/state/{unique}",
+        "ROTATOR_STASH_PREFIX": f"rotator/state-stash/{unique}",
         "ROTATOR_CONFIG_DIR": str(config_dir),
         "ROTATOR_LOG_FORMAT": "json",
     }
