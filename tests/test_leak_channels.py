@@ -2,8 +2,8 @@
 secrets back in its error messages, in every encoding, and every output
 channel of the real daemon and CLI checked for every registered secret in
 every form (rotator.testing.leaks): stdout events, the audit file, alerts,
-/metrics, the state records, `status`, `report`, and the exceptions they
-print.
+/metrics, the state records, `status`, `plan`, `report`, and the
+exceptions they print.
 
 The secrets pushed through: each minted installation token (echoed when it
 is used, and once quoted from inside `issue()`), the deploy-key provider's
@@ -182,7 +182,7 @@ def test_no_registered_secret_in_any_form_reaches_any_output_channel(  # type: i
         record = reader.read_secret_version(path=f"rotator/state/{unique}/{w.name}", mount_point="secret", raise_on_deleted_version=True)
         channels[f"state record {w.name}"] = json.dumps(record["data"]["data"])
         assert record["data"]["data"]["last_error"], "each record keeps its (scrubbed) last error"
-    for args in (["status", "--json"], ["status"], ["report", "--format", "json"], ["report", "--format", "markdown"]):
+    for args in (["status", "--json"], ["status"], ["plan"], ["report", "--format", "json"], ["report", "--format", "markdown"]):
         result = run_rotator(args, env)
         assert result.returncode == 0, result.stderr[-500:]
         channels[f"rotator {' '.join(args)}"] = result.stdout + result.stderr

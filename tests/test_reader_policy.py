@@ -1,5 +1,5 @@
 """The shipped reader policy (config/rotator-reader.hcl, contract §5 and
-§6.11): `status` and `report` work under a token holding only it, and that
+§6.11): `status`, `plan` and `report` work under a token holding only it, and that
 token can read no secret value: every live path, every stash entry and every
 management secret answers 403. The rotations themselves run under the
 shipped rotator policy (config/rotator.hcl), stash included."""
@@ -41,10 +41,10 @@ def _walk(kv: Any, path: str) -> Iterator[str]:
             yield f"{path}/{key}"
 
 
-def test_status_and_report_work_under_the_reader_policy_which_reads_no_secret(  # type: ignore[no-untyped-def]
+def test_status_plan_and_report_work_under_the_reader_policy_which_reads_no_secret(  # type: ignore[no-untyped-def]
     openbao, moto, bao_client: hvac.Client, iam_admin, fake_github, fake_stripe, tmp_path: Path, unique: str,
 ) -> None:
-    """Every provider kind rotated under rotator.hcl; status and report under rotator-reader.hcl; each secret read denied."""
+    """Every provider kind rotated under rotator.hcl; status, plan and report under rotator-reader.hcl; each secret read denied."""
     config_dir = tmp_path / "credentials.d"
     env = {
         **moto_policy_env(moto),
@@ -81,7 +81,8 @@ def test_status_and_report_work_under_the_reader_policy_which_reads_no_secret(  
     ledger.add(reader_token)
     reader_env = {**env, "VAULT_TOKEN": reader_token}
     stdout = {}
-    for args in (["status", "--json"], ["status"], ["report", "--format", "json"], ["report", "--format", "markdown"]):
+    for args in (["status", "--json"], ["status"], ["plan", "--json"], ["plan"], ["report", "--format", "json"],
+                 ["report", "--format", "markdown"]):
         result = run_rotator(args, reader_env)
         ledger.capture(f"rotator {' '.join(args)} under the reader policy", result.stdout + result.stderr)
         assert result.returncode == 0, f"rotator {' '.join(args)} under the reader policy: {result.stderr[-500:]}"
@@ -89,6 +90,9 @@ def test_status_and_report_work_under_the_reader_policy_which_reads_no_secret(  
     rows = json.loads(stdout["status --json"])
     assert sorted(r["credential"] for r in rows) == sorted([*(w.name for w in worlds), user])
     assert all(r["phase"] == "idle" and r["last_error"] is None for r in rows)
+    plan = json.loads(stdout["plan --json"])
+    assert sorted(r["credential"] for r in plan) == sorted([*(w.name for w in worlds), user])
+    assert all(r["action"] == "wait" for r in plan)
     report = json.loads(stdout["report --format json"])
     assert report["summary"]["credentials"] == len(KINDS) + 1
     ledger.assert_clean()
