@@ -125,12 +125,19 @@ def test_health_readiness_metrics_and_systemd_notifications(rotator_env, config_
 
     assert get("/healthz")[0] == 200
     assert get("/readyz")[0] == 200
+    # The counter is bumped when the reconcile returns, a moment after its
+    # last event was printed: poll for it (bounded) rather than race it.
+    expected = f'rotator_rotations_total{{credential="{iam_user}",outcome="completed",provider="aws.iam_access_key"}} 1.0'
+    deadline = time.monotonic() + 10
     status, body = get("/metrics")
+    while expected not in body and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status, body = get("/metrics")
     assert status == 200
     for metric in ("rotator_rotations_total", "rotator_rotation_duration_seconds", "rotator_credential_age_seconds",
                    "rotator_next_rotation_timestamp_seconds", "rotator_pending_revocations", "rotator_overdue_credentials"):
         assert metric in body
-    assert f'rotator_rotations_total{{credential="{iam_user}",outcome="completed",provider="aws.iam_access_key"}} 1.0' in body
+    assert expected in body
     assert daemon.stop() == 0
     messages = []
     while True:
