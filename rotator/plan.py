@@ -24,8 +24,8 @@ import click
 from rotator import machine
 from rotator.clock import to_rfc3339
 from rotator.config import LoadedCredential, LoadResult
-from rotator.state import Retiring, StateRecord
-from rotator.timetable import EPOCH, due_at
+from rotator.state import Retiring, StateRecord, StateRecordError
+from rotator.timetable import EPOCH, due_at, scheduled_at
 
 
 def plan_row(cred: LoadedCredential, record: StateRecord | None, policy: machine.Policy, now: datetime) -> dict[str, Any]:
@@ -104,10 +104,13 @@ def _why_wait(record: StateRecord, policy: machine.Policy, now: datetime, wake: 
     elif record.pending is None and record.next_attempt_at is not None and record.next_attempt_at > now:
         reasons.append(f"retry after {record.last_error_step} failed: {record.last_error}")
     elif record.pending is None and not machine.is_paused(record, now):
-        due = due_at(policy.schedule, record)
+        due, scheduled = due_at(policy.schedule, record), scheduled_at(policy.schedule, record)
+        window = policy.schedule.window.describe() if policy.schedule.window else ""
+        since = to_rfc3339(scheduled) if scheduled > EPOCH else "the start"
         if due <= now and not machine.is_in_window(policy, now):
-            reasons.append(f"window ({policy.schedule.window.describe() if policy.schedule.window else ''}) for the rotation due since "
-                           f"{to_rfc3339(due) if due > EPOCH else 'the start'}")
+            reasons.append(f"window ({window}) for the rotation due since {since}")
+        elif scheduled < due:
+            reasons.append(f"schedule: due {since}, starts when the window ({window}) opens at {to_rfc3339(due)}")
         else:
             reasons.append(f"schedule: next rotation due {to_rfc3339(due)}")
     return "; ".join(reasons) or "nothing due"
@@ -132,9 +135,20 @@ def collect_plan(app: Any, result: LoadResult) -> list[dict[str, Any]]:
     rows = []
     for name in sorted(result.credentials):
         cred = result.credentials[name]
-        record, _ = app.engine.read_record(name)
+        try:
+            record, _ = app.engine.read_record(name)
+        except StateRecordError as exc:  # one bad record never hides the others' plans
+            rows.append(_unreadable(cred, str(exc)))
+            continue
         rows.append(plan_row(cred, record, app.engine.policy_for(cred), now))
     return rows
+
+
+def _unreadable(cred: LoadedCredential, error: str) -> dict[str, Any]:
+    spec = cred.spec
+    return {"credential": spec.name, "provider": spec.provider, "owner": spec.owner, "action": "blocked", "key_id": None,
+            "at": None, "reason": error, "paused": None, "window": spec.schedule.window.describe() if spec.schedule.window else None,
+            "held": []}
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

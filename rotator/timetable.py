@@ -35,13 +35,19 @@ def base_due_at(schedule: Schedule, last_rotated_at: datetime) -> datetime:
 
 
 def due_at(schedule: Schedule, record: StateRecord | None) -> datetime:
-    """When the next rotation is due. A credential never rotated is due at once."""
+    """When the next rotation is due (inside the window). A credential never
+    rotated is due at once."""
+    return in_window(schedule, scheduled_at(schedule, record))
+
+
+def scheduled_at(schedule: Schedule, record: StateRecord | None) -> datetime:
+    """When the schedule alone makes the next rotation due, before the window."""
     if record is None or record.last_rotated_at is None:
         return EPOCH
     # The jitter was drawn when the last rotation completed; a shorter
     # jitter in a changed file still bounds it.
     jitter = min(record.jitter_seconds, schedule.jitter.total_seconds())
-    return in_window(schedule, base_due_at(schedule, record.last_rotated_at) + timedelta(seconds=jitter))
+    return base_due_at(schedule, record.last_rotated_at) + timedelta(seconds=jitter)
 
 
 def in_window(schedule: Schedule, moment: datetime) -> datetime:
