@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo bench schema clean
+.PHONY: install test demo bench simulate schema clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: install
 
 bench: install
 	$(PY) bench/scale.py --write docs/PERFORMANCE.md
+
+# The fault simulation's large sweep (docs/RELIABILITY.md): 100,000 seeded
+# schedules; prints schedules, steps, faults injected by kind, violations,
+# and a minimal replay of each failing schedule. SCHEDULES=N to change it.
+SCHEDULES ?= 100000
+simulate: install
+	$(PY) -m rotator.testing.sim --schedules $(SCHEDULES) --json .simulate.json
 
 # After changing a model: regenerate the schema editors read.
 schema: install

@@ -42,6 +42,7 @@ from rotator.errors import (
 )
 from rotator.faults import crashpoint
 from rotator.fileless import FilelessCredential
+from rotator.holder import Identity
 from rotator.holder import current as holder_identity
 from rotator.livepath import LivePath
 from rotator.machine import Policy, Request
@@ -106,12 +107,14 @@ class Engine:
         clock: Clock | None = None,
         shutdown: threading.Event | None = None,
         holder: str | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.store = store
         self.options = options or EngineOptions()
         self.clock = clock or SystemClock()
         self.shutdown = shutdown or threading.Event()
-        self.identity = holder_identity()
+        # `identity`: who the lease names (the simulation runs many replicas in one process).
+        self.identity = identity or holder_identity()
         self.holder = holder or self.identity.holder
         self.changes = ChangeFeed(store, mount=self.options.state_mount, prefix=self.options.state_prefix, holder=self.holder)
         opts = self.options

@@ -1,0 +1,418 @@
+"""The seeded explorer: make a schedule from a seed, run it against a fresh
+world, check the invariants after every step, run to quiescence, and on a
+violation shrink the schedule to a minimal replay.
+
+A schedule is plain data — a provider kind and a list of steps (tuples) —
+so a failing one prints as a line of Python that becomes a regression test:
+
+    replay("aws", [("tick", "r0", (CallFault(3, "lost"),)), ("advance", 86400), ...])
+
+Steps:
+- ("tick", SLOT, PLAN): a daemon replica reconciles every credential it has
+  a file for, with the call faults in PLAN;
+- ("rotate", REVOKE_NOW, PLAN): `rotator rotate NAME [--revoke-now]`;
+- ("pause", SLOT, AT, SECONDS, OTHER): SLOT reconciles, and before its
+  AT-th Vault call it stalls for SECONDS while OTHER (a replica, or "cli"
+  for `rotate --revoke-now`) runs; then it resumes;
+- ("advance", SECONDS), ("skew", SLOT, SECONDS);
+- ("state", lost|older|soft), ("foreign", garbage|restore),
+  ("edit", rename|delete|restore|flap|path|params) — flap: the file is
+  gone while one replica runs, then back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from rotator.machine import BACKOFF_CAP
+from rotator.testing.sim import invariants
+from rotator.testing.sim.faults import ALL_FAULTS, CALL_FAULTS, CallFault
+from rotator.testing.sim.providers import KINDS
+from rotator.testing.sim.world import LEASE_SECONDS, MOUNT, SLOTS, STATE_PREFIX, FileSpec, RunResult, Tracking, World
+
+Step = tuple[Any, ...]
+ADVANCES = (5, 30, 120, 400, 1200, 3600, 3 * 3600, 7 * 3600, 86400)
+RETRY_AFTERS = (1.0, 20.0, 90.0, 300.0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str
+    steps: tuple[Step, ...]
+    seed: int = 0
+
+    def replay_text(self) -> str:
+        body = ",\n    ".join(repr(s) for s in self.steps)
+        return f"replay({self.kind!r}, [\n    {body},\n], seed={self.seed})"
+
+
+# -- making schedules ---------------------------------------------------------------
+
+
+def generate(seed: int, *, faults: Iterable[str] = ALL_FAULTS, kinds: Sequence[str] | None = None,
+             steps: tuple[int, int] = (30, 40)) -> Schedule:
+    rng = random.Random(seed)
+    enabled = set(faults)
+    kind = rng.choice(list(kinds or KINDS))
+    call_kinds = [k for k in CALL_FAULTS if k in enabled]
+    menu: list[tuple[str, int]] = [("tick", 40), ("advance", 24), ("rotate", 4)]
+    optional = {"pause": 6, "skew": 2, "state_lost": 1, "state_older": 1, "state_soft_deleted": 1, "foreign_garbage": 1,
+                "foreign_restore": 1, "edit_rename": 2, "edit_delete": 1, "edit_restore": 1, "edit_path": 1, "edit_params": 1,
+                "revoke_now": 4}
+    menu += [(name, weight) for name, weight in optional.items() if name in enabled]
+    names, weights = zip(*menu, strict=True)
+    out: list[Step] = []
+    for _ in range(rng.randint(*steps)):
+        what = rng.choices(names, weights)[0]
+        out.append(_make_step(rng, what, call_kinds))
+    return Schedule(kind, tuple(out), seed)
+
+
+def _plan(rng: random.Random, call_kinds: list[str]) -> tuple[CallFault, ...]:
+    if not call_kinds or rng.random() < 0.45:
+        return ()
+    faults = []
+    for index in sorted(rng.sample(range(30), rng.choice((1, 1, 2, 3)))):
+        kind = rng.choice(call_kinds)
+        faults.append(CallFault(index, kind, rng.choice(RETRY_AFTERS) if kind == "429" else 0.0))
+    return tuple(faults)
+
+
+def _make_step(rng: random.Random, what: str, call_kinds: list[str]) -> Step:
+    if what == "tick":
+        return ("tick", rng.choice(SLOTS), _plan(rng, call_kinds))
+    if what == "advance":
+        return ("advance", rng.choice(ADVANCES))
+    if what in ("rotate", "revoke_now"):
+        return ("rotate", what == "revoke_now", _plan(rng, call_kinds))
+    if what == "pause":
+        slot = rng.choice(SLOTS)
+        other = rng.choice([s for s in SLOTS if s != slot] + ["cli"])
+        return ("pause", slot, rng.randrange(12), rng.choice((LEASE_SECONDS + 1, LEASE_SECONDS * 3, 3600.0)), other)
+    if what == "skew":
+        return ("skew", rng.choice(SLOTS), rng.choice((-120.0, -30.0, 0.0, 30.0, 120.0)))
+    if what == "edit_restore":
+        return ("edit", "flap")
+    group, _, detail = what.partition("_")
+    return (group, {"soft": "soft", "soft_deleted": "soft"}.get(detail, detail))
+
+
+# -- running -----------------------------------------------------------------------
+
+
+def apply_step(world: World, step: Step) -> None:
+    op = step[0]
+    if op == "tick":
+        world.with_plan(step[1], step[2], lambda: world.tick(step[1]))
+    elif op == "rotate":
+        if step[1]:
+            world.faults["revoke_now"] += 1
+        world.with_plan("cli", step[2], lambda: world.rotate(step[1]))
+    elif op == "pause":
+        _, slot, at, seconds, other = step
+        world.with_plan(slot, (), lambda: world.tick(slot), pause=(at, seconds, other))
+    elif op == "advance":
+        world.clock.advance(step[1])
+    elif op == "skew":
+        world.offsets[step[1]] = step[2]
+        world.faults["skew"] += 1
+    elif op == "state":
+        _state_fault(world, step[1])
+    elif op == "foreign":
+        _foreign_write(world, step[1])
+    elif op == "edit":
+        _edit(world, step[1])
+    else:
+        raise ValueError(f"unknown step {step!r}")
+
+
+def _state_fault(world: World, what: str) -> None:
+    files = list(world.files.values())
+    if not files:
+        return
+    path = f"{STATE_PREFIX}/{files[0].stem}"
+    kv = world.kv
+    current = kv.current_version(MOUNT, path)
+    if current == 0:
+        return
+    if what == "lost":
+        kv.delete_metadata(MOUNT, path)
+    elif what == "soft":
+        kv.delete_latest(MOUNT, path)
+    elif what == "older":
+        older = [v for v in kv.versions_of(MOUNT, path) if v <= current - 2 and kv.peek(MOUNT, path, v) is not None]
+        if not older:
+            return
+        kv._write(MOUNT, path, kv.peek(MOUNT, path, older[len(older) // 2]) or {}, current)
+    world.faults[f"state_{'soft_deleted' if what == 'soft' else what}"] += 1
+
+
+def _foreign_write(world: World, what: str) -> None:
+    files = list(world.files.values())
+    if not files:
+        return
+    path = files[0].path
+    kv = world.kv
+    current = kv.current_version(MOUNT, path)
+    if what == "garbage":
+        data: dict[str, Any] | None = {"note": "written by hand"}
+    else:
+        now_held = kv.peek(MOUNT, path)
+        data = next((kv.peek(MOUNT, path, v) for v in reversed(kv.versions_of(MOUNT, path))
+                     if v < current and kv.peek(MOUNT, path, v) not in (None, now_held)), None)
+        if data is None:
+            return
+    kv._write(MOUNT, path, data, current)
+    world.tracked.setdefault(path, Tracking()).foreign = True
+    world.faults[f"foreign_{what}"] += 1
+
+
+def _edit(world: World, what: str) -> None:
+    files = world.files
+    if what == "restore":
+        if not world.deleted:
+            return
+        stem, spec = world.deleted.popitem()
+        if files:
+            return
+        files[stem] = spec
+        world.tracked.setdefault(spec.path, Tracking()).retired = False
+    elif what == "flap":
+        # A file removed and put back while a replica ran (an editor's
+        # atomic save, a config-management run): the replica saw no file.
+        if not files:
+            return
+        saved = dict(files)
+        files.clear()
+        world.tick(SLOTS[1])
+        files.update(saved)
+        world.faults["edit_restore"] += 1
+        return
+    elif not files:
+        return
+    else:
+        stem, spec = next(iter(files.items()))
+        if what == "rename":
+            world.renames += 1
+            del files[stem]
+            new = f"app-r{world.renames}"
+            files[new] = FileSpec(new, spec.path, spec.params)
+        elif what == "delete":
+            del files[stem]
+            world.deleted = {stem: spec}
+        elif what == "path":
+            new_path = f"apps/app-moved{world.renames}{world.step_index}"
+            world.tracked.setdefault(spec.path, Tracking()).retired = True
+            files[stem] = FileSpec(stem, new_path, spec.params)
+            world.tracked[new_path] = Tracking()
+        elif what == "params":
+            files[stem] = FileSpec(stem, spec.path, _toggle_params(world.kind.name, spec.params))
+    world.faults[f"edit_{what}"] += 1
+
+
+def _toggle_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    if kind == "aws":
+        out["delete_after_deactivation"] = "1h" if params.get("delete_after_deactivation") == "2h" else "2h"
+    elif kind == "deploy_key":
+        out["read_only"] = not params.get("read_only", True)
+    elif kind == "installation_token":
+        out["permissions"] = None if params.get("permissions") else {"contents": "read"}
+    elif kind == "stripe_key":
+        out["permissions"] = ["customers_read"] if params.get("permissions") != ["customers_read"] else ["customers_read", "charges_read"]
+    else:
+        out["enabled_events"] = ["invoice.paid"] if params.get("enabled_events") != ["invoice.paid"] else ["invoice.paid", "charge.failed"]
+    return out
+
+
+def quiesce(world: World) -> None:
+    """Faults stop; time runs past grace, deactivation delays, backoff caps and leases."""
+    start = world.clock.now()
+    horizon = start + world.grace + timedelta(hours=2) + BACKOFF_CAP + timedelta(seconds=LEASE_SECONDS) + timedelta(minutes=30)
+    checkpoint = start + invariants.REVOKE_NOW_WINDOW
+    checked = False
+    for _ in range(80):
+        for slot in SLOTS:
+            world.tick(slot)
+        invariants.check_step(world)
+        if world.violations:
+            return
+        now = world.clock.now()
+        if not checked and now >= checkpoint:
+            invariants.check_revoke_now(world)
+            checked = True
+        wake = _next_wake(world)
+        if not checked:
+            wake = min(wake, checkpoint) if wake is not None else checkpoint
+        if wake is None or wake > horizon:
+            break
+        world.clock.advance(max(1.0, (wake - now).total_seconds() + 1.0 + max(abs(o) for o in world.offsets.values())))
+    if not checked:
+        invariants.check_revoke_now(world)
+    invariants.check_orphans(world)
+
+
+def _next_wake(world: World) -> Any:
+    """The earliest moment some replica may have work (mirrors the machine's gates)."""
+    now = world.clock.now()
+    times = []
+    names = {spec.stem for spec in world.files.values()}
+    for name, record in world.records().items():
+        if record.lease is not None and record.lease.expires_at > now:
+            times.append(record.lease.expires_at)  # nobody else acts before it expires
+            continue
+        if name not in names:
+            continue
+        if record.next_attempt_at is not None:
+            times.append(record.next_attempt_at)
+        elif record.pending is not None and record.blocked_fingerprint is None:
+            times.append(now)
+        for entry in record.retiring:
+            times.append(entry.next_attempt_at or (entry.revoke_after if entry.stage == "active" else entry.delete_after or now))
+        if record.last_rotated_at is not None:
+            times.append(record.last_rotated_at + world.every)
+    # Records hold times of the replica that wrote them, which may run behind.
+    skew = timedelta(seconds=max(abs(o) for o in world.offsets.values()) + 1)
+    future = [t for t in times if t > now - skew]
+    return max(min(future), now) if future else None
+
+
+def run(schedule: Schedule, *, quiescence: bool = True) -> RunResult:
+    random.seed(schedule.seed)  # tenacity's jitter: the same schedule replays exactly
+    world = World(schedule.kind)
+    result = RunResult()
+    for index, step in enumerate(schedule.steps):
+        world.step_index = index
+        apply_step(world, step)
+        result.steps += 1
+        if not world.violations:
+            invariants.check_step(world)
+        if world.violations:
+            break
+    else:
+        if quiescence:
+            world.step_index = len(schedule.steps)
+            quiesce(world)
+    result.violations = list(world.violations)
+    result.faults = world.faults
+    return result
+
+
+def replay(kind: str, steps: Sequence[Step], *, seed: int = 0) -> RunResult:
+    """Run one schedule given as data (a printed minimal replay)."""
+    return run(Schedule(kind, tuple(steps), seed))
+
+
+# -- shrinking ----------------------------------------------------------------------
+
+
+def shrink(schedule: Schedule, invariant: str, *, budget: int = 400) -> Schedule:
+    """A shorter schedule that still breaks `invariant` (greedy step and fault removal)."""
+    def fails(candidate: Schedule) -> bool:
+        return any(v.invariant == invariant for v in run(candidate).violations)
+
+    best = schedule
+    tries = 0
+    changed = True
+    while changed and tries < budget:
+        changed = False
+        steps = list(best.steps)
+        # Drop everything after the failing step first.
+        failing = next((v.step for v in run(best).violations if v.invariant == invariant), len(steps))
+        if failing + 1 < len(steps):
+            candidate = Schedule(best.kind, tuple(steps[: failing + 1]), best.seed)
+            tries += 1
+            if fails(candidate):
+                best, changed = candidate, True
+                continue
+        for chunk in (8, 4, 2, 1):
+            i = 0
+            while i < len(best.steps) and tries < budget:
+                steps = list(best.steps)
+                candidate = Schedule(best.kind, tuple(steps[:i] + steps[i + chunk:]), best.seed)
+                tries += 1
+                if candidate.steps and fails(candidate):
+                    best, changed = candidate, True
+                else:
+                    i += chunk
+        for i, step in enumerate(best.steps):
+            if step[0] in ("tick", "rotate") and step[-1]:
+                for j in range(len(step[-1])):
+                    plan = step[-1][:j] + step[-1][j + 1:]
+                    candidate_steps = list(best.steps)
+                    candidate_steps[i] = (*step[:-1], plan)
+                    candidate = Schedule(best.kind, tuple(candidate_steps), best.seed)
+                    tries += 1
+                    if fails(candidate):
+                        best, changed = candidate, True
+                        break
+    return best
+
+
+# -- sweeps --------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    seed: int
+    kind: str
+    invariant: str
+    detail: str
+    replay: str
+
+
+@dataclass
+class SweepReport:
+    schedules: int = 0
+    steps: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    violations: int = 0
+    by_invariant: Counter[str] = field(default_factory=Counter)
+    findings: list[Finding] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"schedules: {self.schedules}",
+            f"steps: {self.steps}",
+            f"seconds: {self.seconds:.1f}",
+            f"violations: {self.violations}",
+        ]
+        lines += [f"  {name}: {count}" for name, count in sorted(self.by_invariant.items())]
+        lines.append("faults injected by kind:")
+        lines += [f"  {name}: {self.faults.get(name, 0)}" for name in ALL_FAULTS]
+        return "\n".join(lines)
+
+
+def sweep(count: int, *, first_seed: int = 0, faults: Iterable[str] = ALL_FAULTS, kinds: Sequence[str] | None = None,
+          steps: tuple[int, int] = (30, 40), shrink_findings: int = 5, stop_after: int | None = None) -> SweepReport:
+    """Run `count` schedules; shrink the first `shrink_findings` failures of each invariant."""
+    enabled = tuple(faults)
+    report = SweepReport()
+    started = time.perf_counter()
+    shrunk: Counter[str] = Counter()
+    for seed in range(first_seed, first_seed + count):
+        schedule = generate(seed, faults=enabled, kinds=kinds, steps=steps)
+        result = run(schedule)
+        report.schedules += 1
+        report.steps += result.steps
+        report.faults.update(result.faults)
+        if result.violations:
+            first = result.violations[0]
+            report.violations += 1
+            report.by_invariant[first.invariant] += 1
+            if shrunk[first.invariant] < shrink_findings:
+                shrunk[first.invariant] += 1
+                small = shrink(schedule, first.invariant)
+                detail = next((str(v) for v in run(small).violations if v.invariant == first.invariant), str(first))
+                report.findings.append(Finding(seed, schedule.kind, first.invariant, detail, small.replay_text()))
+            if stop_after is not None and report.violations >= stop_after:
+                break
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,113 @@
+"""The guarantees of contract §6, as checks over a simulated world.
+
+Checked just before each provider or live-path effect (call time):
+- `never-revoke-live`: no revoke or deactivate targets a key that a live
+  path's current version holds (§6.1);
+- `grace`: a superseded credential is not revoked or deactivated before
+  `grace` has passed since its successor went live, unless a revoke-now
+  was asked after it was made (§6.3);
+- `one-lease-holder`: a process that mints a credential or writes a live
+  path holds a lease on some state record; after another process took the
+  lease over, the first does nothing more (§6.5);
+- `aws-two-keys`: an IAM user never holds more than 2 keys.
+
+Checked after every step:
+- `live-works`: from the first promotion on, each live path's current
+  version holds a credential the provider accepts (§6.1); a path someone
+  else wrote since is excused, and so is an installation token that died
+  of its own hour.
+
+Checked at quiescence (faults stopped, time run past grace, deactivation
+delays, backoff caps and leases):
+- `revoke-now-honoured`: every completed `rotate --revoke-now` left no
+  older credential accepted within 70 minutes of quiescence (§6.3);
+- `no-orphans`: nothing rotator-made is still accepted at the provider
+  except what a live path holds, a record's current or pending credential,
+  and credentials still inside their grace (§6.4, §6.8, §6.9).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from rotator.testing.sim.providers import AwsIam
+
+if TYPE_CHECKING:
+    from rotator.testing.sim.world import World
+
+CREATE_OPS = frozenset({"create_access_key", "POST keys", "POST access_tokens", "POST create"})
+RETIRE_OPS = frozenset({"delete_access_key", "update_access_key", "DELETE key", "DELETE installation/token", "POST expire", "DELETE endpoint"})
+REVOKE_NOW_WINDOW = timedelta(minutes=70)  # past the 1 h backoff cap
+
+
+def check_acting_holder(world: World, actor: str, what: str) -> None:
+    records = world.records()
+    if any(r.lease is not None and r.lease.holder == actor for r in records.values()):
+        return
+    holders = sorted({r.lease.holder for r in records.values() if r.lease is not None})
+    world.violate("one-lease-holder", f"{actor} made {what} without holding a lease (holders now: {holders or 'none'})")
+
+
+def _revoke_now_voids_grace(world: World, key_id: str) -> bool:
+    key = world.service.keys.get(key_id)
+    return key is not None and any(r.started_at >= key.created_at for r in world.revoke_now)
+
+
+def before_provider_effect(world: World, actor: str, op: str, target: str | None) -> None:
+    if op in CREATE_OPS:
+        check_acting_holder(world, actor, op)
+        return
+    if op not in RETIRE_OPS or target is None or not world.service.is_accepted(target):
+        return
+    holders = [path for path, key in world._live_keys().items() if key == target]
+    if holders:
+        world.violate("never-revoke-live", f"{actor} called {op} on {target}, which live path {holders[0]} holds")
+    superseded = world.superseded_at.get(target)
+    now = world.clock.now()
+    if superseded is not None and now < superseded + world.grace and not _revoke_now_voids_grace(world, target):
+        world.violate("grace", f"{actor} called {op} on {target} {now - superseded} after its successor went live (grace {world.grace})")
+
+
+def after_provider_effect(world: World, op: str) -> None:
+    if isinstance(world.service, AwsIam) and len(world.service.user_keys()) > AwsIam.LIMIT:
+        world.violate("aws-two-keys", f"the IAM user holds {len(world.service.user_keys())} keys after {op}")
+
+
+def check_step(world: World) -> None:
+    for path, tracking in world.tracked.items():
+        if not tracking.promoted or tracking.foreign or tracking.retired:
+            continue
+        key = world.service.key_of(world.kv.peek("secret", path))
+        if key is None:
+            world.violate("live-works", f"live path {path} holds no credential the rotator made")
+        elif not world.service.is_accepted(key) and not world.service.expired_naturally(key):
+            world.violate("live-works", f"live path {path} holds {key}, which the provider rejects")
+
+
+def check_revoke_now(world: World) -> None:
+    live = set(world._live_keys().values())
+    for request in world.revoke_now:
+        if request.completed_at is None:
+            continue
+        for key_id in sorted(request.targets - live):
+            if world.service.is_accepted(key_id):
+                world.violate("revoke-now-honoured",
+                              f"{key_id} is still accepted long after rotate --revoke-now completed at {request.completed_at:%H:%M:%S}")
+
+
+def check_orphans(world: World) -> None:
+    now = world.clock.now()
+    allowed = {key for key in world._live_keys(retired=True).values() if key}
+    for record in world.records().values():
+        if record.current is not None:
+            allowed.add(record.current.key_id)
+        if record.pending is not None and record.pending.credential is not None:
+            allowed.add(record.pending.credential.key_id)
+    for key_id, at in world.superseded_at.items():
+        if now < at + world.grace:
+            allowed.add(key_id)
+    for key in world.service.rotator_made():
+        if key.key_id not in allowed and world.service.is_accepted(key.key_id):
+            why = "never stashed" if key.key_id not in world.superseded_at else f"superseded at {world.superseded_at[key.key_id]:%d %H:%M}"
+            world.violate("no-orphans", f"{key.key_id} (made by {key.minted_by}, {why}) is still accepted at quiescence")

@@ -1,0 +1,289 @@
+"""An in-memory model of OpenBao's KV v2 engine, behind the same methods as
+`rotator.vault.VaultStore` that the engine, the live path and the change
+feed use (`read`, `read_data`, `read_many`, `read_version`, `write`,
+`read_metadata`, `merge_custom_metadata`, `list`, `walk`, `read_ref`).
+
+What it keeps of KV v2 (tests/test_sim_kv.py runs the same operations
+against the real OpenBao and compares, so the model cannot drift):
+- versions numbered from 1; `max_versions` (10 by default) old versions
+  kept, older ones pruned and unreadable;
+- check-and-set: `cas=0` writes only a path that does not exist; otherwise
+  `cas` must name the current version, whether or not it is deleted;
+- custom metadata: a merge patch of string values, the key and value size
+  limits and the 64-key limit; settings untouched;
+- soft delete of a version (its data unreadable, its number kept),
+  undelete, destroy, and deleting the whole path (metadata and all).
+
+Every call passes through `boundary`, a hook the simulation uses to inject
+faults at each call (lost responses, failures, crashes, pauses). By default
+it just applies the effect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from rotator.errors import CasMismatchError, NotFoundError, PermanentError
+from rotator.fields import parse_vault_ref
+from rotator.vault import (
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_BYTES,
+    LiveMetadata,
+    Versioned,
+)
+
+T = TypeVar("T")
+DEFAULT_MAX_VERSIONS = 10
+
+# boundary(op, mount, path, effect, mutating) -> effect's result
+Boundary = Callable[[str, str, str, Callable[[], Any], bool], Any]
+
+
+def _apply(op: str, mount: str, path: str, effect: Callable[[], T], mutating: bool) -> T:
+    return effect()
+
+
+@dataclass
+class _Version:
+    text: str  # the data as JSON, as Vault keeps it: every read returns a fresh copy
+    deleted: bool = False
+    destroyed: bool = False
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.text)
+
+
+@dataclass
+class _Entry:
+    versions: dict[int, _Version] = field(default_factory=dict)
+    current_version: int = 0
+    custom_metadata: dict[str, str] = field(default_factory=dict)
+    max_versions: int = 0  # 0: the mount's default
+    cas_required: bool = False
+
+
+class KvModel:
+    """KV v2 mounts in memory. `boundary` wraps every call (see module doc)."""
+
+    def __init__(self, *, boundary: Boundary | None = None) -> None:
+        self._mounts: dict[str, dict[str, _Entry]] = {}
+        self.boundary: Boundary = boundary or _apply
+        self.requests_made = 0
+
+    def view(self, boundary: Boundary) -> KvModel:
+        """The same mounts, seen through another boundary (one per simulated process)."""
+        other = object.__new__(KvModel)
+        other._mounts, other.boundary, other.requests_made = self._mounts, boundary, 0
+        return other
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _entries(self, mount: str) -> dict[str, _Entry]:
+        return self._mounts.setdefault(mount, {})
+
+    def _entry(self, mount: str, path: str) -> _Entry | None:
+        return self._entries(mount).get(path.strip("/"))
+
+    def _call(self, op: str, mount: str, path: str, effect: Callable[[], T], *, mutating: bool = False) -> T:
+        self.requests_made += 1
+        return self.boundary(op, mount, path, effect, mutating)
+
+    # -- the VaultStore surface ------------------------------------------------
+
+    def read(self, mount: str, path: str) -> Versioned:
+        return self._call("read", mount, path, lambda: self._read(mount, path))
+
+    def read_data(self, mount: str, path: str) -> dict[str, Any] | None:
+        return self._call("read", mount, path, lambda: self._read(mount, path).data)
+
+    def read_many(self, mount: str, paths: list[str], *, workers: int = 8) -> dict[str, Versioned]:
+        return {p: self.read(mount, p) for p in paths}
+
+    def read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
+        return self._call("read_version", mount, path, lambda: self._read_version(mount, path, version))
+
+    def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int) -> int:
+        text = json.dumps(dict(data))
+        return self._call("write", mount, path, lambda: self._write(mount, path, text, cas), mutating=True)
+
+    def read_metadata(self, mount: str, path: str) -> LiveMetadata | None:
+        return self._call("read_metadata", mount, path, lambda: self._metadata(mount, path))
+
+    def merge_custom_metadata(self, mount: str, path: str, updates: Mapping[str, str]) -> None:
+        for key, value in updates.items():
+            if len(key.encode()) > MAX_METADATA_KEY_BYTES or len(str(value).encode()) > MAX_METADATA_VALUE_BYTES:
+                raise PermanentError(f"custom metadata {key!r} on {mount}/{path} exceeds KV v2's size limits")
+        current = self.read_metadata(mount, path)
+        existing = set(current.custom_metadata) if current else set()
+        if len(existing | set(updates)) > MAX_METADATA_KEYS:
+            raise PermanentError(
+                f"{mount}/{path} has {len(existing)} custom metadata keys; adding the rotator's would pass KV v2's limit of {MAX_METADATA_KEYS}"
+            )
+        patch = {k: str(v) for k, v in updates.items()}
+        self._call("merge_metadata", mount, path, lambda: self._merge(mount, path, patch), mutating=True)
+
+    def list(self, mount: str, path: str) -> list[str]:
+        return self._call("list", mount, path, lambda: self._list(mount, path))
+
+    def walk(self, mount: str, path: str) -> Iterator[str]:
+        for key in self.list(mount, path):
+            if key.endswith("/"):
+                for sub in self.walk(mount, f"{path}/{key.rstrip('/')}"):
+                    yield f"{key}{sub}"
+            else:
+                yield key
+
+    def read_ref(self, ref: str) -> str:
+        mount, path, fld = parse_vault_ref(ref)
+        current = self.read(mount, path)
+        if current.data is None or fld not in current.data:
+            raise NotFoundError(f"Vault reference {ref} does not exist (no field {fld!r} at {mount}/{path})")
+        value = current.data[fld]
+        if not isinstance(value, str) or not value:
+            raise PermanentError(f"Vault reference {ref} is not a non-empty string")
+        return value
+
+    # VaultStore's session plumbing, as no-ops.
+    def login(self) -> None:
+        return None
+
+    def maintain_token(self) -> None:
+        return None
+
+    def is_ready(self) -> bool:
+        return True
+
+    # -- operator actions (no VaultStore method: `bao kv delete` and friends) --
+
+    def delete_latest(self, mount: str, path: str) -> None:
+        """`bao kv delete`: soft-delete the current version."""
+        entry = self._entry(mount, path)
+        if entry is not None and entry.current_version in entry.versions:
+            entry.versions[entry.current_version].deleted = True
+
+    def undelete(self, mount: str, path: str, versions: list[int]) -> None:
+        entry = self._entry(mount, path)
+        for number in versions:
+            if entry is not None and number in entry.versions and not entry.versions[number].destroyed:
+                entry.versions[number].deleted = False
+
+    def destroy(self, mount: str, path: str, versions: list[int]) -> None:
+        entry = self._entry(mount, path)
+        for number in versions:
+            if entry is not None and number in entry.versions:
+                entry.versions[number].destroyed = True
+                entry.versions[number].text = "{}"
+
+    def delete_metadata(self, mount: str, path: str) -> None:
+        """`bao kv metadata delete`: every version and the metadata, gone."""
+        self._entries(mount).pop(path.strip("/"), None)
+
+    def configure(self, mount: str, path: str, *, max_versions: int | None = None, cas_required: bool | None = None) -> None:
+        entry = self._entries(mount).setdefault(path.strip("/"), _Entry())
+        if max_versions is not None:
+            entry.max_versions = max_versions
+            self._prune(entry)
+        if cas_required is not None:
+            entry.cas_required = cas_required
+
+    def settings(self, mount: str, path: str) -> dict[str, Any] | None:
+        entry = self._entry(mount, path)
+        return None if entry is None else {"max_versions": entry.max_versions, "cas_required": entry.cas_required}
+
+    def versions_of(self, mount: str, path: str) -> list[int]:
+        """Version numbers still kept (readable or deleted), oldest first."""
+        entry = self._entry(mount, path)
+        return sorted(entry.versions) if entry else []
+
+    def peek(self, mount: str, path: str, version: int | None = None) -> dict[str, Any] | None:
+        """Read without passing the boundary (for invariants and tests)."""
+        entry = self._entry(mount, path)
+        if entry is None:
+            return None
+        number = version or entry.current_version
+        held = entry.versions.get(number)
+        if held is None or held.deleted or held.destroyed:
+            return None
+        return held.data
+
+    def peek_text(self, mount: str, path: str) -> str | None:
+        entry = self._entry(mount, path)
+        held = entry.versions.get(entry.current_version) if entry else None
+        return None if held is None or held.deleted or held.destroyed else held.text
+
+    def current_version(self, mount: str, path: str) -> int:
+        entry = self._entry(mount, path)
+        return entry.current_version if entry else 0
+
+    def peek_metadata(self, mount: str, path: str) -> dict[str, str]:
+        entry = self._entry(mount, path)
+        return dict(entry.custom_metadata) if entry else {}
+
+    # -- effects -----------------------------------------------------------------
+
+    def _read(self, mount: str, path: str) -> Versioned:
+        entry = self._entry(mount, path)
+        if entry is None or entry.current_version == 0:
+            return Versioned(None, 0)
+        held = entry.versions.get(entry.current_version)
+        if held is None or held.deleted or held.destroyed:
+            return Versioned(None, entry.current_version)
+        return Versioned(held.data, entry.current_version)
+
+    def _read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
+        entry = self._entry(mount, path)
+        if entry is None:
+            return None
+        held = entry.versions.get(version if version else entry.current_version)
+        if held is None or held.deleted or held.destroyed:
+            return None
+        return held.data
+
+    def _write(self, mount: str, path: str, data: dict[str, Any] | str, cas: int) -> int:
+        entries = self._entries(mount)
+        key = path.strip("/")
+        entry = entries.get(key)
+        current = entry.current_version if entry else 0
+        if cas != current:
+            raise CasMismatchError(f"check-and-set lost while writing {mount}/{path}")
+        if entry is None:
+            entry = entries[key] = _Entry()
+        entry.current_version = current + 1
+        entry.versions[entry.current_version] = _Version(data if isinstance(data, str) else json.dumps(data))
+        self._prune(entry)
+        return entry.current_version
+
+    @staticmethod
+    def _prune(entry: _Entry) -> None:
+        keep = entry.max_versions or DEFAULT_MAX_VERSIONS
+        for number in sorted(entry.versions):
+            if number <= entry.current_version - keep:
+                del entry.versions[number]
+
+    def _metadata(self, mount: str, path: str) -> LiveMetadata | None:
+        entry = self._entry(mount, path)
+        if entry is None:
+            return None
+        return LiveMetadata(entry.current_version, dict(entry.custom_metadata))
+
+    def _merge(self, mount: str, path: str, patch: dict[str, str]) -> None:
+        entry = self._entries(mount).get(path.strip("/"))
+        if entry is None:
+            # OpenBao answers 404 to a metadata patch of a path never written.
+            raise NotFoundError(f"not found while updating metadata of {mount}/{path}")
+        entry.custom_metadata.update(patch)
+
+    def _list(self, mount: str, path: str) -> list[str]:
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        found: set[str] = set()
+        for key in self._entries(mount):
+            if key.startswith(prefix):
+                rest = key[len(prefix):]
+                head, sep, _ = rest.partition("/")
+                found.add(head + "/" if sep else head)
+        return sorted(found)

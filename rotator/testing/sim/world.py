@@ -1,0 +1,362 @@
+"""One simulated world: a true clock, one KV v2 model, one provider service,
+the credential files, and the processes (daemon replicas, `rotator rotate`
+runs) that act on them — each a real `rotator.engine.Engine`.
+
+Everything runs in one thread and is deterministic for a given schedule:
+a process "runs" when a step says so, a pause is another process running
+inside one call of the first, and time moves only when a step advances it
+or a process sleeps (retries sleep on the injected clock).
+
+Every Vault and provider call passes through `_kv_boundary` or
+`_provider_boundary`: the step's fault plan is applied there, and the
+call-time invariants (`rotator.testing.sim.invariants`) are checked just
+before each effect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from rotator.config import CredentialSpec, LoadedCredential
+from rotator.engine import Engine, EngineOptions
+from rotator.errors import CasMismatchError
+from rotator.holder import Identity
+from rotator.machine import Request
+from rotator.state import StateRecord
+from rotator.testing.sim import invariants
+from rotator.testing.sim.faults import CallFault, SimCrash, error_for
+from rotator.testing.sim.kv import KvModel
+from rotator.testing.sim.providers import KINDS, Service, bind
+
+T = TypeVar("T")
+START = datetime(2026, 3, 1, tzinfo=UTC)
+MOUNT = "secret"
+STATE_PREFIX = "rotator/state"
+LEASE_SECONDS = 300.0
+SLOTS = ("r0", "r1")
+
+
+class TrueClock:
+    def __init__(self, start: datetime = START) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=max(0.0, seconds))
+
+
+class ProcessClock:
+    """A process's clock: true time plus its skew. Sleeping lets time pass for all."""
+
+    def __init__(self, true: TrueClock, actor: str, offset: Callable[[], float]) -> None:
+        self.true = true
+        self.actor = actor
+        self._offset = offset
+
+    def now(self) -> datetime:
+        return self.true.now() + timedelta(seconds=self._offset())
+
+    def sleep(self, seconds: float, *, until: threading.Event | None = None) -> bool:
+        if until is not None and until.is_set():
+            return True
+        self.true.advance(seconds)
+        return False
+
+
+@dataclass
+class Process:
+    actor: str
+    engine: Engine
+
+
+@dataclass
+class FileSpec:
+    """A credential file: its stem (the name), live path and params."""
+
+    stem: str
+    path: str
+    params: dict[str, Any]
+
+
+@dataclass
+class Tracking:
+    """What the invariants remember of one live path."""
+
+    promoted: bool = False  # the rotator wrote it at least once
+    foreign: bool = False  # someone else wrote it since the rotator last did
+    retired: bool = False  # no file names it any more (vault.path changed): consumers moved
+
+
+@dataclass
+class RevokeNow:
+    started_at: datetime
+    completed_at: datetime | None = None
+    targets: frozenset[str] = frozenset()  # rotator-made keys that existed when it was asked
+
+
+@dataclass
+class Violation:
+    invariant: str
+    detail: str
+    step: int
+
+    def __str__(self) -> str:
+        return f"step {self.step}: {self.invariant}: {self.detail}"
+
+
+class World:
+    def __init__(self, kind: str) -> None:
+        self.kind = KINDS[kind]
+        self.clock = TrueClock()
+        self.kv = KvModel()
+        self.service: Service = self.kind.make_service(self.clock.now)
+        self.service.boundary = self._provider_boundary
+        self.provider_cls = bind(self.kind.provider_cls, self.service)
+        example = CredentialSpec.model_validate(self._spec_doc(FileSpec("x", "apps/x", dict(self.kind.params))))
+        self.grace = example.grace
+        self.every = example.schedule.every or timedelta(days=1)
+        self.files: dict[str, FileSpec] = {"app": FileSpec("app", "apps/app", dict(self.kind.params))}
+        self.deleted: dict[str, FileSpec] = {}
+        self.offsets: dict[str, float] = dict.fromkeys(SLOTS, 0.0)
+        self.procs: dict[str, Process] = {}
+        self.incarnations: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.violations: list[Violation] = []
+        self.step_index = 0
+        self.tracked: dict[str, Tracking] = {"apps/app": Tracking()}
+        self.superseded_at: dict[str, datetime] = {}
+        self.revoke_now: list[RevokeNow] = []
+        self.renames = 0
+        self._loaded: dict[tuple[str, str, str], LoadedCredential] = {}
+        self._records: dict[tuple[str, int, str | None], StateRecord | None] = {}
+        # the fault plan of the step in progress
+        self._plan: dict[int, CallFault] = {}
+        self._plan_actor: str | None = None
+        self._calls = 0
+        self._pause: tuple[str, int, float, str] | None = None
+        self._vault_calls = 0
+
+    # -- credential files --------------------------------------------------------
+
+    def _spec_doc(self, spec: FileSpec) -> dict[str, Any]:
+        return {
+            "name": spec.stem, "provider": self.kind.provider_cls.kind, "owner": "sim",
+            "schedule": {"every": self.kind.every}, "grace": self.kind.grace,
+            "vault": {"mount": MOUNT, "path": spec.path}, "params": spec.params,
+        }
+
+    def loaded(self) -> list[LoadedCredential]:
+        out = []
+        for spec in self.files.values():
+            key = (spec.stem, spec.path, repr(sorted(spec.params.items())))
+            cred = self._loaded.get(key)
+            if cred is None:
+                doc = self._spec_doc(spec)
+                parsed = CredentialSpec.model_validate(doc)
+                cred = LoadedCredential(parsed, self.provider_cls, self.provider_cls.params_model.model_validate(parsed.params))
+                self._loaded[key] = cred
+            out.append(cred)
+        return out
+
+    # -- processes ---------------------------------------------------------------
+
+    def _new_process(self, slot: str) -> Process:
+        self.incarnations[slot] += 1
+        actor = f"{slot}.{self.incarnations[slot]}"
+        if slot == "cli" and self._plan_actor == "cli-next":
+            self._plan_actor = actor  # the step's faults are this run's
+        offset_slot = slot if slot in self.offsets else None
+        clock = ProcessClock(self.clock, actor, lambda: self.offsets.get(offset_slot, 0.0) if offset_slot else 0.0)
+        store = self.kv.view(lambda op, mount, path, effect, mutating: self._kv_boundary(actor, op, mount, path, effect, mutating))
+        identity = Identity(holder=actor, host="sim", boot_id=None, pid_namespace=None, pid=0, start_ticks=None)
+        engine = Engine(store, options=EngineOptions(state_mount=MOUNT, state_prefix=STATE_PREFIX, lease_seconds=LEASE_SECONDS),  # type: ignore[arg-type]
+                        clock=clock, holder=actor, identity=identity)
+        return Process(actor, engine)
+
+    def process(self, slot: str) -> Process:
+        proc = self.procs.get(slot)
+        if proc is None:
+            proc = self.procs[slot] = self._new_process(slot)
+        return proc
+
+    def tick(self, slot: str) -> None:
+        """A daemon replica's pass: reconcile every credential it has a file for."""
+        proc = self.process(slot)
+        for cred in self.loaded():
+            if self._run(proc, lambda c=cred: proc.engine.reconcile(c)) is SimCrash:
+                self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
+                return
+
+    def rotate(self, revoke_now: bool) -> str:
+        """`rotator rotate NAME [--revoke-now]`, once, as a process of its own."""
+        creds = self.loaded()
+        if not creds:
+            return "unknown"
+        proc = self._new_process("cli")
+        started = self.clock.now()
+        request = None
+        if revoke_now:
+            request = RevokeNow(started, targets=frozenset(k.key_id for k in self.service.rotator_made() if k.created_at <= started))
+            self.revoke_now.append(request)
+        result = self._run(proc, lambda: proc.engine.reconcile(creds[0], request=Request(revoke_now=revoke_now)))
+        status = "crashed" if result is SimCrash else getattr(result, "status", "error")
+        if request is not None and status == "completed":
+            request.completed_at = self.clock.now()
+        return status
+
+    @staticmethod
+    def _run(proc: Process, fn: Callable[[], T]) -> T | type[SimCrash] | None:
+        try:
+            return fn()
+        except SimCrash:
+            return SimCrash
+        except Exception:  # the daemon logs it and goes on with the others
+            return None
+
+    # -- running a step under a fault plan ------------------------------------------
+
+    def with_plan(self, actor_slot: str, plan: tuple[CallFault, ...], fn: Callable[[], T],
+                  pause: tuple[int, float, str] | None = None) -> T:
+        actor = self.process(actor_slot).actor if actor_slot in SLOTS else "cli-next"
+        self._plan = {f.index: f for f in plan}
+        self._plan_actor = actor
+        self._calls = 0
+        self._vault_calls = 0
+        self._pause = (actor, *pause) if pause else None  # type: ignore[assignment]
+        try:
+            return fn()
+        finally:
+            self._plan, self._plan_actor, self._pause = {}, None, None
+
+    def _fault_for(self, actor: str) -> CallFault | None:
+        if actor != self._plan_actor:
+            return None
+        index = self._calls
+        self._calls += 1
+        return self._plan.get(index)
+
+    def _maybe_pause(self, actor: str) -> None:
+        if self._pause is None or self._pause[0] != actor:
+            return
+        index = self._vault_calls
+        self._vault_calls += 1
+        _, at, seconds, other = self._pause
+        if index != at:
+            return
+        self._pause = None
+        self.faults["pause"] += 1
+        saved = (self._plan, self._plan_actor)
+        self._plan, self._plan_actor = {}, None
+        self.clock.advance(seconds)
+        if other == "cli":
+            self.rotate(revoke_now=True)
+        else:
+            self.tick(other)
+        self._plan, self._plan_actor = saved
+
+    def _kv_boundary(self, actor: str, op: str, mount: str, path: str, effect: Callable[[], T], mutating: bool) -> T:
+        self._maybe_pause(actor)
+        fault = self._fault_for(actor)
+        is_state = path.startswith(STATE_PREFIX + "/")
+        if fault is not None and fault.kind == "cas" and not (op == "write" and is_state):
+            fault = None
+        if fault is not None:
+            self.faults[fault.kind] += 1
+            if fault.kind in ("fail", "429"):
+                raise error_for(fault.kind, vault=True, op=f"{op} {mount}/{path}", retry_after=fault.retry_after)
+            if fault.kind == "crash":
+                raise SimCrash(f"{actor} crashed before {op} {path}")
+            if fault.kind == "cas":
+                self._concurrent_bump(mount, path)
+        live = mutating and not is_state and path in self.tracked
+        before = self._live_keys(retired=True) if live else None
+        if live:
+            invariants.check_acting_holder(self, actor, f"{op} of {path}")
+        result = effect()
+        if live and op == "write":
+            self._after_live_write(path, before or {})
+        if fault is not None and fault.kind == "lost":
+            raise error_for("lost", vault=True, op=f"{op} {mount}/{path}")
+        if fault is not None and fault.kind == "crash_after":
+            raise SimCrash(f"{actor} crashed after {op} {path}")
+        return result
+
+    def _provider_boundary(self, actor: str, op: str, target: str | None, effect: Callable[[], T], mutating: bool) -> T:
+        fault = self._fault_for(actor)
+        if fault is not None and fault.kind == "cas":
+            fault = None
+        if fault is not None:
+            self.faults[fault.kind] += 1
+            if fault.kind in ("fail", "429"):
+                raise error_for(fault.kind, vault=False, op=op, retry_after=fault.retry_after)
+            if fault.kind == "crash":
+                raise SimCrash(f"{actor} crashed before {op}")
+        if mutating:
+            invariants.before_provider_effect(self, actor, op, target)
+        result = effect()
+        if mutating:
+            invariants.after_provider_effect(self, op)
+        if fault is not None and fault.kind == "lost":
+            raise error_for("lost", vault=False, op=op)
+        if fault is not None and fault.kind == "crash_after":
+            raise SimCrash(f"{actor} crashed after {op}")
+        return result
+
+    def _concurrent_bump(self, mount: str, path: str) -> None:
+        """Another process wrote the record first (same content, one more version)."""
+        current = self.kv.current_version(mount, path)
+        data = self.kv.peek(mount, path)
+        if data is not None:
+            try:
+                self.kv._write(mount, path, data, current)
+            except CasMismatchError:
+                pass
+
+    # -- what the invariants look at ---------------------------------------------------
+
+    def _live_keys(self, *, retired: bool = False) -> dict[str, str | None]:
+        """The key each live path's current version holds (with `retired`: also paths no file names now)."""
+        return {path: self.service.key_of(self.kv.peek(MOUNT, path)) for path, t in self.tracked.items() if retired or not t.retired}
+
+    def _after_live_write(self, path: str, before: dict[str, str | None]) -> None:
+        new_key = self.service.key_of(self.kv.peek(MOUNT, path))
+        now = self.clock.now()
+        for key in before.values():
+            if key is not None and key != new_key:
+                self.superseded_at.setdefault(key, now)
+        self.tracked[path] = Tracking(promoted=True, foreign=False)
+
+    def records(self) -> dict[str, StateRecord]:
+        """Every readable state record, by credential name (parsed once per version)."""
+        out = {}
+        for name in self.kv._list(MOUNT, STATE_PREFIX):
+            if name.startswith("_") or name.endswith("/"):
+                continue
+            path = f"{STATE_PREFIX}/{name}"
+            key = (path, self.kv.current_version(MOUNT, path), self.kv.peek_text(MOUNT, path))
+            if key not in self._records:
+                data = self.kv.peek(MOUNT, path)
+                try:
+                    self._records[key] = StateRecord.from_vault(data) if data is not None else None
+                except ValueError:
+                    self._records[key] = None
+            if self._records[key] is not None:
+                out[name] = self._records[key]
+        return out
+
+    def violate(self, invariant: str, detail: str) -> None:
+        self.violations.append(Violation(invariant, detail, self.step_index))
+
+
+@dataclass
+class RunResult:
+    steps: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
