@@ -225,7 +225,7 @@ def _toggle_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     elif kind == "installation_token":
         out["permissions"] = None if params.get("permissions") else {"contents": "read"}
     elif kind == "stripe_key":
-        out["permissions"] = ["customers_read"] if params.get("permissions") != ["customers_read"] else ["customers_read", "charges_read"]
+        out["permissions"] = ["customer_read"] if params.get("permissions") != ["customer_read"] else ["customer_read", "charge_read"]
     else:
         out["enabled_events"] = ["invoice.paid"] if params.get("enabled_events") != ["invoice.paid"] else ["invoice.paid", "charge.failed"]
     return out

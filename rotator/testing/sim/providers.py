@@ -161,6 +161,7 @@ class AwsIam(Service):
     propagation = timedelta(seconds=8)
     secret_field = "secret_access_key"
     LIMIT = 2
+    DELETE_LAG = timedelta(seconds=5)  # a deleted or deactivated key works this long at STS
 
     def __init__(self, now: Callable[[], datetime], *, boundary: Boundary | None = None) -> None:
         super().__init__(now, boundary=boundary)
@@ -184,6 +185,17 @@ class AwsIam(Service):
             raise NotFoundError(f"AWS NoSuchEntity while deleting {key_id}")
         key.deleted_at = self.now()
 
+    def sts_accepts(self, key_id: str, secret: str) -> bool:
+        """STS's view: eventually consistent both ways (new keys late, removed keys late)."""
+        key = self.keys.get(key_id)
+        if key is None or key.secret != secret:
+            return False
+        now = self.now()
+        if now < key.created_at + self.propagation:
+            return False
+        ended = key.deleted_at or key.extra.get("inactive_at")
+        return ended is None or now < ended + self.DELETE_LAG
+
 
 class SimAwsIamAccessKeyProvider(_SimProvider):
     kind: ClassVar[str] = "aws.iam_access_key"
@@ -191,6 +203,7 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
     live_fields: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key")
     verify_budget: ClassVar[timedelta] = timedelta(seconds=45)
     is_marking_atomic: ClassVar[bool] = False
+    reports_key_use: ClassVar[bool] = True
     service: ClassVar[AwsIam]
     params: AwsIamParams
 
@@ -210,17 +223,13 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
         return IssuedCredential(
             key_id=key.key_id,
             data={"access_key_id": key.key_id, "secret_access_key": key.secret},
-            handle={"user_name": self.params.user_name, "access_key_id": key.key_id},
+            handle={"user_name": self.params.user_name, "access_key_id": key.key_id, "secret_access_key": key.secret},
         )
 
     def verify(self, credential: IssuedCredential) -> None:
-        iam = self.service
-
-        def caller_identity() -> bool:
-            key = iam.keys.get(credential.key_id)
-            return key is not None and key.secret == credential.data["secret_access_key"] and iam.is_accepted(key.key_id)
-
-        if not self._call("sts_get_caller_identity", caller_identity):
+        accepted = self._call("sts_get_caller_identity",
+                              lambda: self.service.sts_accepts(credential.key_id, credential.data["secret_access_key"]))
+        if not accepted:
             raise TransientError(f"STS does not accept key {credential.key_id} yet (InvalidClientTokenId)")
 
     def retire_delay(self) -> timedelta | None:
@@ -234,7 +243,9 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
             key = iam.keys.get(key_id)
             if key is None or key.deleted_at is not None:
                 raise NotFoundError(f"AWS NoSuchEntity while deactivating {key_id}")
-            key.active = False
+            if key.active:
+                key.active = False
+                key.extra["inactive_at"] = iam.now()
 
         try:
             self._call("update_access_key", update, target=key_id, mutating=True)
@@ -254,8 +265,19 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
             pass
 
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        key_id, secret = handle["access_key_id"], handle.get("secret_access_key")
+        if secret:  # revoked means STS rejects the old key itself
+            return not self._call("sts_get_caller_identity", lambda: self.service.sts_accepts(key_id, secret))
         keys = self._call("list_access_keys", lambda: [k.key_id for k in self.service.user_keys()])
-        return handle["access_key_id"] not in keys
+        return key_id not in keys
+
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        key_id = data.get("access_key_id")
+        return ProviderKey(key_id=key_id, handle={"user_name": self.params.user_name, "access_key_id": key_id}) if key_id else None
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        key = self.service.keys.get(handle["access_key_id"])
+        return self._call("get_access_key_last_used", lambda: key.last_used_at if key is not None and key.deleted_at is None else None)
 
     def list_keys(self) -> list[ProviderKey]:
         iam = self.service
@@ -294,10 +316,15 @@ class SimGitHubDeployKeyProvider(_SimProvider):
     kind = "github.deploy_key"
     params_model = DeployKeyParams
     live_fields = ("private_key", "public_key", "key_id", "fingerprint")
+    is_issue_retry_safe = True
+    reports_key_use = True
     service: ClassVar[GitHubRepo]
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
         title = f"{self.params.title_prefix}:{ctx.credential}:{ctx.rotation_id}"  # type: ignore[attr-defined]
+        for listed in self.list_keys():  # a lost create of this rotation left one: delete it first
+            if listed.mark == KeyMark(ctx.credential, ctx.rotation_id):
+                self.revoke(listed.handle)
         read_only = self.params.read_only  # type: ignore[attr-defined]
         key = self._call("POST keys", lambda: self.service.add(self.actor, title, read_only), mutating=True)
         public = key.extra["public"]
@@ -325,6 +352,17 @@ class SimGitHubDeployKeyProvider(_SimProvider):
 
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
         return self._call("GET key", lambda: self._visible(handle["key_id"])) is None
+
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        key_id = data.get("key_id")
+        if not key_id:
+            return None
+        return ProviderKey(key_id=key_id, handle={"repository": self.params.repository, "key_id": key_id,  # type: ignore[attr-defined]
+                                                  "public_key": data.get("public_key", "")})
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        key = self._call("GET key", lambda: self._visible(handle["key_id"]))
+        return key.last_used_at if key is not None else None
 
     def list_keys(self) -> list[ProviderKey]:
         prefix = self.params.title_prefix  # type: ignore[attr-defined]
@@ -431,6 +469,7 @@ class StripeAccount(Service):
 class _SimStripeProvider(_SimProvider):
     service: ClassVar[StripeAccount]
     _prefix: ClassVar[str]
+    is_issue_retry_safe: ClassVar[bool] = True
 
     def __init__(self, params: BaseModel, context: Any) -> None:
         super().__init__(params, context)
@@ -453,7 +492,8 @@ class _SimStripeProvider(_SimProvider):
         return key
 
     def list_keys(self) -> list[ProviderKey]:
-        keys = self._call("GET list", lambda: [(k.key_id, k.mark, k.created_at, k.active) for k in self.service.existing()])
+        keys = self._call("GET list", lambda: [(k.key_id, k.mark, k.created_at, k.extra.get("expired_at") is None)
+                                               for k in self.service.existing()])
         return [ProviderKey(key_id=key_id, handle={self._handle_field: key_id}, created_at=created, active=active, mark=parse_mark(mark))
                 for key_id, mark, created, active in keys]
 
@@ -461,14 +501,25 @@ class _SimStripeProvider(_SimProvider):
 
 
 class SimStripeManagedApiKeyProvider(_SimStripeProvider):
+    """v2 API keys: no replay of a lost create (a fresh idempotency key each
+    attempt), so a key a lost create of this rotation left is expired first."""
+
     kind = "stripe.managed_api_key"
     params_model = StripeManagedApiKeyParams
     live_fields = ("api_key", "key_id")
+    confirm_budget = timedelta(minutes=4)
+    reports_key_use = True
     _prefix = "rk_"
     _handle_field = "key_id"
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
-        key = self._create(ctx, {})
+        mark = mark_text(ctx.credential, ctx.rotation_id)
+        listed = self._call("GET list", lambda: [(k.key_id, k.mark, k.extra.get("expired_at")) for k in self.service.existing()])
+        for key_id, key_mark, expired in listed:
+            if expired is None and key_mark == mark:
+                self.revoke({"key_id": key_id})
+        fresh = f"rotator-{ctx.rotation_id}-{next(self._counter)}-{id(self)}"
+        key = self._call("POST create", lambda: self.service.create(self.actor, fresh, self._prefix, mark, {}), mutating=True)
         return IssuedCredential(key_id=key.key_id, data={"api_key": key.secret, "key_id": key.key_id},
                                 handle={"key_id": key.key_id, "api_key": key.secret})
 
@@ -479,8 +530,8 @@ class SimStripeManagedApiKeyProvider(_SimStripeProvider):
         return self._call("GET customers", probe)
 
     def verify(self, credential: IssuedCredential) -> None:
-        if self._probe(credential.data["api_key"]) not in (200, 403):
-            raise PermanentError(f"Stripe rejects the new key {credential.key_id} (401)")
+        if self._probe(credential.data["api_key"]) == 401:  # "not live yet" as often as "bad"
+            raise TransientError(f"Stripe does not accept the new key {credential.key_id} yet (HTTP 401)")
 
     def revoke(self, handle: Mapping[str, str]) -> None:
         key_id = handle["key_id"]
@@ -517,15 +568,25 @@ class SimStripeManagedApiKeyProvider(_SimStripeProvider):
             return False
 
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
+        if handle.get("api_key"):  # revoked means Stripe rejects the key itself
+            return self._probe(handle["api_key"]) == 401
         try:
-            status = self._call("GET key", lambda: self._status(handle["key_id"]))
+            return self._call("GET key", lambda: self._status(handle["key_id"])) == "expired"
         except NotFoundError:
             return True
-        if status != "expired":
-            return False
-        if not handle.get("api_key"):
-            return True
-        return self._probe(handle["api_key"]) == 401
+
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        key_id = data.get("key_id")
+        if not key_id:
+            return None
+        handle = {"key_id": key_id}
+        if data.get("api_key"):
+            handle["api_key"] = data["api_key"]
+        return ProviderKey(key_id=key_id, handle=handle)
+
+    def last_used(self, handle: Mapping[str, str]) -> datetime | None:
+        key = self._call("GET key", lambda: self.service.visible(handle["key_id"]))
+        return key.last_used_at if key is not None else None
 
 
 class SimStripeWebhookSecretProvider(_SimStripeProvider):
@@ -605,7 +666,7 @@ KINDS: dict[str, Kind] = {
     "installation_token": Kind("installation_token", lambda now: GitHubApp(now), SimGitHubAppInstallationTokenProvider,
                                {"app_id": 1, "installation_id": 2, "private_key": "secret/sim/app#pem"}, every="30m", grace="10m"),
     "stripe_key": Kind("stripe_key", lambda now: StripeAccount(now), SimStripeManagedApiKeyProvider,
-                       {"account": "acct_sim1", "management_key": "secret/sim/stripe#key", "permissions": ["customers_read"]}),
+                       {"account": "acct_sim1", "management_key": "secret/sim/stripe#key", "permissions": ["customer_read"]}),
     "webhook": Kind("webhook", lambda now: StripeAccount(now, secret_field="signing_secret"), SimStripeWebhookSecretProvider,
                     {"url": "https://hooks.example.com/stripe", "enabled_events": ["invoice.paid"], "management_key": "secret/sim/stripe#key"}),
 }

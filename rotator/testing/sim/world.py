@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from rotator.config import CredentialSpec, LoadedCredential
 from rotator.engine import Engine, EngineOptions
 from rotator.errors import CasMismatchError
+from rotator.fileless import fileless_credential, has_work
 from rotator.holder import Identity
 from rotator.machine import Request
 from rotator.state import StateRecord
@@ -61,7 +62,8 @@ class ProcessClock:
         self._offset = offset
 
     def now(self) -> datetime:
-        return self.true.now() + timedelta(seconds=self._offset())
+        offset = self._offset()
+        return self.true.now() + timedelta(seconds=offset) if offset else self.true.now()
 
     def sleep(self, seconds: float, *, until: threading.Event | None = None) -> bool:
         if until is not None and until.is_set():
@@ -187,12 +189,24 @@ class World:
         return proc
 
     def tick(self, slot: str) -> None:
-        """A daemon replica's pass: reconcile every credential it has a file for."""
+        """A daemon replica's pass: reconcile every credential it has a file
+        for, then the records whose file was removed (as the daemon does
+        after a reload: `rotator.fileless`)."""
         proc = self.process(slot)
-        for cred in self.loaded():
+        for cred in [*self.loaded(), *self.fileless()]:
             if self._run(proc, lambda c=cred: proc.engine.reconcile(c)) is SimCrash:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
+
+    def fileless(self) -> list[LoadedCredential]:
+        names = {spec.stem for spec in self.files.values()}
+        out = []
+        for name, record in self.records().items():
+            if name not in names and has_work(record):
+                cred = fileless_credential(record, {self.provider_cls.kind: self.provider_cls})
+                if cred is not None:
+                    out.append(cred)
+        return out
 
     def rotate(self, revoke_now: bool) -> str:
         """`rotator rotate NAME [--revoke-now]`, once, as a process of its own."""
@@ -209,6 +223,8 @@ class World:
         status = "crashed" if result is SimCrash else getattr(result, "status", "error")
         if request is not None and status == "completed":
             request.completed_at = self.clock.now()
+            # The key it made live (perhaps another process's pending one) is the new credential, not a target.
+            request.targets = request.targets - set(self._live_keys().values())
         return status
 
     @staticmethod
