@@ -87,7 +87,7 @@ def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False)
     force and the policy's problems are reported with the files'."""
     policy, policy_problems = read_policy(settings.policy_file, keep_last_good=keep_last_good_policy)
     # A plugin that fails to load is reported in each file that names it.
-    result = load_directory(settings.config_dir, load_providers(), state_location=(settings.state_mount, settings.state_prefix),
+    result = load_directory(settings.config_dir, load_providers(), state_location=(settings.state_mount, settings.state_prefix, settings.effective_stash_prefix),
                             rules=TrustRules(settings.api_host_rule(), policy))
     result.problems[:0] = policy_problems
     return result

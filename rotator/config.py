@@ -344,7 +344,7 @@ def _scan_for_secrets(value: Any, path: str, file: str) -> list[ConfigProblem]:
     return []
 
 
-def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None,
+def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, ...] | None = None,
               rules: TrustRules | None = None, root: Path | None = None,
               warnings: list[ConfigProblem] | None = None) -> LoadedCredential | list[ConfigProblem]:
     """Parse and validate one credential file. `rules`: the API-host rule and
@@ -391,7 +391,7 @@ def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_loc
     return LoadedCredential(spec, provider_cls, params)
 
 
-def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[str, str] | None) -> list[ConfigProblem]:
+def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[str, ...] | None) -> list[ConfigProblem]:
     problems = []
     shortest, _ = spec.schedule.gaps()
     if spec.grace >= shortest:
@@ -399,13 +399,15 @@ def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[st
     if spec.schedule.jitter >= shortest:
         problems.append(ConfigProblem(file, "schedule.jitter", f"must be shorter than the rotation interval ({format_duration(shortest)})"))
     if state_location is not None:
-        mount, prefix = state_location
-        if spec.vault.mount == mount and (spec.vault.path == prefix or spec.vault.path.startswith(prefix + "/")):
-            problems.append(ConfigProblem(file, "vault.path", f"lies inside the rotator's state records ({mount}/{prefix})"))
+        # (mount, the state prefix, then other prefixes of the rotator's own: the stash)
+        mount, *prefixes = state_location
+        for prefix, what in zip(prefixes, ("state records", "stash"), strict=False):
+            if spec.vault.mount == mount and (spec.vault.path == prefix or spec.vault.path.startswith(prefix + "/")):
+                problems.append(ConfigProblem(file, "vault.path", f"lies inside the rotator's {what} ({mount}/{prefix})"))
     return problems
 
 
-def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, str] | None = None,
+def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, ...] | None = None,
                    rules: TrustRules | None = None) -> LoadResult:
     """Load every credential file; collect every problem; skip only bad files."""
     result = LoadResult()

@@ -132,3 +132,26 @@ def test_every_string_of_an_event_is_scrubbed_event_keys_and_bytes_included() ->
 def test_unregistered_lookalikes_are_masked_whole() -> None:
     line = _logged(message="here is sk_live_" + a_secret(24, string.ascii_letters))
     assert line["message"] == REDACTED
+
+
+def test_the_aws_provider_registers_assumed_role_credentials_and_new_keys(aws_env, iam_admin, iam_user: str, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """STS session credentials (`role_arn`), the rotator's own AWS secret and each new
+    secret access key are registered the moment the provider holds them (moto)."""
+    from providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
+    from rotator.clock import SystemClock
+    from rotator.provider import IssueContext, ProviderContext
+
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+    role = iam_admin.create_role(RoleName=f"rot-{unique}", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    rights = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iam:*", "Resource": "*"}]}
+    iam_admin.put_role_policy(RoleName=f"rot-{unique}", PolicyName="rotate", PolicyDocument=json.dumps(rights))
+    seen: list[str] = []
+    context = ProviderContext(read_secret=lambda ref: "", clock=SystemClock(), register_secret=lambda *v: seen.extend(x for x in v if x))
+    params = AwsIamParams(user_name=iam_user, role_arn=role, delete_after_deactivation="0s")  # type: ignore[arg-type]
+    provider = AwsIamAccessKeyProvider(params, context)
+    frozen = provider.iam._request_signer._credentials.get_frozen_credentials()
+    assert frozen.token and frozen.token in seen and frozen.secret_key in seen, "the assumed role's session credentials"
+    assert aws_env["AWS_SECRET_ACCESS_KEY"] in seen, "the rotator's own secret"
+    issued = provider.issue(IssueContext(credential=iam_user, rotation_id="r1"))
+    assert issued.data["secret_access_key"] in seen, "the new key's secret, registered inside issue()"
+    provider.revoke(issued.handle)

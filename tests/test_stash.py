@@ -107,3 +107,13 @@ def test_a_schema_1_record_with_secrets_inline_loads_and_is_migrated_on_the_next
     assert entry is not None and entry[0]["handle"]["token"] == first["token"]
     rotate_ok(w, "--revoke-now")
     assert w.is_rejected(first), "the handle moved to the stash still revokes the old token"
+
+
+def test_a_live_path_inside_the_stash_is_refused_by_validate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A credential file cannot make the rotator write its live data into the stash."""
+    from helpers import write_credential
+
+    write_credential(tmp_path, "intruder", params={"user_name": "intruder"}, path="rotator/state-stash/victim/r1")
+    result = run_rotator(["validate", "--config-dir", str(tmp_path)], {})
+    assert result.returncode == 2
+    assert "intruder.yaml: vault.path: lies inside the rotator's stash (secret/rotator/state-stash)" in result.stdout
