@@ -52,10 +52,16 @@ def verify_command(files: tuple[Path, ...], start: Tip | None, with_anchor: bool
     if public_key is not None and not with_anchor:
         raise click.UsageError("--public-key checks an anchor's signature: give --anchor too")
     anchor = _read_anchor(files, start, public_key) if with_anchor else None
-    result = verify(list(files), start=start, probe=anchor.stored.record.seq if anchor and anchor.stored.record else None)
-    if not result.ok:
+    probe = anchor.stored.record.seq if isinstance(anchor, _Anchor) and anchor.stored.record else None
+    result = verify(list(files), start=start, probe=probe)
+    if not result.ok:  # the first bad line comes first, whatever the anchor
         where = f"{result.file}:{result.line}" if result.line is not None else f"{result.file}" if result.file else "audit"
         _fail(f"{where}: {result.reason}", result)
+    if isinstance(anchor, _Unreadable):
+        if anchor.to_stderr:
+            click.echo(anchor.message, err=True)
+            sys.exit(EXIT_BROKEN)
+        _fail(anchor.message, result)
     lines = [_summary(result, files)]
     if anchor is not None:
         lines += anchor.check(result)
@@ -150,17 +156,25 @@ def _anchor_store(settings: Settings) -> AnchorStore:
     return AnchorStore(store, settings.audit_anchor_location(), transit=settings.audit_transit_location())
 
 
-def _read_anchor(files: tuple[Path, ...], start: Tip | None, public_key: Path | None) -> _Anchor:
+@dataclass(frozen=True)
+class _Unreadable:
+    """Why no anchor could be had: a verdict (stdout), or Vault's error (stderr)."""
+
+    message: str
+    to_stderr: bool = False
+
+
+def _read_anchor(files: tuple[Path, ...], start: Tip | None, public_key: Path | None) -> _Anchor | _Unreadable:
+    # The first line names the chain; only a file from before chain ids needs a walk to find it.
     chain_id = declared_chain_id(files[0]) or verify(list(files), start=start).chain_id
     if chain_id is None:
-        _fail(f"{files[0]}: the files declare no chain_id, so no anchor can be found for them (written before anchors existed?)")
+        return _Unreadable(f"{files[0]}: the files declare no chain_id, so no anchor can be found for them (written before anchors existed?)")
     settings = _settings()
     try:
         anchors = _anchor_store(settings)
         stored = anchors.read(chain_id)
     except RotatorError as exc:
-        click.echo(f"rotator: cannot read the audit anchor from Vault at {settings.vault_addr}: {exc}", err=True)
-        sys.exit(EXIT_BROKEN)
+        return _Unreadable(f"rotator: cannot read the audit anchor from Vault at {settings.vault_addr}: {exc}", to_stderr=True)
     return _Anchor(anchors, chain_id, stored, public_key.read_bytes() if public_key is not None else None)
 
 

@@ -512,3 +512,23 @@ def test_verify_from_links_a_continued_file_and_rejects_the_wrong_hash(log: Path
     assert good.exit_code == 0 and good.output.startswith("intact: 1 event(s) in 1 file(s), seq 4 to 4")
     bad = CliRunner().invoke(cli, ["audit", "verify", str(log), "--from", f"3:{'0' * 64}"])
     assert bad.exit_code == 1 and bad.output.startswith(f"{log}:1: prev_hash does not match the hash of seq 3 after --from 3:")
+
+
+def test_verify_anchor_with_vault_down_still_names_the_bad_line_first(log: Path) -> None:
+    """The chain's own verdict comes first; an unreachable Vault is exit 1 on stderr only when the chain is intact."""
+    from click.testing import CliRunner
+
+    from rotator.cli import cli
+
+    _write_events(log, 3)
+    import structlog
+
+    env = {"VAULT_ADDR": "http://127.0.0.1:9", "VAULT_TOKEN": "t", "ROTATOR_LOG_FORMAT": "json"}
+    try:
+        intact = CliRunner().invoke(cli, ["audit", "verify", str(log), "--anchor"], env=env)
+        log.write_bytes(log.read_bytes().replace(b'"i":1', b'"i":7'))
+        broken = CliRunner().invoke(cli, ["audit", "verify", str(log), "--anchor"], env=env)
+    finally:
+        structlog.reset_defaults()  # the command pointed logging at CliRunner's streams
+    assert intact.exit_code == 1 and "cannot read the audit anchor from Vault" in intact.output
+    assert broken.exit_code == 1 and broken.output.splitlines()[-1].startswith(f"{log}:2: hash does not match")
