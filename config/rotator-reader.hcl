@@ -29,3 +29,14 @@ path "auth/token/lookup-self" {
 path "auth/token/renew-self" {
   capabilities = ["update"]
 }
+
+# Signed audit anchors (ROTATOR_AUDIT_TRANSIT_KEY=transit/rotator-audit;
+# docs/AUDIT.md section 9): `rotator audit verify FILE --anchor` checks the
+# signature through Transit, `rotator audit public-key` exports the public
+# key. Neither can sign. Remove this block if anchors are not signed.
+path "transit/verify/rotator-audit" {
+  capabilities = ["update"]
+}
+path "transit/keys/rotator-audit" {
+  capabilities = ["read"]
+}
