@@ -99,8 +99,11 @@ class StripeManagedApiKeyParams(BaseModel):
     api_base: ApiUrl = DEFAULT_API_BASE
     api_version: str = Field(
         PREVIEW_VERSION,
-        description=f"Stripe-Version of the preview API serving /v2/iam/api_keys ({PREVIEW_VERSION} or later).",
-        json_schema_extra={"pattern": r"^\d{4}-\d{2}-\d{2}\.preview$"},
+        description=(
+            f"Stripe-Version sent to /v2/iam/api_keys: {PREVIEW_VERSION} or any later YYYY-MM-DD.name, "
+            "preview or GA (e.g. a future 2027-03-31.dahlia), checked by shape only."
+        ),
+        json_schema_extra={"pattern": r"^\d{4}-\d{2}-\d{2}\.[a-z]+$"},
     )
 
     @validates("account")
@@ -126,13 +129,17 @@ class StripeManagedApiKeyParams(BaseModel):
     @validates("api_version")
     @classmethod
     def _api_version(cls, value: str) -> str:
-        match = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})\.preview", value)
+        # By shape, so a GA release of the API (a new named version) needs no
+        # rotator release; Stripe itself refuses a version that does not serve it.
+        match = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})\.[a-z]+", value)
         try:
             day = date(*map(int, match.groups())) if match else None
         except ValueError:
             day = None
         if day is None or day < _PREVIEW_FLOOR:
-            raise ValueError(f"{value!r}: use a YYYY-MM-DD.preview version on or after {PREVIEW_VERSION}")
+            raise ValueError(
+                f"{value!r}: use a Stripe version YYYY-MM-DD.name (.preview or a GA name) on or after {PREVIEW_VERSION}"
+            )
         return value
 
 

@@ -198,3 +198,25 @@ def test_long_names_fit_stripe_and_stay_unique(world: World) -> None:
     marks = {k.key_id: k.mark for k in provider.list_keys()}
     assert marks[first.key_id] is not None and marks[first.key_id].credential == long_name
     assert marks[second.key_id].rotation_id == "20260101T000000Z-00000002"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("version", ["2027-03-31.dahlia", "2026-10-28.preview", "2026-08-26.preview"])
+def test_a_future_ga_or_preview_stripe_version_is_accepted_by_shape(version: str) -> None:
+    """A GA release of /v2/iam/api_keys under a named version needs no new rotator release."""
+    params = StripeManagedApiKeyParams(account=ACCOUNT, management_key=APP_REF, permissions=["customer_read"],
+                                       api_version=version)
+    assert params.api_version == version
+
+
+@pytest.mark.parametrize("version", ["2026-08-25.preview", "2026-09-30", "2027-02-30.dahlia", "2027-01-01.Dahlia", "latest"])
+def test_a_stripe_version_of_another_shape_or_too_old_is_refused(version: str) -> None:
+    """Only YYYY-MM-DD.name on or after the first preview that served the API."""
+    with pytest.raises(ValueError, match="api_version"):
+        StripeManagedApiKeyParams(account=ACCOUNT, management_key=APP_REF, permissions=["customer_read"],
+                                  api_version=version)
+
+
+def test_sandbox_serves_a_future_ga_version(world: World) -> None:
+    """The sandbox, like Stripe after a GA, answers /v2 under a later named version."""
+    headers = {"Authorization": f"Bearer {world.app_key}", "Stripe-Version": "2027-03-31.dahlia", "Stripe-Context": ACCOUNT}
+    assert httpx.get(f"{world.fake.url}/v2/iam/api_keys", headers=headers).status_code == 200

@@ -208,7 +208,8 @@ def _rfc3339(moment: float | None) -> str | None:
 
 
 def _preview_ok(version: str | None) -> bool:
-    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.preview", version or "")
+    """The first preview that served /v2/iam/api_keys, or any later version (preview or GA)."""
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.[a-z]+", version or "")
     return bool(match) and match.group(1) >= MIN_PREVIEW[:10]  # type: ignore[union-attr]
 
 
