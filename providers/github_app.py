@@ -58,6 +58,8 @@ TOKEN_REFRESH_MARGIN = timedelta(minutes=5)
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 _REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _PERMISSION = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Client IDs: `Iv1.` and 16 hex digits (older Apps) or `Iv23` and 16 letters and digits.
+_CLIENT_ID = re.compile(r"^Iv[A-Za-z0-9.]{4,40}$")
 # GitHub takes any text as a deploy key's title; the prefix is free text too,
 # short enough that prefix + credential + rotation id stays readable.
 _TITLE_PREFIX_MAX = 60
@@ -97,6 +99,13 @@ def title_joiner(prefix: str) -> str:
     return "" if prefix[-1] in "/:-_. " else ":"
 
 
+def _check_client_id(text: str) -> str:
+    if not _CLIENT_ID.match(text):
+        raise ValueError(f"{text!r} is not a GitHub App Client ID (it starts with Iv, e.g. Iv23liabcdefghijklmn)")
+    return text
+
+
+ClientId = Annotated[str, AfterValidator(_check_client_id)]
 RepoName = Annotated[str, AfterValidator(_check_repo_name)]
 Repository = Annotated[str, AfterValidator(_check_repository)]
 PermissionName = Annotated[str, AfterValidator(_check_permission_name)]
@@ -112,6 +121,10 @@ class GitHubAppParams(BaseModel):
     installation_id: PositiveInt
     private_key: VaultRef
     api_url: ApiUrl = DEFAULT_API_URL
+    client_id: ClientId | None = Field(
+        default=None,
+        description="The App's Client ID (Iv…): the JWT issuer GitHub now recommends; without it the App id is the issuer (GHES).",
+    )
 
 
 class InstallationTokenParams(GitHubAppParams):
@@ -156,6 +169,7 @@ class _GitHubAppProvider(Provider):
             installation_id=self._app.installation_id,
             private_key_ref=self._app.private_key,
             read_secret=self.context.read_secret,
+            client_id=self._app.client_id,
         )
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ project's two error kinds.
 Invariants:
 - Every request carries `User-Agent`, `Accept: application/vnd.github+json`
   and `X-GitHub-Api-Version`; GitHub refuses requests without a user agent.
+- Writes as one App go one at a time and at least a second apart (GitHub's
+  best practices), waited out on the injected clock.
 - One attempt per call: retrying is the engine's job (`rotator.retry`).
   Rate limits, 5xx, timeouts and connection errors become `TransientError`
   (with `retry_after` where GitHub says how long to wait); other 4xx become
@@ -47,8 +49,15 @@ JWT_LIFETIME = timedelta(minutes=9)
 SECONDARY_LIMIT_WAIT = 60.0
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+# GitHub's REST best practices: "wait at least one second between each"
+# POST, PATCH, PUT or DELETE request for one user or client id.
+WRITE_SPACING = timedelta(seconds=1)
+
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+# When the last write as each App went out (under that App's lock), per
+# clock: times from another clock (a test's fake one) are not comparable.
+_last_write: dict[tuple[str, str, int], datetime] = {}
 
 
 def app_lock(api_url: str, app_id: str) -> threading.Lock:
@@ -62,12 +71,15 @@ def token_key_id(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-def app_jwt(app_id: str, private_key: rsa.RSAPrivateKey, *, now: datetime) -> str:
-    """An RS256 JWT that authenticates as the App for about nine minutes."""
+def app_jwt(issuer: str, private_key: rsa.RSAPrivateKey, *, now: datetime) -> str:
+    """An RS256 JWT that authenticates as the App for about nine minutes.
+
+    `issuer` is the App's Client ID (GitHub's recommendation) or its App id.
+    """
     claims = {
         "iat": int((now - JWT_BACKDATE).timestamp()),
         "exp": int((now + JWT_LIFETIME).timestamp()),
-        "iss": app_id,
+        "iss": issuer,
     }
     return jwt.encode(claims, private_key, algorithm="RS256")
 
@@ -219,12 +231,24 @@ class GitHubHttp:
         try:
             if method in _MUTATING:
                 with self._lock:
-                    return self._client.request(method, url, headers=headers, json=json, params=params)
+                    self._space_write()
+                    try:
+                        return self._client.request(method, url, headers=headers, json=json, params=params)
+                    finally:
+                        _last_write[(self.api_url, self.app_id, id(self.clock))] = self.clock.now()
             return self._client.request(method, url, headers=headers, json=json, params=params)
         except httpx.TimeoutException:
             raise TransientError(f"{what}: GitHub did not answer in time") from None
         except httpx.TransportError as exc:
             raise TransientError(f"{what}: cannot reach GitHub ({type(exc).__name__})") from None
+
+    def _space_write(self) -> None:
+        """Wait (on the injected clock) until a second has passed since this App's last write."""
+        last = _last_write.get((self.api_url, self.app_id, id(self.clock)))
+        if last is not None:
+            wait = min((last + WRITE_SPACING - self.clock.now()).total_seconds(), WRITE_SPACING.total_seconds())
+            if wait > 0:
+                self.clock.sleep(wait)
 
     def close(self) -> None:
         self._client.close()
@@ -262,15 +286,19 @@ class AppAuth:
         installation_id: int,
         private_key_ref: str,
         read_secret: Callable[[str], str],
+        client_id: str | None = None,
     ) -> None:
         self.http = http
+        self.client_id = client_id
         self.installation_id = installation_id
         self.private_key_ref = private_key_ref
         self._read_secret = read_secret
 
     def jwt(self) -> str:
         key = load_app_key(self._read_secret(self.private_key_ref), where=self.private_key_ref)
-        token = app_jwt(self.http.app_id, key, now=self.http.clock.now())
+        # GitHub now recommends the Client ID as the issuer; GHES versions
+        # without it keep the App id.
+        token = app_jwt(self.client_id or self.http.app_id, key, now=self.http.clock.now())
         self.http.register_secret(token)
         return token
 

@@ -122,3 +122,21 @@ def aws_world(rotator_env: dict[str, str], bao_client: hvac.Client, iam_admin, i
     world = AwsWorld(bao_client, iam_admin, moto.endpoint, rotator_env, iam_user, name, live_path, ledger)
     yield world
     ledger.assert_clean()
+
+
+@pytest.fixture(autouse=True)
+def vendor_descriptions() -> Iterator[list[str]]:
+    """Every exchange a sandbox serves in any test is held to the vendors'
+    OpenAPI descriptions (tests/openapi_check.py): a provider request or a
+    sandbox answer that breaks them fails the test that caused it."""
+    from openapi_check import problems
+    from rotator.sandbox.exchanges import observe
+
+    found: list[str] = []
+    stop = observe(lambda exchange: found.extend(problems(exchange)))
+    try:
+        yield found
+    finally:
+        stop()
+    if found:
+        pytest.fail("broke the vendored OpenAPI operations:\n  " + "\n  ".join(sorted(set(found))[:20]), pytrace=False)

@@ -209,7 +209,7 @@ class ProviderWorld:
 
 
 def _github_get(fake: FakeGitHub, path: str, token: str) -> httpx.Response:
-    return httpx.get(f"{fake.url}{path}", headers={"Authorization": f"Bearer {token}", "User-Agent": "rotator-tests",
+    return httpx.get(f"{fake.url}{path}", headers={"Authorization": f"Bearer {token}", "User-Agent": "e2e-tests",
                                                    "Accept": "application/vnd.github+json"}, timeout=10)
 
 

@@ -17,15 +17,19 @@ Invariants it keeps, as GitHub does:
   `{"message", "documentation_url", "status"}`; validation errors add
   `errors`. Every answer carries `x-ratelimit-*` headers.
 - App JWTs are checked: RS256 signature by the registered key, `iss` a
-  known App, `exp` in the future and at most 10 minutes ahead, `iat` not
-  more than a minute in the future.
-- Tokens are opaque (`ghs_` and a length that varies), live one hour by the
+  known App (by App id or by Client ID), `exp` in the future and at most 10
+  minutes ahead, `iat` not more than a minute in the future.
+- Tokens come in both of GitHub's formats (`token_format`, default "both",
+  alternating): classic `ghs_` + 36 characters, and the stateless
+  `ghs_APPID_JWT` (about 520 characters); they live one hour by the
   injected clock, and are stored only as SHA-256 hashes: introspection never
   hands a token back. A revoked or expired token gets 401.
 - A token reaches only its installation's repositories (or the subset it was
   minted for), and deploy keys need `administration` read/write.
 - Deploy-key content is unique per repository (422 otherwise); a title is
   required; `read_only` defaults to false when not sent.
+- Writes are timed per App on the injected clock: `min_write_gap` is the
+  smallest gap seen (GitHub asks for at least a second).
 
 Simplifications: one rate-limit bucket for all callers; no organisations,
 users or webhooks. Nothing in the daemon's path imports this module.
@@ -33,6 +37,7 @@ users or webhooks. Nothing in the daemon's path imports this module.
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import itertools
@@ -55,6 +60,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rotator.clock import Clock, SystemClock, to_rfc3339
+from rotator.sandbox.exchanges import Exchange, notify
 from rotator.sandbox.serving import BackgroundServer
 
 DOCS = "https://docs.github.com/rest"
@@ -137,6 +143,7 @@ class _Answer:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    injected: bool = False  # a fault a test injected
 
 
 class FakeGitHub:
@@ -151,6 +158,7 @@ class FakeGitHub:
         path_prefix: str = "",
         rate_limit: int = 5000,
         latency: float = 0.0,
+        token_format: str = "both",
     ) -> None:
         self.clock = clock or SystemClock()
         self.path_prefix = path_prefix.rstrip("/")  # "/api/v3" imitates GitHub Enterprise Server
@@ -170,6 +178,14 @@ class FakeGitHub:
         self._reset_at = self.clock.now() + timedelta(hours=1)
         self._writes_in_flight: dict[str, int] = {}
         self.max_concurrent_writes: dict[str, int] = {}
+        # The smallest gap between two writes as one App, on the fake's clock.
+        self.min_write_gap: dict[str, float] = {}
+        self._last_write_at: dict[str, datetime] = {}
+        self._client_ids: dict[str, str] = {}
+        # "classic" (ghs_ + 36), "stateless" (ghs_APPID_JWT, about 520 characters)
+        # or "both": alternate, as during GitHub's staged rollout.
+        self.token_format = token_format
+        self._minted = 0
         self._server: BackgroundServer | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -198,10 +214,14 @@ class FakeGitHub:
 
     # -- set-up --------------------------------------------------------------
 
-    def add_app(self, app_id: int | str, public_key_pem: str | bytes) -> None:
+    def add_app(self, app_id: int | str, public_key_pem: str | bytes, *, client_id: str | None = None) -> None:
+        """Register an App's public key; JWTs may name it by App id or, if given, by Client ID."""
         pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
         with self._lock:
             self._apps[str(app_id)] = serialization.load_pem_public_key(pem)
+            if client_id:
+                self._apps[client_id] = self._apps[str(app_id)]
+                self._client_ids[client_id] = str(app_id)
 
     def create_app(
         self,
@@ -334,7 +354,7 @@ class FakeGitHub:
             except _HttpError:
                 pass
         if fault is not None:
-            answer = _Answer(fault.status, fault.body if fault.body is not None else _error_body(fault.status), {})
+            answer = _Answer(fault.status, fault.body if fault.body is not None else _error_body(fault.status), {}, True)
             answer = self._with_rate_headers(answer, spend=True)
             answer.headers.update(fault.headers)
             return answer
@@ -364,6 +384,12 @@ class FakeGitHub:
         is_write = method in {"POST", "DELETE", "PUT", "PATCH"}
         if is_write:
             with self._lock:
+                now = self.clock.now()
+                last = self._last_write_at.get(app_id)
+                if last is not None:
+                    gap = (now - last).total_seconds()
+                    self.min_write_gap[app_id] = min(self.min_write_gap.get(app_id, gap), gap)
+                self._last_write_at[app_id] = now
                 now_in_flight = self._writes_in_flight.get(app_id, 0) + 1
                 self._writes_in_flight[app_id] = now_in_flight
                 self.max_concurrent_writes[app_id] = max(self.max_concurrent_writes.get(app_id, 0), now_in_flight)
@@ -433,7 +459,7 @@ class FakeGitHub:
         except jwt.PyJWTError:
             raise _HttpError(401, "A JSON web token could not be decoded") from None
         self._check_jwt_times(claims)
-        return str(claims["iss"])
+        return self._client_ids.get(str(claims["iss"]), str(claims["iss"]))
 
     def _check_jwt_times(self, claims: Mapping[str, Any]) -> None:
         now = self.clock.now().timestamp()
@@ -451,7 +477,7 @@ class FakeGitHub:
             raise _HttpError(401, "Requires authentication")
         if scheme.lower() not in {"bearer", "token"}:
             raise _HttpError(401, "Bad credentials")
-        if credential.count(".") == 2:  # an App JWT cannot act as an installation
+        if credential.count(".") == 2 and not credential.startswith("ghs_"):  # an App JWT cannot act as an installation
             raise _HttpError(403, "Resource not accessible by integration")
         token = self._tokens.get(_hash(credential))
         if token is None or token.revoked or token.expires_at <= self.clock.now():
@@ -467,8 +493,8 @@ class FakeGitHub:
         body = body if isinstance(body, dict) else {}
         repos = self._granted_repos(installation, body.get("repositories"))
         permissions = self._granted_permissions(installation, body.get("permissions"))
-        token = "ghs_" + "".join(secrets.choice(_ALPHABET) for _ in range(secrets.choice(range(36, 77))))
         expires_at = self.clock.now() + TOKEN_LIFETIME
+        token = self._new_token(app_id, installation.installation_id, expires_at)
         self._forget_dead_tokens()
         self._tokens[_hash(token)] = _Token(installation.installation_id, app_id, expires_at, repos, permissions)
         answer: dict[str, Any] = {
@@ -480,6 +506,22 @@ class FakeGitHub:
         if body.get("repositories"):
             answer["repositories"] = [self._repo_json(r) for r in repos]
         return _Answer(201, answer)
+
+    def _new_token(self, app_id: str, installation_id: int, expires_at: datetime) -> str:
+        """A token in the classic or the stateless format (`token_format`)."""
+        self._minted += 1
+        stateless = self.token_format == "stateless" or (self.token_format == "both" and self._minted % 2 == 0)
+        if not stateless:
+            return "ghs_" + "".join(secrets.choice(_ALPHABET) for _ in range(36))
+        # "ghs_APPID_JWT" (GitHub's description of the access_tokens call): a
+        # JWT-like body whose claims and signature we only imitate.
+        def part(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        header = part(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        claims = part(json.dumps({"iid": installation_id, "exp": int(expires_at.timestamp()),
+                                  "jti": secrets.token_hex(16), "rid": secrets.token_hex(24)}).encode())
+        return f"ghs_{app_id}_{header}.{claims}.{part(secrets.token_bytes(256))}"
 
     def _forget_dead_tokens(self) -> None:
         """Drop tokens dead for a day, so a long demo does not grow without end."""
@@ -685,6 +727,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if payload:
             self.wfile.write(payload)
+        parts = urlsplit(self.path)
+        path = parts.path
+        if fake.path_prefix and path.startswith(fake.path_prefix):
+            path = path[len(fake.path_prefix):]
+        sent = {**answer.headers, **({"content-type": "application/json; charset=utf-8"} if payload else {})}
+        notify(Exchange("github", self.command, path, parts.query, headers, raw, answer.status, sent, payload, answer.injected))
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
 

@@ -58,6 +58,7 @@ from joserfc import jwe
 from joserfc.jwk import RSAKey
 
 from providers.stripe_permissions import PERMISSIONS
+from rotator.sandbox.exchanges import Exchange, notify
 from rotator.sandbox.serving import BackgroundServer
 
 MIN_PREVIEW = "2026-08-26.preview"
@@ -199,6 +200,7 @@ class _Response:
     status: int
     body: dict[str, Any] | None  # None: drop the connection without answering
     headers: dict[str, str] = field(default_factory=dict)
+    injected: bool = False  # a fault a test injected
 
 
 def _rfc3339(moment: float | None) -> str | None:
@@ -402,10 +404,10 @@ class FakeStripe:
 
     def _fault_response(self, fault: _Fault) -> _Response:
         if fault.drop:
-            return _Response(0, None)
+            return _Response(0, None, injected=True)
         code = {429: "rate_limit", 409: "idempotency_key_in_use"}.get(fault.status)
         error = StripeFakeError(fault.status, f"Injected fault (HTTP {fault.status}).", code=code)
-        return _Response(fault.status, error.body(), dict(fault.headers))
+        return _Response(fault.status, error.body(), dict(fault.headers), injected=True)
 
     def _authenticate(self, token: str, *, touch: bool = True) -> _Principal | None:
         principal = self._principals.get(token)
@@ -722,10 +724,12 @@ def _handler_for(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
             request = _Request(method, parts.path, dict(parse_qsl(parts.query)),
                                {k.lower(): v for k, v in self.headers.items()}, body)
             response = fake.handle(request)
+            payload = b"" if response.body is None else json.dumps(response.body).encode()
+            notify(Exchange("stripe", method, parts.path, parts.query, dict(request.headers), body, response.status,
+                            {**response.headers, "Content-Type": "application/json"}, payload, response.injected))
             if response.body is None:
                 self.close_connection = True
                 return
-            payload = json.dumps(response.body).encode()
             self.send_response(response.status)
             for name, value in {**response.headers, "Content-Type": "application/json"}.items():
                 self.send_header(name, value)
