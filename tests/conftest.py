@@ -129,7 +129,11 @@ def vendor_descriptions() -> Iterator[list[str]]:
     """Every exchange a sandbox serves in any test is held to the vendors'
     OpenAPI descriptions (tests/openapi_check.py): a provider request or a
     sandbox answer that breaks them fails the test that caused it."""
-    from openapi_check import problems
+    try:
+        from openapi_check import problems
+    except ImportError:  # a venv made before openapi-core joined the test extra: `make install`
+        yield []         # (tests/test_vendor_descriptions.py still fails loudly without it)
+        return
     from rotator.sandbox.exchanges import observe
 
     found: list[str] = []
