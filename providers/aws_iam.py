@@ -15,7 +15,11 @@ Invariants:
 - a revocation is confirmed by STS rejecting the old key itself
   (`InvalidClientTokenId`), not by ListAccessKeys: a deleted key works for
   seconds after the delete;
-- boto3 honours `AWS_ENDPOINT_URL` by itself; `role_arn` is assumed first.
+- boto3 honours `AWS_ENDPOINT_URL` by itself; `role_arn` is assumed first;
+- clients are made without reading anything from disk on the hot path: IAM
+  clients are shared per identity, and the per-key STS clients (verify,
+  is_revoked) come from one shared botocore session whose loader keeps the
+  service models in memory; no lock is held across a network call.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +51,14 @@ _TRANSIENT_CODES = {
 # What picks the identity boto3 uses, besides params: part of the client cache key.
 _IDENTITY_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
 _CLIENTS: dict[tuple[str | None, ...], tuple[Any, datetime | None]] = {}
-_CLIENTS_LOCK = threading.Lock()
+_CLIENTS_LOCK = threading.Lock()  # guards the dict only, never held across a call to AWS
+_CLIENT_MAKERS: dict[tuple[str | None, ...], threading.Lock] = {}  # one maker per identity: no stampede at start
+# Per-key STS clients: a fresh boto3 Session per client re-reads the service
+# models and endpoint rules from disk (most of a rotation's CPU, issue 15);
+# one botocore session loads them once. Making a client from a shared
+# session is not thread-safe, so that (CPU only, no I/O) is serialised.
+_STS_SESSION: botocore.session.Session | None = None
+_STS_LOCK = threading.Lock()
 _BOTO_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
 
 
@@ -139,16 +151,31 @@ class AwsIamAccessKeyProvider(Provider):
     def iam(self) -> Any:
         """An IAM client shared by every credential with the same identity:
         a boto3 client costs megabytes, and thousands of credentials must
-        not hold one each. Assumed-role clients are renewed 5 min early."""
+        not hold one each. Assumed-role clients are renewed 5 min early.
+        Made outside the cache's lock (assuming a role is a call to AWS);
+        threads wanting the same identity wait for its one maker."""
         key = (self.params.region, self.params.role_arn, *(os.environ.get(v) for v in _IDENTITY_ENV))
+        cached = self._cached_iam(key)
+        if cached is not None:
+            return cached
         with _CLIENTS_LOCK:
-            now = self.context.clock.now()
-            cached = _CLIENTS.get(key)
-            if cached is None or (cached[1] is not None and cached[1] - now < timedelta(minutes=5)):
+            maker = _CLIENT_MAKERS.setdefault(key, threading.Lock())
+        with maker:
+            cached = self._cached_iam(key)
+            if cached is None:
                 session, expires = self._session()
-                cached = (session.client("iam", config=_BOTO_CONFIG), expires)
-                _CLIENTS[key] = cached
-            return cached[0]
+                client = session.client("iam", config=_BOTO_CONFIG)
+                with _CLIENTS_LOCK:
+                    _CLIENTS[key] = (client, expires)
+                cached = client
+            return cached
+
+    def _cached_iam(self, key: tuple[str | None, ...]) -> Any:
+        with _CLIENTS_LOCK:
+            cached = _CLIENTS.get(key)
+        if cached is None or (cached[1] is not None and cached[1] - self.context.clock.now() < timedelta(minutes=5)):
+            return None
+        return cached[0]
 
     # -- the provider interface -----------------------------------------------
 
@@ -186,10 +213,16 @@ class AwsIamAccessKeyProvider(Provider):
         )
 
     def _sts_as(self, access_key_id: str, secret_access_key: str) -> Any:
-        """An STS client that signs with the given key (not the rotator's own identity)."""
-        return boto3.session.Session(
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=self.params.region,
-        ).client("sts", config=_BOTO_CONFIG)
+        """An STS client that signs with the given key (not the rotator's own
+        identity), from the shared botocore session: nothing is read from disk."""
+        global _STS_SESSION
+        with _STS_LOCK:
+            if _STS_SESSION is None:
+                _STS_SESSION = botocore.session.get_session()
+            return _STS_SESSION.create_client(
+                "sts", region_name=self.params.region, aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                config=_BOTO_CONFIG,
+            )
 
     def verify(self, credential: IssuedCredential) -> None:
         sts = self._sts_as(credential.data["access_key_id"], credential.data["secret_access_key"])

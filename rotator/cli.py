@@ -12,11 +12,10 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -37,11 +36,11 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     """Logging for `run` and `rotate`; an audit file that cannot be continued
     (a torn or altered tail) is a message and exit 1, never a traceback."""
     try:
-        configure_logging(settings)
+        configure_logging(settings, stream=stream)
     except RotatorError as exc:
         click.echo(f"rotator: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -167,45 +166,6 @@ def run(config_dir: Path | None, once: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--revoke-now", is_flag=True, help="Revoke the previous credential as soon as the new one is live (incident response).")
-@click.option("--wait", "wait_seconds", type=float, default=120.0, show_default=True, help="How long to wait for the lock if another process holds it.")
-@config_dir_option
-def rotate(name: str, revoke_now: bool, wait_seconds: float, config_dir: Path | None) -> None:
-    """Rotate one credential now, taking the same lock the daemon takes.
-
-    Exits 0 when the new credential is live, 1 when the rotation failed or
-    was rolled back, 2 when NAME is not a valid credential."""
-    from rotator.machine import Request
-
-    settings = _settings(config_dir)
-    _configure_logging(settings)
-    result = _load_credentials(settings)
-    cred = result.credentials.get(name)
-    if cred is None:
-        problems = [str(p) for p in result.problems if Path(p.file).stem == name]
-        _log().error("rotate.unknown_credential", credential=name, error="; ".join(problems) or f"no valid credential named {name!r} in {settings.config_dir}")
-        sys.exit(EXIT_CONFIG)
-    try:
-        app = build_app(settings)
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            outcome = app.engine.reconcile(cred, request=Request(revoke_now=revoke_now))
-            if outcome.status != "locked" or time.monotonic() >= deadline:
-                break
-            time.sleep(1.0)
-        app.engine.close()
-    except RotatorError as exc:
-        _log().error("rotation.failed", credential=name, provider=cred.spec.provider, step="start", error=str(exc), will_retry=False, next_attempt_at=None)
-        sys.exit(EXIT_FAILED)
-    if outcome.status == "locked":
-        _log().error("rotation.failed", credential=name, provider=cred.spec.provider, step="lock",
-                     error=f"another process held the lease for {wait_seconds:.0f}s", will_retry=False, next_attempt_at=None)
-        sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
-
-
-@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_dir_option
 def status(as_json: bool, config_dir: Path | None) -> None:
@@ -266,10 +226,11 @@ def demo(duration: float | None, workdir: Path) -> None:
 
 def _register_commands() -> None:
     """Commands implemented in their own modules."""
+    from rotator.cli_rotate import rotate
     from rotator.pause import pause_command, resume_command
     from rotator.plan import plan_command
 
-    for command in (plan_command, pause_command, resume_command):
+    for command in (rotate, plan_command, pause_command, resume_command):
         cli.add_command(command)
 
 
