@@ -10,9 +10,10 @@ Invariants:
 - `is_open` is the definition; `next_open` returns the earliest moment at or
   after `at` for which `is_open` holds, or None when the window never opens
   (no such moment within two weeks);
-- daylight-saving transitions never skip or double a window: local times are
-  read through zoneinfo, and where a window starts inside a skipped hour it
-  opens at the first local time after the gap that lies inside it.
+- daylight-saving changes follow the local clock: local times are read
+  through zoneinfo; a window starting inside a skipped hour opens when the
+  clock jumps past it, and a clock set back into the span (the repeated
+  autumn hour) opens the window again at that moment.
 """
 
 from __future__ import annotations
@@ -79,18 +80,57 @@ def is_open(days: frozenset[int], span: Span, tz: ZoneInfo, at: datetime) -> boo
 
 
 def next_open(days: frozenset[int], span: Span, tz: ZoneInfo, at: datetime) -> datetime | None:
-    """The earliest moment at or after `at` inside the window, or None."""
+    """The earliest moment at or after `at` inside the window, or None.
+
+    A closed window opens either when the local clock reaches a start time
+    on one of its days, or when the clock is set back (autumn) into the
+    span; both kinds of moment are candidates."""
     if is_open(days, span, tz, at):
         return at
     first_day = at.astimezone(tz).date()
+    start: datetime | None = None
     for offset in range(-1, _HORIZON_DAYS):
         day = first_day + timedelta(days=offset)
         if day.weekday() not in days:
             continue
-        start = _first_moment_at(day, span.start, tz)
-        if start >= at and is_open(days, span, tz, start):
-            return start
-    return None
+        start = next((m for m in _start_moments(day, span.start, tz) if m >= at and is_open(days, span, tz, m)), None)
+        if start is not None:
+            break
+    horizon = start or at + timedelta(days=_HORIZON_DAYS)
+    for change in _clock_changes(tz, at, horizon):
+        if is_open(days, span, tz, change):
+            return change
+    return start
+
+
+def _clock_changes(tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """The moments in (start, end] at which the zone's UTC offset changes."""
+    out: list[datetime] = []
+    step = timedelta(hours=6)
+    low = start
+    while low < end:
+        high = min(low + step, end)
+        if low.astimezone(tz).utcoffset() != high.astimezone(tz).utcoffset():
+            lo, hi = int(low.timestamp()), int(high.timestamp())
+            before = low.astimezone(tz).utcoffset()
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if datetime.fromtimestamp(mid, UTC).astimezone(tz).utcoffset() == before:
+                    lo = mid
+                else:
+                    hi = mid
+            out.append(datetime.fromtimestamp(hi, UTC))
+        low = high
+    return out
+
+
+def _start_moments(day: date, minute: int, tz: ZoneInfo) -> list[datetime]:
+    """The real moments at which local `day` reaches wall time `minute`: one,
+    or two when the clock is set back over it (autumn)."""
+    first = _first_moment_at(day, minute, tz)
+    wall = datetime.combine(day, time(minute // 60, minute % 60))
+    second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return [first, second] if second > first and _wall(second, tz) == wall else [first]
 
 
 def _first_moment_at(day: date, minute: int, tz: ZoneInfo) -> datetime:

@@ -187,3 +187,21 @@ def test_a_held_revocation_waits_for_its_next_usage_check() -> None:
     assert m.next_action(held, policy, recheck) == m.Revoke("K1")
     urgent = held.model_copy(update={"retiring": [e.model_copy(update={"immediate": True}) for e in held.retiring]})
     assert m.next_action(urgent, policy, NOON + timedelta(hours=2)) == m.Revoke("K1")
+
+
+@pytest.mark.parametrize(("tz", "change"), [
+    ("Europe/Berlin", SPRING), ("Europe/Berlin", AUTUMN),
+    ("America/New_York", utc(2026, 3, 8, 7)), ("Australia/Lord_Howe", utc(2026, 4, 4, 15)),  # a 30-minute change
+])
+@pytest.mark.parametrize("hours", ["02:00-03:00", "02:30-02:45", "01:45-02:15", "23:30-02:30"])
+def test_next_open_is_the_first_open_minute_around_dst_changes(tz: str, change: datetime, hours: str) -> None:
+    """Around each change: next_open(at) is open, not before at, and no minute between them is open."""
+    window = Window(hours=hours, timezone=tz)
+    for step in range(0, 48 * 60, 151):
+        at = change - timedelta(hours=24) + timedelta(minutes=step)
+        found = window.next_open(at)
+        assert found is not None and found >= at and window.is_open(found), (at, found)
+        probe = at
+        while probe < found:
+            assert not window.is_open(probe), f"{probe} is open, but next_open({at}) said {found}"
+            probe += timedelta(minutes=1)
