@@ -53,6 +53,10 @@ def _configure_logging(settings: Settings, *, stream: TextIO | None = None) -> N
     # `run` and `rotate` (and `pause`/`resume`) come through here before they read any secret.
     for failure in disable_core_dumps():
         _log().warning("process.core_dumps_not_disabled", reason=failure)
+    from rotator.faults import TEST_MODE_ENV, ignored_hooks
+
+    for variable in ignored_hooks():
+        _log().warning("process.test_hook_ignored", variable=variable, reason=f"test hooks act only with {TEST_MODE_ENV}=1")
 
 
 def _settings(config_dir: Path | None = None) -> Settings:

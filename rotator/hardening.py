@@ -26,7 +26,9 @@ def disable_core_dumps() -> list[str]:
     try:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Already 0 (systemd's LimitCORE=0, whose @resources filter may refuse setrlimit): nothing to do.
+        if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ImportError, OSError, ValueError) as exc:
         failures.append(f"RLIMIT_CORE: {type(exc).__name__}")
     if sys.platform.startswith("linux"):

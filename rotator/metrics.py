@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from rotator.listener import BoundedHTTPServer
+
 if TYPE_CHECKING:
     from rotator.daemon import Daemon
 
@@ -38,9 +40,10 @@ DEGRADED = Gauge("rotator_degraded", "1 while any credential or file is failing"
 
 
 def serve_metrics(addr: str, daemon: Daemon) -> ThreadingHTTPServer:
+    """Serve in a background thread; slow clients are bounded (rotator.listener)."""
     host, _, port = addr.rpartition(":")
     handler = _handler(daemon)
-    server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), handler)  # noqa: S104 - operator's choice
+    server = BoundedHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), handler)  # noqa: S104 - operator's choice
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
@@ -48,6 +51,8 @@ def serve_metrics(addr: str, daemon: Daemon) -> ThreadingHTTPServer:
 def _handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if isinstance(self.server, BoundedHTTPServer):
+                self.server.mark_served(self.request)
             path = self.path.split("?")[0]
             if path == "/healthz":
                 alive = daemon.last_tick_at is not None and time.monotonic() - daemon.last_tick_at < 3 * daemon.app.settings.tick_seconds + 30

@@ -10,7 +10,7 @@ import pytest
 
 from aws_world import AwsWorld
 from helpers import names
-from rotator.faults import ENV
+from rotator.faults import crash_env
 
 ROTATION_POINTS = [
     "after-intent",
@@ -62,7 +62,7 @@ def test_crash_during_rotation_converges(aws_world: AwsWorld, point: str) -> Non
     w = aws_world
     assert w.cli("rotate", w.name)[0] == 0
     old, _ = w.live()
-    code, _ = w.cli("rotate", w.name, extra_env={ENV: point})
+    code, _ = w.cli("rotate", w.name, extra_env=crash_env(point))
     assert code == -9, f"the process should have been killed at {point}"
     during, _ = w.live()
     assert during is not None and w.works(during), "guarantee 1 holds at the moment of the crash"
@@ -83,7 +83,7 @@ def test_crash_during_revocation_converges(aws_world: AwsWorld, point: str) -> N
     old, _ = w.live()
     assert w.cli("rotate", w.name)[0] == 0
     time.sleep(2.2)
-    code, _ = w.cli("run", "--once", extra_env={ENV: point})
+    code, _ = w.cli("run", "--once", extra_env=crash_env(point))
     assert code == -9
     during, _ = w.live()
     assert w.works(during)
@@ -99,7 +99,7 @@ def test_a_lease_held_elsewhere_blocks_until_it_expires(aws_world: AwsWorld) -> 
     w = aws_world
     assert w.cli("rotate", w.name)[0] == 0
     old, _ = w.live()
-    assert w.cli("rotate", w.name, extra_env={ENV: "after-stash"})[0] == -9
+    assert w.cli("rotate", w.name, extra_env=crash_env("after-stash"))[0] == -9
     path = f"{w.env['ROTATOR_STATE_PREFIX']}/{w.name}"
     current = w.bao.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)["data"]
     record = current["data"]
@@ -119,7 +119,7 @@ def test_a_restarted_process_takes_over_its_dead_predecessors_lease_at_once(aws_
     w = aws_world
     assert w.cli("rotate", w.name)[0] == 0
     old, _ = w.live()
-    assert w.cli("rotate", w.name, extra_env={ENV: "after-stash", "ROTATOR_LEASE_SECONDS": "3600"})[0] == -9
+    assert w.cli("rotate", w.name, extra_env={**crash_env("after-stash"), "ROTATOR_LEASE_SECONDS": "3600"})[0] == -9
     code, events = w.cli("run", "--once")
     assert code == 0 and "rotation.completed" in names(events)
     assert [e["reason"] for e in events if e["event"] == "rotation.started"] == ["recovery"]
@@ -133,7 +133,7 @@ def test_the_audit_chain_survives_a_sigkill_and_restart(aws_world: AwsWorld, tmp
     audit_file = tmp_path / "audit.jsonl"
     env = {"ROTATOR_AUDIT_FILE": str(audit_file)}
     assert w.cli("rotate", w.name, extra_env=env)[0] == 0
-    assert w.cli("rotate", w.name, extra_env={**env, ENV: "after-verify"})[0] == -9
+    assert w.cli("rotate", w.name, extra_env={**env, **crash_env("after-verify")})[0] == -9
     assert w.cli("run", "--once", extra_env=env)[0] == 0
     verify = run_rotator(["audit", "verify", str(audit_file)], {})
     assert verify.returncode == 0, verify.stdout

@@ -46,7 +46,7 @@ from provider_worlds import (  # noqa: F401 - fixtures
     github_clock,
     rotator_env_for,
 )
-from rotator.faults import ENV
+from rotator.faults import crash_env
 
 POINTS = [
     "after-intent",
@@ -104,7 +104,7 @@ def run_batch(kind: str, *, openbao: Any, base: Path, github: Any, stripe_fake: 
         if old is None:
             continue  # the setup pass failed for it; its test reports that
         batch.old[point] = old
-        batch.crash_codes[point], _ = w.cli("rotate", w.name, "--revoke-now", extra_env={ENV: point})
+        batch.crash_codes[point], _ = w.cli("rotate", w.name, "--revoke-now", extra_env=crash_env(point))
         during, _ = w.live()
         batch.during[point] = (during is not None and w.works(during), len(w.rotator_keys()), w.is_rejected(old))
     batch.restart_code, batch.restart_events = any_world.cli("run", "--once")

@@ -12,7 +12,7 @@ from pathlib import Path
 import hvac
 
 from helpers import DaemonProcess, SecretLedger, names, write_credential
-from rotator.faults import PAUSE_ENV
+from rotator.faults import pause_env
 from rotator.sandbox.services import free_port
 
 
@@ -37,7 +37,7 @@ def scan(ledger: SecretLedger, bao: hvac.Client, live_paths: list[str], *outputs
 def test_sigterm_finishes_the_step_in_flight_releases_the_lease_and_exits_0(rotator_env, config_dir: Path, iam_user: str, bao_client) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM mid-rotation: the current step completes, no new one starts, exit 0."""
     write_credential(config_dir, iam_user, params={"user_name": iam_user})
-    daemon = DaemonProcess({**rotator_env, "ROTATOR_TICK_SECONDS": "1", PAUSE_ENV: "after-stash:3"})
+    daemon = DaemonProcess({**rotator_env, "ROTATOR_TICK_SECONDS": "1", **pause_env("after-stash:3")})
     daemon.wait_for(lambda ev: "credential.issued" in names(ev), what="credential.issued")
     assert daemon.stop(signal.SIGTERM) == 0
     events = daemon.events()

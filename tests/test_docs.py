@@ -26,7 +26,7 @@ CONFIGURATION = DOCS / "CONFIGURATION.md"
 NEWCOMER_DOCS = [DOCS / "GETTING_STARTED.md", CONFIGURATION, DOCS / "TROUBLESHOOTING.md"]
 MODELINE = "# yaml-language-server: $schema=../credential.schema.json"
 # ROTATOR_ variables that are not Settings fields (test hooks, rotator/faults.py).
-OTHER_VARIABLES = {"ROTATOR_TEST_CRASH_AT", "ROTATOR_TEST_PAUSE_AT"}
+OTHER_VARIABLES = {"ROTATOR_TEST_CRASH_AT", "ROTATOR_TEST_PAUSE_AT", "ROTATOR_TEST_MODE"}
 
 
 # -- reading the reference's tables -------------------------------------------------------

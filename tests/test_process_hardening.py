@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import parse_events, run_rotator, write_credential
+from rotator.faults import ENV, crash_env
 from rotator.settings import Settings, parse_go_bool
 
 GO_TRUE = ["1", "t", "T", "TRUE", "true", "True"]
@@ -72,3 +73,20 @@ def test_run_and_rotate_turn_core_dumps_off(tmp_path: Path) -> None:
     before, after = eval(done.stderr.strip().splitlines()[-1])  # noqa: S307 - our own repr of two tuples
     assert before[1] is True  # so the check below can fail
     assert after == ((0, 0), False)
+
+
+def test_fault_hooks_act_only_in_test_mode(aws_world) -> None:  # type: ignore[no-untyped-def]
+    """ROTATOR_TEST_CRASH_AT alone is ignored (with a warning) and the rotation completes; with ROTATOR_TEST_MODE=1 it kills."""
+    w = aws_world
+    code, events = w.cli("rotate", w.name, extra_env={ENV: "after-intent"})
+    assert code == 0, [e["event"] for e in events]
+    assert [e["variable"] for e in events if e["event"] == "process.test_hook_ignored"] == [ENV]
+    assert "rotation.completed" in [e["event"] for e in events]
+    code, _ = w.cli("rotate", w.name, extra_env=crash_env("after-intent"))
+    assert code == -9, "with test mode the hook acts"
+
+
+def test_the_unit_turns_core_dumps_off() -> None:
+    """systemd/rotator.service sets LimitCORE=0 (test_deploy_files checks its exposure score stays at most 2.0)."""
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "rotator.service").read_text()
+    assert "\nLimitCORE=0\n" in unit

@@ -25,7 +25,7 @@ import requests
 
 from helpers import DaemonProcess, SecretLedger, names, parse_events, run_rotator, write_credential
 from rotator.errors import CasMismatchError
-from rotator.faults import PAUSE_ENV
+from rotator.faults import pause_env
 from rotator.sandbox.services import MotoServer, RaftCluster, free_port
 from rotator.vault import ConsistencyIndex, VaultConnection, VaultStore, Versioned, _session_for
 
@@ -253,7 +253,7 @@ def test_killing_the_active_node_mid_rotation_loses_nothing(
     write_credential(config_dir, iam_user, params={"user_name": iam_user}, path=live_path)
     active, standby = raft.active(), raft.standbys()[0]
     assert active is not None
-    env = rotator_env(raft, standby, moto, config_dir, prefix, ROTATOR_TICK_SECONDS="0.5", **{PAUSE_ENV: f"{boundary}:0.5"})
+    env = rotator_env(raft, standby, moto, config_dir, prefix, ROTATOR_TICK_SECONDS="0.5", **pause_env(f"{boundary}:0.5"))
     daemon = DaemonProcess(env)
     try:
         if boundary == "after-stash":
