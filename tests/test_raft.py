@@ -375,7 +375,7 @@ def test_rotate_caught_without_a_leader_fails_and_run_again_finishes_the_same_ro
     other = next(i for i in range(len(raft.addrs)) if i not in (active, standby))
     env = rotator_env(raft, standby, moto, config_dir, prefix)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "ROTATOR_", "AWS_"))}
-    first = subprocess.Popen([sys.executable, "-m", "rotator", "rotate", iam_user], env={**base, **env, PAUSE_ENV: "after-stash:0.5"},
+    first = subprocess.Popen([sys.executable, "-m", "rotator", "rotate", iam_user], env={**base, **env, **pause_env("after-stash:0.5")},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert first.stdout is not None
     lines = []
