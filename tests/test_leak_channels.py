@@ -7,8 +7,8 @@ exceptions they print.
 
 The secrets pushed through: each minted installation token (echoed when it
 is used, and once quoted from inside `issue()`), the deploy-key provider's
-own management token, the App JWTs, the App private keys, and the Vault
-token."""
+own management token, the App JWTs, the App private keys, a new Stripe key
+and its management key, and the Vault token."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import pytest
 
 from helpers import DaemonProcess, run_rotator
 from policy_token import vault_policy_token
-from provider_worlds import DEPLOY_KEY, TOKEN, ProviderLedger, build_world, github_clock  # noqa: F401 - fixture
+from provider_worlds import DEPLOY_KEY, STRIPE_KEY, TOKEN, ProviderLedger, build_world, github_clock  # noqa: F401 - fixture
 from rotator.sandbox.github import FakeGitHub, _Answer
+from rotator.sandbox.stripe import FakeStripe, _Request, _Response
 from rotator.sandbox.services import free_port
 from rotator.testing.leaks import find_leaks, leak_forms
 
@@ -84,6 +85,25 @@ class EchoingGitHub(FakeGitHub):
         return answer
 
 
+class EchoingStripe(FakeStripe):
+    """A Stripe that quotes, in base64url, the key a call was made with and
+    the management key when the new key is first used (verification)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.management_key = ""
+        self.seen: set[str] = set()
+
+    def handle(self, request: _Request) -> _Response:
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if bearer:
+            self.seen.add(bearer)
+        if request.method == "GET" and request.path == "/v1/customers" and bearer != self.management_key:
+            pieces = [leak_forms(value)["base64url unpadded"] for value in (bearer, self.management_key)]
+            return _Response(400, {"error": {"type": "invalid_request_error", "message": "Bad key: " + " ".join(pieces)}})
+        return super().handle(request)
+
+
 class AlertSink:
     """A webhook receiver that keeps every body it is sent."""
 
@@ -112,6 +132,13 @@ class AlertSink:
 
 
 @pytest.fixture
+def echoing_stripe() -> Iterator[EchoingStripe]:
+    fake = EchoingStripe().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
 def echoing_github(github_clock) -> Iterator[EchoingGitHub]:  # type: ignore[no-untyped-def]
     fake = EchoingGitHub(clock=github_clock).start()
     yield fake
@@ -119,9 +146,9 @@ def echoing_github(github_clock) -> Iterator[EchoingGitHub]:  # type: ignore[no-
 
 
 def test_no_registered_secret_in_any_form_reaches_any_output_channel(  # type: ignore[no-untyped-def]
-    openbao, bao_client: hvac.Client, echoing_github: EchoingGitHub, tmp_path: Path, unique: str,
+    openbao, bao_client: hvac.Client, echoing_github: EchoingGitHub, echoing_stripe: EchoingStripe, tmp_path: Path, unique: str,
 ) -> None:
-    """Ten credentials fail with vendor errors quoting secrets; every channel is scanned for every form."""
+    """Eleven credentials fail with vendor errors quoting secrets; every channel is scanned for every form."""
     config_dir = tmp_path / "credentials.d"
     audit_file = tmp_path / "audit.jsonl"
     sink = AlertSink()
@@ -151,6 +178,10 @@ def test_no_registered_secret_in_any_form_reaches_any_output_channel(  # type: i
                          github=echoing_github, ledger=ledger, foreign=False)
     echoing_github.form_of_repo[deploy.repo] = "base64"
     worlds.append(deploy)
+    stripe = build_world(STRIPE_KEY, bao=bao_client, env=env, config_dir=config_dir, unique=uuid.uuid4().hex[:8],
+                         stripe_fake=echoing_stripe, ledger=ledger, foreign=False)
+    echoing_stripe.management_key = stripe.management_key  # type: ignore[attr-defined]
+    worlds.append(stripe)
 
     daemon = DaemonProcess(env)
     try:
@@ -166,11 +197,14 @@ def test_no_registered_secret_in_any_form_reaches_any_output_channel(  # type: i
     events = daemon.events()
     failures = {e["credential"]: e for e in events if e["event"] == "rotation.failed" and e.get("will_retry") is False}
     assert set(failures) == {w.name for w in worlds}
-    assert "[REDACTED]" in failures[worlds[FORMS.index("base64")].name]["error"], "the vendor's echo was there, masked"
+    masked = "[REDACTED]" in failures[worlds[FORMS.index("base64")].name]["error"]
+    assert masked, "the vendor's echo must be there, masked (the error is not shown: it may hold the secret)"
     assert len(alerts) >= len(worlds), "one alert per final failure"
 
-    secrets = set(ledger.values) | echoing_github.seen | {vault_token}
-    assert len(echoing_github.seen) >= 2 * len(worlds), "JWTs, minted tokens and the management token were seen"
+    secrets = set(ledger.values) | echoing_github.seen | echoing_stripe.seen | {vault_token}
+    seen = len(echoing_github.seen)  # never let an assertion print the values
+    assert seen >= 2 * (len(worlds) - 1), f"JWTs, minted tokens and the management token were seen: only {seen}"
+    assert echoing_stripe.seen, "the Stripe keys were seen"
     channels: dict[str, str] = {
         "daemon stdout and stderr": daemon.output(),
         "audit file": audit_file.read_text(),

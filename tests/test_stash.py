@@ -60,7 +60,8 @@ def test_the_record_holds_no_secret_and_the_stash_is_written_once_and_destroyed_
     assert entry is not None
     data, version = entry
     assert version == 1, "an entry is written once"
-    assert data["key_id"] == key["key_id"] and data["handle"][secret_field] == first[secret_field]
+    same = data["handle"][secret_field] == first[secret_field]  # compared outside the assert: pytest would print both
+    assert data["key_id"] == key["key_id"] and same, "the entry holds the live credential's secret"
 
     rotate_ok(w, "--revoke-now")  # the first credential is revoked at once: its entry goes
     second, _ = w.live()
@@ -104,7 +105,8 @@ def test_a_schema_1_record_with_secrets_inline_loads_and_is_migrated_on_the_next
     assert record["schema_version"] == 2 and record["current"]["stash"] == path
     assert find_leaks(json.dumps(record), w.ledger.values) == [], "migrated: no secret left in the record"
     entry = stash_entry(w, path)
-    assert entry is not None and entry[0]["handle"]["token"] == first["token"]
+    same = entry is not None and entry[0]["handle"]["token"] == first["token"]
+    assert same, "the stash entry holds the migrated token"
     rotate_ok(w, "--revoke-now")
     assert w.is_rejected(first), "the handle moved to the stash still revokes the old token"
 
