@@ -146,8 +146,12 @@ class ProviderWorld:
     # -- the CLI ---------------------------------------------------------------
 
     def write_file(self, *, every: str, grace: str, params: dict[str, Any]) -> None:
+        # These worlds prove an old Stripe key still works in grace by using
+        # it, which the fake records as a use after its successor went live:
+        # usage-aware revocation would hold it. test_usage.py tests holding.
+        extra = {"revocation": {"when_in_use": "revoke"}} if self.kind == STRIPE_KEY else {}
         write_credential(self.config_dir, self.name, provider=self.kind, params=params, every=every, grace=grace,
-                         path=self.live_path)
+                         path=self.live_path, **extra)
 
     def cli(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, list[dict[str, Any]]]:
         result = run_rotator(list(args), {**self.env, **(extra_env or {})}, timeout=timeout)
