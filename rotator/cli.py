@@ -230,11 +230,12 @@ def demo(duration: float | None, workdir: Path) -> None:
 
 def _register_commands() -> None:
     """Commands implemented in their own modules."""
+    from rotator.cli_leak import leaked
     from rotator.cli_rotate import rotate
     from rotator.pause import pause_command, resume_command
     from rotator.plan import plan_command
 
-    for command in (rotate, plan_command, pause_command, resume_command):
+    for command in (rotate, leaked, plan_command, pause_command, resume_command):
         cli.add_command(command)
 
 

@@ -55,7 +55,7 @@ from rotator.provider import (
     Provider,
     ProviderContext,
 )
-from rotator.state import Lease, Retiring, StateRecord
+from rotator.state import Lease, Retiring, StateRecord, with_value_hashes
 from rotator.timetable import draw_jitter
 from rotator.vault import VaultStore
 
@@ -524,7 +524,9 @@ class _Run:
         register_secret(*self.provider.secret_values(credential.data, credential.handle))
         crashpoint("after-issue")
         try:
-            self._apply(machine.Issued(credential))
+            # The record keeps the SHA-256 of each secret value, never the value (leak response, rotator.leak).
+            issued = machine.apply(self.record, machine.Issued(credential), self.policy, self.engine.clock.now())
+            self.persist(with_value_hashes(issued, self.provider.secret_values(credential.data, credential.handle)))
         except LeaseLostError:
             raise  # the record says `issuing`: whoever holds it now sweeps this rotation's key
         except RotatorError:

@@ -18,6 +18,7 @@ inline; schema version 1 records held them in Vault too, and still load.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -58,10 +59,28 @@ class KeyRecord(_Frozen):
     # mount), and which handle fields live only there.
     stash: str | None = None
     stashed_fields: list[str] = Field(default_factory=list)
+    # SHA-256 (hex) of each secret value of the credential, set when it is
+    # issued, so a leaked value can be matched (`rotator leaked`) without
+    # keeping or reading the value itself. Never the values.
+    value_sha256: list[str] = Field(default_factory=list)
 
     def lacks_secrets(self) -> bool:
         """Whether the handle's secret parts are only in the stash (not loaded)."""
         return any(f not in self.handle for f in self.stashed_fields)
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def with_value_hashes(record: StateRecord, values: list[str]) -> StateRecord:
+    """The record with its pending credential's value hashes set (leak response)."""
+    pending = record.pending
+    if pending is None or pending.credential is None or not values:
+        return record
+    hashes = sorted({sha256_hex(v) for v in values})
+    credential = pending.credential.model_copy(update={"value_sha256": hashes})
+    return record.model_copy(update={"pending": pending.model_copy(update={"credential": credential})})
 
 
 class Lease(_Frozen):
