@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -238,6 +239,10 @@ class Daemon:
             overdue += view.last_rotated_at is not None and now > due + allowance
         metrics.OVERDUE.set(overdue)
         metrics.DEGRADED.set(1 if self.is_degraded else 0)
+        wall, mono = now.timestamp(), time.monotonic()
+        metrics.LAST_TICK.set(math.nan if self.last_tick_at is None else wall - (mono - self.last_tick_at))
+        left = self.app.store.token_expires_in()
+        metrics.TOKEN_EXPIRY.set(math.nan if left is None else wall + left)
 
     def _remember(self, view: CredentialView, result: ReconcileResult) -> None:
         record = result.record

@@ -37,6 +37,10 @@ HELD = Gauge("rotator_revocations_held", "Superseded credentials whose revocatio
              ["credential", "provider"], registry=REGISTRY)
 OVERDUE = Gauge("rotator_overdue_credentials", "Credentials past their due time by more than a tick", registry=REGISTRY)
 DEGRADED = Gauge("rotator_degraded", "1 while any credential or file is failing", registry=REGISTRY)
+LAST_TICK = Gauge("rotator_last_tick_timestamp_seconds", "When the daemon loop last ticked (Unix time; NaN before the first tick)",
+                  registry=REGISTRY)
+TOKEN_EXPIRY = Gauge("rotator_vault_token_expiry_timestamp_seconds",
+                     "When the daemon's Vault token expires (Unix time; +Inf: it never expires; NaN: not known yet)", registry=REGISTRY)
 
 
 def serve_metrics(addr: str, daemon: Daemon) -> ThreadingHTTPServer:

@@ -202,6 +202,10 @@ class VaultStore:
         """Renew the token or log in again when due; never raises (call it each tick)."""
         self._session.maintain()
 
+    def token_expires_in(self) -> float | None:
+        """Seconds the store's token has left, as last seen (no request; inf: never expires, None: not known yet)."""
+        return self._session.expires_in()
+
     def token_info(self) -> dict[str, Any]:
         """The token's own lookup (ttl, renewable); raises if Vault is unreachable or the token invalid."""
         return self._call("looking up the token", lambda: self._client.auth.token.lookup_self())["data"]

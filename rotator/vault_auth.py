@@ -160,6 +160,13 @@ class TokenSession:
                 self.log.error("vault.token_renewal_failed", method=self._auth.method, error=f"unexpected {type(exc).__name__}")
                 self._due_at = self._now() + RETRY_MAX_SECONDS
 
+    def expires_in(self) -> float | None:
+        """Seconds the current token has left (inf: it never expires; None: no token yet)."""
+        lease = self._lease
+        if lease is None:
+            return None
+        return float("inf") if lease.ttl <= 0 else self._seconds_left()
+
     def recover(self, generation: int) -> bool:
         """After a 403 on a request made with token `generation`: True if the
         request is worth one retry with a new token."""

@@ -158,6 +158,9 @@ class KvModel:
     def is_ready(self) -> bool:
         return True
 
+    def token_expires_in(self) -> float | None:
+        return None
+
     # -- operator actions (no VaultStore method: `bao kv delete` and friends) --
 
     def delete_latest(self, mount: str, path: str) -> None:
