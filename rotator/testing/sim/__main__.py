@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from rotator.testing.sim.explorer import sweep
+from rotator.testing.sim.explorer import SweepReport, sweep_parallel
 from rotator.testing.sim.faults import ALL_FAULTS
 from rotator.testing.sim.providers import KINDS
 from rotator.testing.sim.quiet import quiet_logs
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", default="", help="fault kinds to leave out, comma-separated")
     parser.add_argument("--min-steps", type=int, default=30)
     parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     args = parser.parse_args(argv)
     without = {f for f in args.without.split(",") if f}
@@ -28,15 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in faults if f not in ALL_FAULTS]
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(unknown)} (known: {', '.join(ALL_FAULTS)})")
+    def progress(report: SweepReport) -> None:
+        print(f"... {report.schedules} schedules, {report.violations} violations, {report.seconds:.0f} s", file=sys.stderr, flush=True)
+
     with quiet_logs():
-        report = sweep(args.schedules, first_seed=args.first_seed, faults=faults, kinds=args.kinds.split(","),
-                       steps=(args.min_steps, args.max_steps))
+        report = sweep_parallel(args.schedules, workers=args.workers, first_seed=args.first_seed, faults=faults,
+                                kinds=args.kinds.split(","), steps=(args.min_steps, args.max_steps), progress=progress)
     print(report.summary())
     for finding in report.findings:
         print(f"\nFAILED seed {finding.seed} ({finding.kind}): {finding.detail}\nminimal replay:\n{finding.replay}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"schedules": report.schedules, "steps": report.steps, "seconds": round(report.seconds, 1),
+            json.dump({"first_seed": args.first_seed, "workers": args.workers, "schedules": report.schedules, "steps": report.steps, "seconds": round(report.seconds, 1),
                        "violations": report.violations, "by_invariant": dict(report.by_invariant),
                        "faults": {k: report.faults.get(k, 0) for k in ALL_FAULTS},
                        "findings": [f.__dict__ for f in report.findings]}, handle, indent=2)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -391,7 +391,8 @@ class SweepReport:
 
 
 def sweep(count: int, *, first_seed: int = 0, faults: Iterable[str] = ALL_FAULTS, kinds: Sequence[str] | None = None,
-          steps: tuple[int, int] = (30, 40), shrink_findings: int = 5, stop_after: int | None = None) -> SweepReport:
+          steps: tuple[int, int] = (30, 40), shrink_findings: int = 5, stop_after: int | None = None,
+          progress: Callable[[SweepReport], None] | None = None) -> SweepReport:
     """Run `count` schedules; shrink the first `shrink_findings` failures of each invariant."""
     enabled = tuple(faults)
     report = SweepReport()
@@ -414,5 +415,63 @@ def sweep(count: int, *, first_seed: int = 0, faults: Iterable[str] = ALL_FAULTS
                 report.findings.append(Finding(seed, schedule.kind, first.invariant, detail, small.replay_text()))
             if stop_after is not None and report.violations >= stop_after:
                 break
+        if progress is not None and report.schedules % 1000 == 0:
+            report.seconds = time.perf_counter() - started
+            progress(report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def merge(reports: Iterable[SweepReport]) -> SweepReport:
+    total = SweepReport()
+    for part in reports:
+        total.schedules += part.schedules
+        total.steps += part.steps
+        total.faults.update(part.faults)
+        total.violations += part.violations
+        total.by_invariant.update(part.by_invariant)
+        total.findings.extend(part.findings)
+        total.seconds = max(total.seconds, part.seconds)
+    return total
+
+
+def _sweep_part(args: tuple[int, int, tuple[str, ...], tuple[str, ...] | None, tuple[int, int], int]) -> SweepReport:
+    from rotator.testing.sim.quiet import quiet_logs
+
+    count, first_seed, faults, kinds, steps, shrink_findings = args
+    with quiet_logs():
+        return sweep(count, first_seed=first_seed, faults=faults, kinds=kinds, steps=steps, shrink_findings=shrink_findings)
+
+
+def sweep_parallel(count: int, *, workers: int, first_seed: int = 0, faults: Iterable[str] = ALL_FAULTS,
+                   kinds: Sequence[str] | None = None, steps: tuple[int, int] = (30, 40), shrink_findings: int = 5,
+                   progress: Callable[[SweepReport], None] | None = None) -> SweepReport:
+    """`sweep` over `workers` processes, in chunks of consecutive seeds; the same seeds give the same report."""
+    if workers <= 1:
+        return sweep(count, first_seed=first_seed, faults=faults, kinds=kinds, steps=steps,
+                     shrink_findings=shrink_findings, progress=progress)
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = 1000
+    jobs = [(min(chunk, count - start), first_seed + start, tuple(faults), tuple(kinds) if kinds else None, steps, shrink_findings)
+            for start in range(0, count, chunk)]
+    started = time.perf_counter()
+    parts: list[SweepReport] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(_sweep_part, jobs):
+            parts.append(part)
+            if progress is not None:
+                so_far = merge(parts)
+                so_far.seconds = time.perf_counter() - started
+                progress(so_far)
+    total = merge(parts)
+    total.seconds = time.perf_counter() - started
+    # Keep at most `shrink_findings` findings per invariant, the lowest seeds first.
+    kept: Counter[str] = Counter()
+    findings = []
+    for finding in sorted(total.findings, key=lambda f: f.seed):
+        if kept[finding.invariant] < shrink_findings:
+            kept[finding.invariant] += 1
+            findings.append(finding)
+    total.findings = findings
+    return total

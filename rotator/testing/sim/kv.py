@@ -72,14 +72,23 @@ class KvModel:
 
     def __init__(self, *, boundary: Boundary | None = None) -> None:
         self._mounts: dict[str, dict[str, _Entry]] = {}
+        self._generation = [0]  # bumped by every change; shared with views
         self.boundary: Boundary = boundary or _apply
         self.requests_made = 0
 
     def view(self, boundary: Boundary) -> KvModel:
         """The same mounts, seen through another boundary (one per simulated process)."""
         other = object.__new__(KvModel)
-        other._mounts, other.boundary, other.requests_made = self._mounts, boundary, 0
+        other._mounts, other._generation, other.boundary, other.requests_made = self._mounts, self._generation, boundary, 0
         return other
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever anything stored changes (for caches)."""
+        return self._generation[0]
+
+    def _changed(self) -> None:
+        self._generation[0] += 1
 
     # -- plumbing ------------------------------------------------------------
 
@@ -165,17 +174,20 @@ class KvModel:
 
     def delete_latest(self, mount: str, path: str) -> None:
         """`bao kv delete`: soft-delete the current version."""
+        self._changed()
         entry = self._entry(mount, path)
         if entry is not None and entry.current_version in entry.versions:
             entry.versions[entry.current_version].deleted = True
 
     def undelete(self, mount: str, path: str, versions: list[int]) -> None:
+        self._changed()
         entry = self._entry(mount, path)
         for number in versions:
             if entry is not None and number in entry.versions and not entry.versions[number].destroyed:
                 entry.versions[number].deleted = False
 
     def destroy(self, mount: str, path: str, versions: list[int]) -> None:
+        self._changed()
         entry = self._entry(mount, path)
         for number in versions:
             if entry is not None and number in entry.versions:
@@ -184,9 +196,11 @@ class KvModel:
 
     def delete_metadata(self, mount: str, path: str) -> None:
         """`bao kv metadata delete`: every version and the metadata, gone."""
+        self._changed()
         self._entries(mount).pop(path.strip("/"), None)
 
     def configure(self, mount: str, path: str, *, max_versions: int | None = None, cas_required: bool | None = None) -> None:
+        self._changed()
         entry = self._entries(mount).setdefault(path.strip("/"), _Entry())
         if max_versions is not None:
             entry.max_versions = max_versions
@@ -254,6 +268,7 @@ class KvModel:
         current = entry.current_version if entry else 0
         if cas != current:
             raise CasMismatchError(f"check-and-set lost while writing {mount}/{path}")
+        self._changed()
         if entry is None:
             entry = entries[key] = _Entry()
         entry.current_version = current + 1
@@ -279,6 +294,7 @@ class KvModel:
         if entry is None:
             # OpenBao answers 404 to a metadata patch of a path never written.
             raise NotFoundError(f"not found while updating metadata of {mount}/{path}")
+        self._changed()
         entry.custom_metadata.update(patch)
 
     def _list(self, mount: str, path: str) -> list[str]:

@@ -137,7 +137,13 @@ class World:
         self.revoke_now: list[RevokeNow] = []
         self.renames = 0
         self._loaded: dict[tuple[str, str, str], LoadedCredential] = {}
-        self._records: dict[tuple[str, int, str | None], StateRecord | None] = {}
+        self._records: dict[str, StateRecord | None] = {}
+        self._records_now: dict[str, StateRecord] = {}
+        self._records_at = -1
+        self._live_at: tuple[int, bool, int, int] | None = None
+        self._live_now: dict[str, str | None] = {}
+        self._fileless_at: tuple[int, frozenset[str]] | None = None
+        self._fileless_now: list[LoadedCredential] = []
         # the fault plan of the step in progress
         self._plan: dict[int, CallFault] = {}
         self._plan_actor: str | None = None
@@ -200,12 +206,16 @@ class World:
 
     def fileless(self) -> list[LoadedCredential]:
         names = {spec.stem for spec in self.files.values()}
+        stamp = (self.kv.generation, frozenset(names))
+        if self._fileless_at == stamp:
+            return self._fileless_now
         out = []
         for name, record in self.records().items():
             if name not in names and has_work(record):
                 cred = fileless_credential(record, {self.provider_cls.kind: self.provider_cls})
                 if cred is not None:
                     out.append(cred)
+        self._fileless_at, self._fileless_now = stamp, out
         return out
 
     def rotate(self, revoke_now: bool) -> str:
@@ -339,7 +349,12 @@ class World:
 
     def _live_keys(self, *, retired: bool = False) -> dict[str, str | None]:
         """The key each live path's current version holds (with `retired`: also paths no file names now)."""
-        return {path: self.service.key_of(self.kv.peek(MOUNT, path)) for path, t in self.tracked.items() if retired or not t.retired}
+        stamp = (self.kv.generation, retired, len(self.tracked), sum(t.retired for t in self.tracked.values()))
+        if self._live_at == stamp:
+            return self._live_now
+        out = {path: self.service.key_of(self.kv.peek(MOUNT, path)) for path, t in self.tracked.items() if retired or not t.retired}
+        self._live_at, self._live_now = stamp, out
+        return out
 
     def _after_live_write(self, path: str, before: dict[str, str | None]) -> None:
         new_key = self.service.key_of(self.kv.peek(MOUNT, path))
@@ -350,21 +365,25 @@ class World:
         self.tracked[path] = Tracking(promoted=True, foreign=False)
 
     def records(self) -> dict[str, StateRecord]:
-        """Every readable state record, by credential name (parsed once per version)."""
+        """Every readable state record, by credential name (parsed once per change of the store)."""
+        if self._records_at == self.kv.generation:
+            return self._records_now
         out = {}
         for name in self.kv._list(MOUNT, STATE_PREFIX):
             if name.startswith("_") or name.endswith("/"):
                 continue
             path = f"{STATE_PREFIX}/{name}"
-            key = (path, self.kv.current_version(MOUNT, path), self.kv.peek_text(MOUNT, path))
-            if key not in self._records:
-                data = self.kv.peek(MOUNT, path)
+            text = self.kv.peek_text(MOUNT, path)
+            if text is None:
+                continue
+            if text not in self._records:
                 try:
-                    self._records[key] = StateRecord.from_vault(data) if data is not None else None
+                    self._records[text] = StateRecord.model_validate_json(text)
                 except ValueError:
-                    self._records[key] = None
-            if self._records[key] is not None:
-                out[name] = self._records[key]
+                    self._records[text] = None
+            if self._records[text] is not None:
+                out[name] = self._records[text]
+        self._records_now, self._records_at = out, self.kv.generation
         return out
 
     def violate(self, invariant: str, detail: str) -> None:
