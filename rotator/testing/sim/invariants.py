@@ -9,7 +9,9 @@ Checked just before each provider or live-path effect (call time):
 - `one-lease-holder`: a process that mints a credential or writes a live
   path holds a lease on some state record; after another process took the
   lease over, the first does nothing more (§6.5);
-- `aws-two-keys`: an IAM user never holds more than 2 keys.
+- `aws-two-keys`: an IAM user never holds more than 2 keys;
+- `reconcile-raised`: a reconcile never ends in an exception other than the
+  project's errors (the daemon would survive it, but the step never ends).
 
 Checked after every step:
 - `live-works`: from the first promotion on, each live path's current

@@ -1,7 +1,9 @@
 """An in-memory model of OpenBao's KV v2 engine, behind the same methods as
 `rotator.vault.VaultStore` that the engine, the live path and the change
 feed use (`read`, `read_data`, `read_many`, `read_version`, `write`,
-`read_metadata`, `merge_custom_metadata`, `list`, `walk`, `read_ref`).
+`read_metadata`, `merge_custom_metadata`, `destroy`, `list`, `walk`,
+`read_ref`; tests/test_sim_kv.py fails when VaultStore gains a method the
+model lacks).
 
 What it keeps of KV v2 (tests/test_sim_kv.py runs the same operations
 against the real OpenBao and compares, so the model cannot drift):
@@ -186,7 +188,12 @@ class KvModel:
             if entry is not None and number in entry.versions and not entry.versions[number].destroyed:
                 entry.versions[number].deleted = False
 
-    def destroy(self, mount: str, path: str, versions: list[int]) -> None:
+    def destroy(self, mount: str, path: str) -> None:
+        """Every version of `mount/path` and its metadata, gone for good (absent is done)."""
+        self._call("destroy", mount, path, lambda: self.delete_metadata(mount, path), mutating=True)
+
+    def destroy_versions(self, mount: str, path: str, versions: list[int]) -> None:
+        """`bao kv destroy -versions=...`."""
         self._changed()
         entry = self._entry(mount, path)
         for number in versions:

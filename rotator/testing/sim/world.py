@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from rotator.config import CredentialSpec, LoadedCredential
 from rotator.engine import Engine, EngineOptions
-from rotator.errors import CasMismatchError
+from rotator.errors import CasMismatchError, RotatorError
 from rotator.fileless import fileless_credential, has_work
 from rotator.holder import Identity
 from rotator.machine import Request
@@ -200,7 +200,7 @@ class World:
         after a reload: `rotator.fileless`)."""
         proc = self.process(slot)
         for cred in [*self.loaded(), *self.fileless()]:
-            if self._run(proc, lambda c=cred: proc.engine.reconcile(c)) is SimCrash:
+            if self._run(proc, lambda c=cred: proc.engine.reconcile(c), what=cred.spec.name) is SimCrash:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
 
@@ -229,7 +229,7 @@ class World:
         if revoke_now:
             request = RevokeNow(started, targets=frozenset(k.key_id for k in self.service.rotator_made() if k.created_at <= started))
             self.revoke_now.append(request)
-        result = self._run(proc, lambda: proc.engine.reconcile(creds[0], request=Request(revoke_now=revoke_now)))
+        result = self._run(proc, lambda: proc.engine.reconcile(creds[0], request=Request(revoke_now=revoke_now)), what="rotate")
         status = "crashed" if result is SimCrash else getattr(result, "status", "error")
         if request is not None and status == "completed":
             request.completed_at = self.clock.now()
@@ -237,13 +237,15 @@ class World:
             request.targets = request.targets - set(self._live_keys().values())
         return status
 
-    @staticmethod
-    def _run(proc: Process, fn: Callable[[], T]) -> T | type[SimCrash] | None:
+    def _run(self, proc: Process, fn: Callable[[], T], *, what: str) -> T | type[SimCrash] | None:
         try:
             return fn()
         except SimCrash:
             return SimCrash
-        except Exception:  # the daemon logs it and goes on with the others
+        except RotatorError:  # Vault down while reading the record: the daemon logs it and goes on
+            return None
+        except Exception as exc:  # the daemon survives it too, but the step never completes: a bug
+            self.violate("reconcile-raised", f"{proc.actor} reconciling {what} raised {type(exc).__name__}: {exc}")
             return None
 
     # -- running a step under a fault plan ------------------------------------------
