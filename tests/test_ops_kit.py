@@ -137,3 +137,104 @@ def test_each_alert_says_what_to_do(name: str) -> None:
     rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if r["alert"] == name)
     assert rule["labels"]["severity"] in {"warning", "critical"}
     assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 40
+
+
+# -- Kubernetes manifests -------------------------------------------------------
+
+K8S = DEPLOY / "kubernetes"
+OLDEST_SCHEMA = "1.25.0"  # the oldest Kubernetes whose schemas kubernetes-validate ships
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    """Every resource in deploy/kubernetes, by kind (one resource a file)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk, "kustomization.yaml lists every manifest and only those"
+    docs = [yaml.safe_load((K8S / name).read_text()) for name in sorted(listed)]
+    return {doc["kind"]: doc for doc in docs}
+
+
+def test_the_kubernetes_manifests_validate_strictly_against_the_shipped_schemas() -> None:
+    """kubernetes-validate ships the schemas: no network (checked once under `unshare -n`, docs/OPERATIONS.md)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the test extra: make install")
+    manifests = _manifests()
+    assert set(manifests) == {"ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+    for version in (kubernetes_validate.latest_version(), OLDEST_SCHEMA):
+        for kind, doc in manifests.items():
+            kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError naming the field
+    # ...and it does catch a mistake: a misspelt field, and a wrong type.
+    deployment = manifests["Deployment"]
+    misspelt = json.loads(json.dumps(deployment))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    wrong_type = json.loads(json.dumps(deployment))
+    wrong_type["spec"]["replicas"] = "two"
+    for broken in (misspelt, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_deployment_is_restricted_probed_replicated_and_authenticates_to_vault_as_its_service_account() -> None:
+    m = _manifests()
+    deployment, pod = m["Deployment"], m["Deployment"]["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] > 1
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (port,) = container["ports"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ROTATOR_METRICS_ADDR"].rpartition(":")[2] == str(port["containerPort"])
+    # Pod Security Standards, "restricted" profile.
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert not any("hostPath" in v for v in pod["volumes"]) and not pod.get("hostNetwork")
+    # The Dockerfile's user, so runAsNonRoot can be checked by the kubelet.
+    assert f"USER {pod['securityContext']['runAsUser']}:" in (ROOT / "Dockerfile").read_text()
+    # Vault's Kubernetes auth with this ServiceAccount's projected token.
+    assert pod["serviceAccountName"] == m["ServiceAccount"]["metadata"]["name"]
+    assert env["ROTATOR_VAULT_AUTH"] == "kubernetes" and env["ROTATOR_VAULT_K8S_ROLE"]
+    mounts = {v["mountPath"]: v["name"] for v in container["volumeMounts"]}
+    token_dir, _, token_name = env["ROTATOR_VAULT_K8S_TOKEN_FILE"].rpartition("/")
+    token_volume = next(v for v in pod["volumes"] if v["name"] == mounts[token_dir])
+    assert token_volume["projected"]["sources"][0]["serviceAccountToken"]["path"] == token_name
+    # Credential files from the ConfigMap, where the daemon reads them.
+    config_volume = next(v for v in pod["volumes"] if v["name"] == mounts[env["ROTATOR_CONFIG_DIR"]])
+    assert config_volume["configMap"]["name"] == m["ConfigMap"]["metadata"]["name"]
+    # The PDB keeps one replica through a drain; it and the policy select these pods.
+    pdb = m["PodDisruptionBudget"]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items() and 0 < pdb["minAvailable"] < deployment["spec"]["replicas"]
+    policy = m["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items() and set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == [port["name"]], "ingress to the metrics port only"
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 8200, 443}, "DNS, Vault, provider APIs"
+    assert int(env["VAULT_ADDR"].rpartition(":")[2]) == 8200
+    public = next(r for r in policy["egress"] if any("ipBlock" in t for t in r["to"]))["to"][0]["ipBlock"]
+    assert "169.254.0.0/16" in public["except"], "no cloud metadata endpoint"
+
+
+def test_the_configmaps_credential_files_validate_as_the_kubelet_mounts_them(tmp_path: Path) -> None:
+    """A ConfigMap volume is symbolic links into a hidden, timestamped
+    directory (`x.yaml -> ..data/x.yaml`, `..data -> ..2026_…`): the loader
+    accepts those links, which stay inside the directory."""
+    from helpers import run_rotator
+
+    files = _manifests()["ConfigMap"]["data"]
+    mount = tmp_path / "credentials.d"
+    stamped = mount / "..2026_12_01_12_00_00.000000001"
+    stamped.mkdir(parents=True)
+    for name, text in files.items():
+        (stamped / name).write_text(text)
+        (stamped / name).chmod(0o444)
+    (mount / "..data").symlink_to(stamped.name)
+    for name in files:
+        (mount / name).symlink_to(f"..data/{name}")
+    done = run_rotator(["validate"], {"ROTATOR_CONFIG_DIR": str(mount)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(files)} credential file(s) valid" in done.stderr
