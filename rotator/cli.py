@@ -161,12 +161,28 @@ def run(config_dir: Path | None, once: bool) -> None:
     from rotator.metrics import serve_metrics
 
     server = serve_metrics(settings.metrics_addr, daemon) if settings.metrics_addr else None
+    leak_hook = _serve_leak_webhook(settings, daemon)
     try:
         daemon.run_forever()
     finally:
-        if server is not None:
-            server.shutdown()
+        for listener in (server, leak_hook):
+            if listener is not None:
+                listener.shutdown()
     sys.exit(EXIT_OK)
+
+
+def _serve_leak_webhook(settings: Settings, daemon: Any) -> Any:
+    """`POST /webhooks/leak` (rotator.leak_webhook); an unreadable signing secret is exit 1."""
+    if not settings.webhook_addr or not settings.leak_webhook_secret:
+        return None
+    from rotator.audit import redact_text
+    from rotator.leak_webhook import serve_leak_webhook
+
+    try:
+        return serve_leak_webhook(settings.webhook_addr, daemon, settings.leak_webhook_secret)
+    except (RotatorError, OSError) as exc:
+        _log().error("daemon.failed", error=f"leak webhook on {settings.webhook_addr}: {redact_text(str(exc))}")
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command()

@@ -202,9 +202,33 @@ class Daemon:
             views = list(self.views.values()) + [v for n, v in self.fileless.items() if n not in self.views]
         return [v for v in views if v.wake_at is None or v.wake_at <= now]
 
-    def _reconcile(self, view: CredentialView) -> ReconcileResult:
+    def request_rotation(self, name: str, request: machine.Request, *, lease_wait: float = 120.0) -> Future[ReconcileResult] | None:
+        """A rotation asked for outside the schedule (leak response,
+        rotator.leak_webhook): run after any reconcile of the same credential
+        in flight, never beside it. None: no such credential."""
+        with self._lock:
+            view = self.views.get(name)
+            if view is None:
+                return None
+            before = self._in_flight.get(name)
+            # `before` was queued first, so it runs first: waiting on it cannot deadlock the pool.
+            future = self._pool.submit(self._requested, view, request, before, lease_wait)
+            self._in_flight[name] = future
+        return future
+
+    def _requested(self, view: CredentialView, request: machine.Request, before: Future[ReconcileResult] | None,
+                   lease_wait: float) -> ReconcileResult:
+        if before is not None:
+            before.exception()  # waits; its outcome is its own
+        deadline = time.monotonic() + lease_wait
+        while True:
+            result = self._reconcile(view, request=request)
+            if result.status != "locked" or time.monotonic() >= deadline or self.shutdown.wait(1.0):
+                return result
+
+    def _reconcile(self, view: CredentialView, request: machine.Request | None = None) -> ReconcileResult:
         try:
-            result = self.engine.reconcile(view.cred)
+            result = self.engine.reconcile(view.cred, request=request)
         except Exception as exc:  # Vault down, or a bug: never stops the others
             # Our errors' messages are safe; anything else is named by type only.
             error = str(exc) if isinstance(exc, RotatorError) else f"unexpected {type(exc).__name__}"
@@ -263,10 +287,11 @@ class Daemon:
             name = view.cred.spec.name
             if self.shutdown.is_set():
                 break
-            if name in self._in_flight and not self._in_flight[name].done():
-                continue  # still working on it: a slow provider never blocks the others
-            future = self._pool.submit(self._reconcile, view)
-            self._in_flight[name] = future
+            with self._lock:  # request_rotation adds to _in_flight from other threads
+                if name in self._in_flight and not self._in_flight[name].done():
+                    continue  # still working on it: a slow provider never blocks the others
+                future = self._pool.submit(self._reconcile, view)
+                self._in_flight[name] = future
             started[name] = future
         summary = PassSummary(futures=started)
         if wait:

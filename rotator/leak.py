@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -104,17 +104,18 @@ def _hashes_from_vault(engine: Engine, cred: LoadedCredential, record: StateReco
     return {sha256_hex(v) for v in values}
 
 
-def respond(
-    engine: Engine, matches: list[Match], *, source: Source, stop: threading.Event, lease_wait: float = 120.0,
-    rotate: Callable[[LoadedCredential], Outcome] | None = None,
-) -> list[Outcome]:
-    """Log `credential.leaked` for each matched key, then rotate each matched
-    credential once with revoke-now (which also ends every key in grace)."""
+def announce(matches: list[Match], *, source: Source) -> list[LoadedCredential]:
+    """Log `credential.leaked` for each matched key; the credentials to rotate, once each."""
     by_name: dict[str, LoadedCredential] = {}
     for match in matches:
         get_logger(credential=match.cred.spec.name, provider=match.cred.spec.provider).warning(
             "credential.leaked", key_id=match.key_id, source=source, state=match.state)
         by_name.setdefault(match.cred.spec.name, match.cred)
-    run = rotate or (lambda cred: rotate_one(engine, cred, revoke_now=True, lease_wait=lease_wait, stop=stop, interrupted=stop.is_set))
-    return [run(cred) for cred in by_name.values()]
+    return list(by_name.values())
 
+
+def respond(engine: Engine, matches: list[Match], *, source: Source, stop: threading.Event, lease_wait: float = 120.0) -> list[Outcome]:
+    """Announce the matches, then rotate each matched credential with
+    revoke-now (which also ends every key of it in grace), one by one."""
+    return [rotate_one(engine, cred, revoke_now=True, lease_wait=lease_wait, stop=stop, interrupted=stop.is_set)
+            for cred in announce(matches, source=source)]

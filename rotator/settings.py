@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rotator.fields import check_api_url, check_vault_path
+from rotator.fields import check_api_url, check_vault_path, check_vault_ref
 from rotator.policy import DEFAULT_API_HOSTS, ApiHostRule, is_loopback, parse_hosts
 from rotator.vault import VaultConnection
 
@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     audit_anchor: str | None = Field(default=None, description="KV v2 MOUNT/PREFIX where the audit chain's tip is anchored (default: STATE_MOUNT/STATE_PREFIX/_audit)")
     audit_transit_key: str | None = Field(default=None, description="Transit key (MOUNT/NAME, or NAME on mount transit) that signs each audit anchor (ed25519); docs/AUDIT.md")
     metrics_addr: str | None = Field(default=None, description="host:port for /metrics, /healthz, /readyz")
+    # Leak reports from scanners (rotator.leak_webhook, docs/INCIDENTS.md).
+    webhook_addr: str | None = Field(default=None, description="host:port of the listener for leak reports (POST /webhooks/leak)")
+    leak_webhook_secret: str | None = Field(default=None, validate_default=True,
+                                            description="Vault ref (MOUNT/PATH#FIELD) of the HMAC-SHA256 secret that signs leak reports; required with ROTATOR_WEBHOOK_ADDR")
     log_format: Literal["json", "console"] | None = Field(default=None, description="json or console (default: console on a TTY, else json)")
     # Compliance and alerts (docs/COMPLIANCE.md). Webhook URLs can carry a
     # token in their path (Slack's do), so they are never printed.
@@ -125,6 +129,25 @@ class Settings(BaseSettings):
         except ValueError:
             # check_api_url quotes the URL; a webhook URL is a secret.
             raise ValueError("must be an https:// URL (plain http:// only for loopback hosts), with no query or user info") from None
+
+    @field_validator("webhook_addr")
+    @classmethod
+    def _webhook_addr(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT (e.g. 127.0.0.1:9102)")
+        return value.strip()
+
+    @field_validator("leak_webhook_secret")
+    @classmethod
+    def _leak_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value.strip() == "":
+            if info.data.get("webhook_addr"):
+                raise ValueError("ROTATOR_LEAK_WEBHOOK_SECRET must be set when ROTATOR_WEBHOOK_ADDR is: leak reports are accepted only signed")
+            return None
+        return check_vault_ref(value.strip())
 
     @field_validator("vault_auth_mount")
     @classmethod
