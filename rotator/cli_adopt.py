@@ -23,13 +23,13 @@ def adopt(name: str, config_dir: Path | None) -> None:
     when adopted, 1 on a Vault or provider error (or while a rotation holds
     the lease), 2 when NAME is not a valid credential."""
     from rotator.adoption import adopt as adopt_live
-    from rotator.app import build_app, load_credentials
-    from rotator.cli import EXIT_CONFIG, EXIT_FAILED, _configure_logging, _log, _settings
+    from rotator.app import build_app
+    from rotator.cli import EXIT_CONFIG, EXIT_FAILED, _configure_logging, _load_credentials, _log, _settings
     from rotator.errors import RotatorError
 
     settings = _settings(config_dir)
     _configure_logging(settings)
-    result = load_credentials(settings)
+    result = _load_credentials(settings)  # a broken policy file: its problems and exit 2
     cred = result.credentials.get(name)
     if cred is None:
         problems = [str(p) for p in result.problems if Path(p.file).stem == name]

@@ -252,3 +252,22 @@ def test_reload_enforces_a_narrowed_policy(rotator_env: dict[str, str], config_d
              "error": f"params.user_name: not allowed for owner ci-team by {policy}"}]
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["rotate", "ok"], ["status"], ["plan"], ["report"], ["pause", "ok", "--reason", "r"], ["resume", "ok"], ["adopt", "ok"]],
+    ids=lambda a: a[0],
+)
+def test_every_command_that_reads_files_stops_on_a_broken_policy(config_dir: Path, tmp_path: Path, args: list[str]) -> None:
+    """No command acts, or shows files, under a policy it cannot read: exit 2, the policy's problem, no traceback."""
+    write_credential(config_dir, "ok", params={"user_name": "payments-ci"}, owner="payments-team", path="apps/payments/ok")
+    policy = policy_file(tmp_path, "owners: {payments-team: {aws_user: [x]}}\n")
+    # VAULT_ADDR points at a closed loopback port: nothing may get that far.
+    env = {"ROTATOR_CONFIG_DIR": str(config_dir), "ROTATOR_POLICY_FILE": str(policy), "VAULT_ADDR": "http://127.0.0.1:9",
+           "VAULT_TOKEN": "unused", "ROTATOR_LOG_FORMAT": "json"}
+    result = run_rotator(args, env, timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert f"{policy}: owners.payments-team.aws_user: unknown key" in output
