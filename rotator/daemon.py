@@ -72,6 +72,17 @@ class CredentialView:
         self.held_revocations = sum(1 for e in record.retiring if e.held_since is not None) if record else 0
 
 
+def _was_removed_here(source: str | None, config_dir: Path) -> bool:
+    """The record came from a file in this daemon's config directory, now gone."""
+    if not source:
+        return False
+    path = Path(source)
+    try:
+        return path.parent.resolve() == config_dir.resolve() and not path.exists()
+    except OSError:
+        return False
+
+
 @dataclass
 class PassSummary:
     completed: int = 0
@@ -178,6 +189,8 @@ class Daemon:
                 continue
             if record is None or not has_work(record) or record.credential in stems or (record.source or "") in failed:
                 continue  # nothing to do, or its file is only broken (its last good version is unknown here)
+            if not _was_removed_here(record.source, settings.config_dir):
+                continue  # another deployment's credential sharing the state prefix: not ours to undo
             cred = fileless_credential(record, load_providers())
             if cred is None:
                 self.log.warning("state.fileless_unretirable", credential=record.credential,

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -264,7 +265,7 @@ class _Run:
         update: dict[str, Any] = {"lease": self._lease()}
         if self.policy.has_file:
             # What a removed file's keys need to be retired (rotator.fileless).
-            update["params"] = dict(self.cred.spec.params)
+            update["params"] = json.loads(json.dumps(self.cred.spec.params, default=str))  # plain JSON, whatever YAML made
             update["source"] = self.cred.spec.source or None
             if self.record.live_path is None and self.record.live_version is not None:
                 update["live_path"] = str(self._live)  # a record from before live_path was kept
