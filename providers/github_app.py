@@ -232,6 +232,13 @@ class GitHubAppInstallationTokenProvider(_GitHubAppProvider):
         check_response(response, clock=self.context.clock, action=f"checking installation token {token_key_id(handle['token'])}")
         return False
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        token = data.get("token")
+        if not token:
+            return None
+        handle = {"token": token, "expires_at": data.get("expires_at", "")}
+        return ProviderKey(key_id=token_key_id(token), handle=handle)
+
     def _probe(self, token: str) -> httpx.Response:
         """The cheapest call an installation token can make."""
         return self.http.send("GET", "/installation/repositories", auth=token, params={"per_page": 1})

@@ -484,6 +484,12 @@ class StripeWebhookSecretProvider(_StripeProvider):
         except RotatorError:
             return False
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        endpoint_id = data.get("endpoint_id")
+        if not endpoint_id or not _OBJECT_ID.fullmatch(endpoint_id):
+            return None
+        return ProviderKey(key_id=endpoint_id, handle={"endpoint_id": endpoint_id})
+
     def list_keys(self) -> list[ProviderKey]:
         """Endpoints for our URL, and any endpoint carrying the rotator's mark."""
         keys = []

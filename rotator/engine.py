@@ -56,7 +56,7 @@ from rotator.provider import (
     Provider,
     ProviderContext,
 )
-from rotator.state import Lease, Retiring, StateRecord, with_value_hashes
+from rotator.state import KeyRecord, Lease, Retiring, StateRecord, with_value_hashes
 from rotator.timetable import draw_jitter
 from rotator.vault import VaultStore
 
@@ -464,7 +464,7 @@ class _Run:
         revoked: list[str] = []
         for key in orphans:
             self.persist(self.record)  # renews the lease, or raises LeaseLostError: a stale holder stops here
-            if key.key_id in self.record.managed_key_ids() or self._live.names_as_live(key.key_id):
+            if key.key_id in self.record.managed_key_ids() or self._is_named_live(key.key_id):
                 continue
             self._call(lambda k=key: self.provider.revoke(k.handle))
             revoked.append(key.key_id)
@@ -490,7 +490,7 @@ class _Run:
             self.engine.records.forget(path)
             return []
         self.persist(self.record)  # renews the lease, or raises LeaseLostError
-        if entry.key_id in self.record.managed_key_ids() or self._live.names_as_live(entry.key_id):
+        if entry.key_id in self.record.managed_key_ids() or self._is_named_live(entry.key_id):
             return []
         self._call(lambda: self.provider.revoke(entry.handle))
         self.emit("orphan.revoked", key_id=entry.key_id)
@@ -514,6 +514,12 @@ class _Run:
     def _issue(self) -> None:
         pending = self.record.pending
         assert pending is not None
+        try:
+            if self._already_completed(pending.rotation_id):
+                return
+        except RotatorError as exc:
+            self._fail("issue", exc)
+            return
         self._apply(machine.IssueBegun())
         crashpoint("after-issuing-marker")
         ctx = IssueContext(credential=self.cred.spec.name, rotation_id=pending.rotation_id, managed_key_ids=frozenset(self.record.managed_key_ids()))
@@ -536,6 +542,24 @@ class _Run:
             raise
         self.emit("credential.issued", key_id=credential.key_id)
         crashpoint("after-stash")
+
+    def _already_completed(self, rotation_id: str) -> bool:
+        """A record restored from before this rotation's promotion: the live
+        path says it completed. Minting again could delete the live key (a
+        retry-safe create removes what "its" lost create left)."""
+        content = self._call(self._live.read)
+        if content.owner() != self.cred.spec.name or content.custom_metadata.get("rotator-rotation-id") != rotation_id:
+            return False
+        named = self.provider.live_key(content.data) if content.data else None
+        current = None
+        if named is not None:
+            current = KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle),
+                                issued_at=named.created_at or self.engine.clock.now())
+        self._apply(machine.Recovered(current, content.version, str(self._live)))
+        self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version)
+        self.status = "completed"
+        self.request = None
+        return True
 
     def _mint(self, ctx: IssueContext) -> IssuedCredential:
         # A create that is not idempotent is repeated inside the step only
@@ -637,6 +661,13 @@ class _Run:
         self.emit("credential.verified", key_id=credential.key_id, attempts=attempts)
         crashpoint("after-verify")
 
+    def _is_named_live(self, key_id: str) -> bool:
+        def key_in(data: Any) -> str | None:
+            named = self.provider.live_key(data)
+            return named.key_id if named else None
+
+        return self._live.names_as_live(key_id, key_in=key_in)
+
     @property
     def _live(self) -> LivePath:
         return LivePath(self.engine.store, self.cred.spec.vault.mount, self.cred.spec.vault.path)
@@ -727,7 +758,7 @@ class _Run:
             return
         try:
             self.ensure_lease()
-            if self._live.names_as_live(key_id):
+            if self._is_named_live(key_id):
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
             if deactivate:
                 self._call(lambda: self.provider.deactivate(entry.key.handle))

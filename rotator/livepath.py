@@ -15,7 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -113,10 +113,12 @@ class LivePath:
             metadata["rotator-expires-at"] = to_rfc3339(expires_at)
         self.store.merge_custom_metadata(self.mount, self.path, metadata)
 
-    def names_as_live(self, key_id: str) -> bool:
+    def names_as_live(self, key_id: str, *, key_in: Callable[[Mapping[str, str]], str | None] | None = None) -> bool:
         """Whether the path says `key_id` is the live credential: its metadata
         names it, or its latest data holds it (an id field such as
-        `access_key_id`, also before the metadata caught up)."""
+        `access_key_id`, also before the metadata caught up; or, with
+        `key_in`, the id the provider derives from the data, e.g. a token's
+        hash)."""
         meta = self.store.read_metadata(self.mount, self.path)
         if meta is None:
             return False
@@ -125,4 +127,6 @@ class LivePath:
         if meta.current_version == 0:
             return False
         live = self.store.read_version(self.mount, self.path, meta.current_version) or {}
-        return key_id in live.values()
+        if key_id in live.values():
+            return True
+        return key_in is not None and bool(live) and key_in({k: str(v) for k, v in live.items()}) == key_id

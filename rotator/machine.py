@@ -147,6 +147,16 @@ class Baselined:
 
 
 @dataclass(frozen=True)
+class Recovered:
+    """The pending rotation had completed already: the live path's metadata
+    names it (a record restored from a version before its promotion)."""
+
+    current: KeyRecord | None
+    live_version: int
+    live_path: str
+
+
+@dataclass(frozen=True)
 class IssueBegun:
     pass
 
@@ -208,7 +218,7 @@ class Failed:
 
 
 Outcome = (
-    Started | Baselined | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
+    Started | Baselined | Recovered | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
     | RolledBack | Deactivated | Revoked | Failed
 )
 
@@ -386,6 +396,18 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             return record.model_copy(update={
                 "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
                 "retiring": [*record.retiring, *extra],
+            })
+        case Recovered():
+            retiring = list(record.retiring)
+            old = record.current
+            if old is not None and old.key_id != (outcome.current.key_id if outcome.current else None) \
+                    and old.key_id not in {e.key.key_id for e in retiring}:
+                # Superseded at a time the restored record does not know: a full grace from now.
+                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id, revoke_after=now + policy.grace))
+            return record.model_copy(update={
+                "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
+                "pending": None, "retiring": retiring, "attempts": 0, "next_attempt_at": None,
+                "last_error": None, "last_error_step": None, "last_error_at": None, "blocked_fingerprint": None,
             })
         case IssueBegun():
             return _with_phase(record, "issuing")

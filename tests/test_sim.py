@@ -53,10 +53,6 @@ KNOWN_OPEN: dict[tuple[str, str], str] = {
     ("aws", "pause"): F6,
     ("others", "pause"): F6,
     ("others", "skew"): F11,
-    ("others", "state_lost"): F13,
-    ("others", "state_soft_deleted"): F13,
-    ("others", "state_older"): F14,
-    ("others", "foreign_restore"): F15,
 }
 
 TOTAL = int(os.environ.get("ROTATOR_SIM_SCHEDULES", "2000"))
@@ -199,12 +195,16 @@ FINDINGS = [
     (F14, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("state", "older")]),
     (F15, "installation_token", [("tick", "r1", ()), ("rotate", False, ()), ("foreign", "restore")]),
 ]
-OPEN_FINDINGS = {F6, F11, F13, F14, F15}
+OPEN_FINDINGS = {F6, F11}
+# Cases of an open finding that its partial fix already closes (F6: the lease is renewed before each side effect
+# when short, which stops the deploy-key replay; the webhook replay's pause falls between renewal and call).
+FIXED_CASES = {(F6, "deploy_key")}
 
 
 def _finding_cases() -> Iterator[object]:
     for name, kind, steps in FINDINGS:
-        marks = [pytest.mark.xfail(strict=True, reason=f"known-open finding {name}")] if name in OPEN_FINDINGS else []
+        is_open = name in OPEN_FINDINGS and (name, kind) not in FIXED_CASES
+        marks = [pytest.mark.xfail(strict=True, reason=f"known-open finding {name}")] if is_open else []
         yield pytest.param(kind, steps, marks=marks, id=f"{name.split()[0]}-{name.split()[1]}-{kind}")
 
 

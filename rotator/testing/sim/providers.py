@@ -436,6 +436,13 @@ class SimGitHubAppInstallationTokenProvider(_SimProvider):
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
         return self._probe(handle["token"]) == 401
 
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        # As the real provider: the id is derived from the token itself (no API call).
+        key = self.service.by_token(data.get("token", ""))
+        if key is None:
+            return None
+        return ProviderKey(key_id=key.key_id, handle={"token": data["token"], "expires_at": data.get("expires_at", "")})
+
 
 # -- Stripe --------------------------------------------------------------------------
 
@@ -629,6 +636,10 @@ class SimStripeWebhookSecretProvider(_SimStripeProvider):
 
     def is_revoked(self, handle: Mapping[str, str]) -> bool:
         return self._call("GET endpoint", lambda: self.service.visible(handle["endpoint_id"])) is None
+
+    def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
+        endpoint_id = data.get("endpoint_id")
+        return ProviderKey(key_id=endpoint_id, handle={"endpoint_id": endpoint_id}) if endpoint_id else None
 
     def _is_revoked_quietly(self, endpoint_id: str) -> bool:
         try:
