@@ -196,8 +196,8 @@ FINDINGS = [
     (F15, "installation_token", [("tick", "r1", ()), ("rotate", False, ()), ("foreign", "restore")]),
 ]
 OPEN_FINDINGS = {F6, F11}
-# Cases of an open finding that its partial fix already closes (F6: the lease is renewed before each side effect
-# when short, which stops the deploy-key replay; the webhook replay's pause falls between renewal and call).
+# Cases of an open finding that no longer reproduce on main (F6 deploy_key: since the lease renewal before side
+# effects and the live-path check before a re-issue; the stripe_key replay still breaks one-lease-holder).
 FIXED_CASES = {(F6, "deploy_key")}
 
 
