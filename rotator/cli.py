@@ -202,18 +202,24 @@ def status(as_json: bool, config_dir: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "markdown"]), default="markdown", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "markdown", "html"]), default="markdown", show_default=True)
+@click.option("--audit-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="html: the audit file to draw and verify (default: $ROTATOR_AUDIT_FILE).")
 @config_dir_option
-def report(fmt: str, config_dir: Path | None) -> None:
+def report(fmt: str, audit_file: Path | None, config_dir: Path | None) -> None:
     """Compliance inventory: every credential with owner, policy (interval or
     cron, grace), last rotated, age, next due, overdue, last error, pending
     revocations, and the unused and unmanaged keys found at the provider.
-    Never prints secret values. Exits 1 only when Vault is unreachable."""
+    `--format html` is one self-contained page for auditors: the inventory,
+    a timeline per credential from the audit file, and the audit chain's
+    verification. Never prints secret values. Exits 1 only when Vault is
+    unreachable."""
     from rotator.audit import SECRETS
     from rotator.report import build_report, render
 
     report_rows = _read_state(config_dir, build_report)
-    click.echo(SECRETS.scrub(render(report_rows, fmt)))  # a safety net: no value the process read can pass
+    audit_file = audit_file or _settings(config_dir).audit_file
+    click.echo(SECRETS.scrub(render(report_rows, fmt, audit_file=audit_file)))  # a safety net: no value the process read can pass
 
 
 @cli.group()

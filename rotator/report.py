@@ -22,6 +22,7 @@ import csv
 import io
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rotator import retry
@@ -36,7 +37,7 @@ from rotator.inventory import collect_status
 from rotator.provider import Provider
 from rotator.timetable import EPOCH
 
-FORMATS = ("json", "csv", "markdown")
+FORMATS = ("json", "csv", "markdown", "html")
 NOT_LISTABLE = "not listable"
 NO_FILE = "no credential file"
 
@@ -153,7 +154,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def render(report: dict[str, Any], fmt: str) -> str:
+def render(report: dict[str, Any], fmt: str, *, audit_file: Path | None = None) -> str:
+    """The report in `fmt`; html also draws and verifies `audit_file` (rotator.report_html)."""
+    if fmt == "html":
+        from rotator.report_html import render_html
+
+        return render_html(report, audit_file)
     if fmt == "json":
         return json.dumps(report, indent=2, default=_json_default)
     if fmt == "csv":
