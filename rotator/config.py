@@ -169,9 +169,9 @@ class Revocation(_Strict):
 
 
 def notify_url_rule(text: str) -> str:
-    """The API-URL rule of contract §4 for notify URLs: https://, or http://
-    on a loopback host; any host (no allowlist). The hook where the
-    ROTATOR_ALLOW_LOOPBACK_HTTP setting is checked once the API-URL check has it."""
+    """The shape of a notify URL: https://, or http:// on a loopback host; any
+    host (no allowlist). ROTATOR_ALLOW_LOOPBACK_HTTP and the policy file's
+    `urls` are checked with the other trust rules (rotator.policy)."""
     return check_api_url(text)
 
 

@@ -30,6 +30,7 @@ from rotator.clock import FakeClock, parse_rfc3339
 from rotator.config import LoadedCredential, Revocation, load_directory, load_file
 from rotator.daemon import Daemon
 from rotator.machine import Request
+from rotator.policy import ApiHostRule, TrustRules
 from rotator.provider import load_providers
 from rotator.sandbox.github import FakeGitHub
 from rotator.settings import Settings
@@ -254,6 +255,7 @@ def test_deactivated_immediate_and_revoke_mode_entries_are_never_checked() -> No
 # -- deploy keys: the fake GitHub's last_used ------------------------------------------------
 
 REPO = "acme/api"
+SANDBOX = TrustRules(ApiHostRule(allow_loopback_http=True))
 
 
 def test_a_deploy_key_used_after_promotion_is_held_then_revoked_once_quiet(openbao, bao_client, unique: str, tmp_path: Path, captured) -> None:  # type: ignore[no-untyped-def]
@@ -269,9 +271,10 @@ def test_a_deploy_key_used_after_promotion_is_held_then_revoked_once_quiet(openb
                           "api_url": fake.url, "repository": REPO}}
         path = tmp_path / f"dk-{unique}.yaml"
         path.write_text(yaml.safe_dump(doc))
-        cred = load_file(path, load_providers())
+        cred = load_file(path, load_providers(), rules=SANDBOX)  # the sandbox is loopback http
         assert isinstance(cred, LoadedCredential), cred
-        settings = Settings(vault_addr=openbao.addr, vault_token=openbao.token, state_prefix=f"rotator-test/{unique}", config_dir=tmp_path)
+        settings = Settings(vault_addr=openbao.addr, vault_token=openbao.token, state_prefix=f"rotator-test/{unique}", config_dir=tmp_path,
+                            allow_loopback_http=True)
         app = build_app(settings, clock=clock)
         engine = app.engine
         assert engine.reconcile(cred, request=Request()).status == "completed"
@@ -287,7 +290,7 @@ def test_a_deploy_key_used_after_promotion_is_held_then_revoked_once_quiet(openb
         assert {str(k["id"]) for k in fake.deploy_keys(REPO)} == {old, new}
         # plan shows the hold and makes no request to GitHub (the sandbox's request log).
         before = len(fake.requests)
-        row = plan.collect_plan(app, load_directory(tmp_path, load_providers()))[0]
+        row = plan.collect_plan(app, load_directory(tmp_path, load_providers(), rules=SANDBOX))[0]
         assert row["action"] == "wait" and f"held revocation of {old}" in row["reason"]
         assert len(fake.requests) == before
         clock.advance(timedelta(minutes=20))  # 31 min since that use: quiet
