@@ -141,14 +141,16 @@ class Engine:
 
     def provider_for(self, cred: LoadedCredential) -> Provider:
         key = (cred.spec.name, cred.fingerprint, cred.provider_cls.__qualname__)
-        with self._providers_lock:
+        stale: list[Provider] = []
+        with self._providers_lock:  # held for the dict only: making a provider does no I/O
             provider = self._providers.get(key)
             if provider is None:
                 provider = self._new_provider(cred)
-                for stale in [k for k in self._providers if k[0] == cred.spec.name]:
-                    self._providers.pop(stale).close()  # the file changed: its old provider goes
+                stale = [self._providers.pop(k) for k in [k for k in self._providers if k[0] == cred.spec.name]]
                 self._providers[key] = provider
-            return provider
+        for old in stale:  # the file changed: its old provider goes, closed outside the lock (closing may call the API)
+            old.close()
+        return provider
 
     def mark_moved(self, name: str, version: int, *, to: str) -> None:
         """The renamed file's old record: its keys now live in `to`'s record."""
