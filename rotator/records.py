@@ -192,12 +192,15 @@ class RecordStore:
             return
         except CasMismatchError:
             pass
-        # Written before: by this very attempt (a lost answer), or by a
-        # migration cut short. Another key's entry is left for the sweep.
+        # Written before: by this very attempt (a lost answer), by a migration
+        # cut short, or by an earlier issue of this rotation whose credential
+        # the sweep (which always runs before a rotation issues again) revoked
+        # but could not destroy the entry of. Each is safe to write over; an
+        # entry of another rotation or credential never is.
         current = self.store.read(self.mount, path)
         held = _parse(current.data)
-        if held is None or held.key_id != entry.key_id:
-            raise PermanentError(f"stash entry {self.mount}/{path} holds another credential; the next sweep of the rotation clears it")
+        if held is None or held.credential != entry.credential or held.rotation_id != entry.rotation_id:
+            raise PermanentError(f"stash entry {self.mount}/{path} belongs to something else; refusing to write over it")
         if held != entry:
             self.store.write(self.mount, path, payload, cas=current.version)
 
@@ -207,7 +210,7 @@ class RecordStore:
         for key in _keys(previous):
             if key.stash and key.stash not in kept and key.stash.startswith(own):
                 try:
-                    self.store.destroy(self.mount, key.stash)
+                    self.store.delete_all_versions(self.mount, key.stash)
                 except RotatorError:
                     pass  # a dead credential's secrets, readable only by the rotator: harmless, left behind
 
@@ -256,8 +259,13 @@ class RecordStore:
         return path, entry
 
     def forget(self, path: str) -> None:
-        """Destroy a stash entry (after its credential was revoked)."""
-        self.store.destroy(self.mount, path)
+        """Destroy a stash entry after its credential was revoked; best effort
+        (a dead credential's entry left behind is harmless, and the next
+        issue of the rotation writes over it, see `_put`)."""
+        try:
+            self.store.delete_all_versions(self.mount, path)
+        except RotatorError:
+            pass
 
 
 def _register(entry: StashEntry, secret_fields: frozenset[str]) -> None:

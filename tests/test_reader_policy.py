@@ -54,6 +54,7 @@ def test_status_plan_and_report_work_under_the_reader_policy_which_reads_no_secr
         "ROTATOR_STASH_PREFIX": f"rotator/state-stash/{unique}",
         "ROTATOR_CONFIG_DIR": str(config_dir),
         "ROTATOR_LOG_FORMAT": "json",
+        "ROTATOR_ALLOW_LOOPBACK_HTTP": "true",  # the sandboxes
     }
     ledger = ProviderLedger()
     worlds = [build_world(kind, bao=bao_client, env=env, config_dir=config_dir, unique=f"{unique}{i}", github=fake_github,
