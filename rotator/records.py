@@ -210,7 +210,7 @@ class RecordStore:
         for key in _keys(previous):
             if key.stash and key.stash not in kept and key.stash.startswith(own):
                 try:
-                    self.store.delete_all_versions(self.mount, key.stash)
+                    self.store.destroy(self.mount, key.stash)
                 except RotatorError:
                     pass  # a dead credential's secrets, readable only by the rotator: harmless, left behind
 
@@ -263,7 +263,7 @@ class RecordStore:
         (a dead credential's entry left behind is harmless, and the next
         issue of the rotation writes over it, see `_put`)."""
         try:
-            self.store.delete_all_versions(self.mount, path)
+            self.store.destroy(self.mount, path)
         except RotatorError:
             pass
 

@@ -329,7 +329,7 @@ class VaultStore:
         )
         return int(response["data"]["version"])
 
-    def delete_all_versions(self, mount: str, path: str) -> None:
+    def destroy(self, mount: str, path: str) -> None:
         """Delete every version of `mount/path` and its metadata, for good
         (a stash entry whose credential is revoked). Absent counts as done."""
         try:

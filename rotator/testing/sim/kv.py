@@ -141,10 +141,6 @@ class KvModel:
     def list(self, mount: str, path: str) -> list[str]:
         return self._call("list", mount, path, lambda: self._list(mount, path))
 
-    def delete_all_versions(self, mount: str, path: str) -> None:
-        """VaultStore's: every version and the metadata gone (the rotator's stash entries)."""
-        self._call("delete_all_versions", mount, path, lambda: self._entries(mount).pop(path.strip("/"), None), mutating=True)
-
     def walk(self, mount: str, path: str) -> Iterator[str]:
         for key in self.list(mount, path):
             if key.endswith("/"):
