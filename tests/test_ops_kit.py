@@ -238,3 +238,20 @@ def test_the_configmaps_credential_files_validate_as_the_kubelet_mounts_them(tmp
     done = run_rotator(["validate"], {"ROTATOR_CONFIG_DIR": str(mount)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(files)} credential file(s) valid" in done.stderr
+
+
+def test_the_token_expiry_gauge_source_is_inf_for_a_token_that_never_expires_and_counts_down_otherwise(openbao, bao_client: hvac.Client) -> None:  # type: ignore[no-untyped-def]
+    """VaultStore.token_expires_in, which the gauge is set from: None before
+    the first lookup, inf for the root token (TTL 0), the TTL left for a
+    child token; the alert stays quiet on inf (rotator-rules.test.yaml)."""
+    from rotator.vault import VaultConnection, VaultStore
+
+    root = VaultStore(VaultConnection(url=openbao.addr, token=openbao.token))
+    assert root.token_expires_in() is None
+    root.login()
+    assert root.token_expires_in() == float("inf")
+    token = bao_client.auth.token.create(policies=["default"], ttl="30m")["auth"]["client_token"]
+    child = VaultStore(VaultConnection(url=openbao.addr, token=token))
+    child.login()
+    left = child.token_expires_in()
+    assert left is not None and 1700 < left <= 1800
