@@ -13,7 +13,10 @@ Invariants:
   Vault policy lets it read anyway: its stash entry, else, for the live key,
   the live path. Readers (the reader policy) never need either;
 - `credential.leaked` is logged before the rotation starts, once per
-  matched key.
+  matched key;
+- a record that cannot be read is logged and skipped; if nothing matched
+  and any record could not be read, the lookup fails (never a false "no
+  match").
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rotator.audit import get_logger, register_secret
+from rotator.audit import get_logger, redact_text, register_secret
 from rotator.config import LoadedCredential
 from rotator.engine import Engine
+from rotator.errors import RotatorError
 from rotator.livepath import LivePath
 from rotator.mass import Outcome, rotate_one
 from rotator.state import KeyRecord, StateRecord, sha256_hex
@@ -66,9 +70,23 @@ def find_matches(engine: Engine, creds: Iterable[LoadedCredential], digests: set
     creds = list(creds)
     if not digests or not creds:
         return []
+    errors: list[tuple[str, RotatorError]] = []
+
+    def of(cred: LoadedCredential) -> list[Match]:
+        try:
+            return _matches_of(engine, cred, digests)
+        except RotatorError as exc:  # one unreadable record must not hide a match in the others
+            errors.append((cred.spec.name, exc))
+            return []
+
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(creds))), thread_name_prefix="leak") as pool:
-        found = pool.map(lambda cred: _matches_of(engine, cred, digests), creds)
-        return [m for ms in found for m in ms]
+        matches = [m for ms in pool.map(of, creds) for m in ms]
+    for name, exc in errors:
+        get_logger(credential=name).error("leak.lookup_failed", error=redact_text(str(exc)))
+    if errors and not matches:
+        # "No match" would be a false all-clear: say the lookup failed instead.
+        raise errors[0][1]
+    return matches
 
 
 def _matches_of(engine: Engine, cred: LoadedCredential, digests: set[str]) -> list[Match]:

@@ -115,3 +115,25 @@ def test_sha256_option_and_usage_errors(aws_world: AwsWorld) -> None:
     code, events, err = leaked(w, "", "--sha256", hashlib.sha256(live["secret_access_key"].encode()).hexdigest())
     assert code == 0, err[-2000:]
     assert not w.works(live)
+
+
+def test_an_unreadable_record_neither_hides_a_match_nor_gives_a_false_no_match(aws_world: AwsWorld) -> None:
+    """Another credential's malformed state record: the live value still matches (exit 0);
+    an unknown value is exit 1 (the lookup was incomplete), not 3."""
+    from pathlib import Path
+
+    from helpers import write_credential
+
+    w = aws_world
+    assert w.cli("rotate", w.name)[0] == 0
+    live, _ = w.live()
+    assert live is not None
+    write_credential(Path(w.env["ROTATOR_CONFIG_DIR"]), "zz-broken", params={"user_name": w.user}, path="apps/zz-broken")
+    w.bao.secrets.kv.v2.create_or_update_secret(path=f"{w.env['ROTATOR_STATE_PREFIX']}/zz-broken", mount_point="secret",
+                                                secret={"credential": ["not", "a", "name"]})
+    code, events, err = leaked(w, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYNOTOURSNOTOURS")
+    assert code == 1, err[-2000:]
+    assert any(e["event"] == "leak.lookup_failed" and e.get("credential") == "zz-broken" for e in events)
+    code, events, err = leaked(w, live["secret_access_key"])
+    assert code == 0, err[-2000:]
+    assert not w.works(live)
