@@ -24,16 +24,13 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-import boto3
-import botocore.exceptions
-import botocore.session
-from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, Field
 
 from rotator.errors import NotFoundError, PermanentError, TransientError
@@ -57,9 +54,17 @@ _CLIENT_MAKERS: dict[tuple[str | None, ...], threading.Lock] = {}  # one maker p
 # models and endpoint rules from disk (most of a rotation's CPU, issue 15);
 # one botocore session loads them once. Making a client from a shared
 # session is not thread-safe, so that (CPU only, no I/O) is serialised.
-_STS_SESSION: botocore.session.Session | None = None
+_STS_SESSION: Any = None  # a botocore.session.Session, made on first use
 _STS_LOCK = threading.Lock()
-_BOTO_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
+
+
+@functools.cache
+def _boto_config() -> Any:
+    # boto3/botocore load on first use, not at import: `rotator validate`
+    # reads only the params model, and must answer within a second.
+    from botocore.config import Config
+
+    return Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
 
 
 class AwsIamParams(BaseModel):
@@ -74,6 +79,8 @@ class AwsIamParams(BaseModel):
 
 
 def _translate(exc: Exception, what: str) -> Exception:
+    import botocore.exceptions
+
     if isinstance(exc, botocore.exceptions.ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -127,13 +134,15 @@ class AwsIamAccessKeyProvider(Provider):
 
     # -- clients -----------------------------------------------------------------
 
-    def _session(self) -> tuple[boto3.session.Session, datetime | None]:
+    def _session(self) -> tuple[Any, datetime | None]:  # a boto3 Session
+        import boto3.session
+
         # The rotator's own AWS secrets, and an assumed role's, are masked too.
         self.context.register_secret(os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"))
         base = boto3.session.Session(region_name=self.params.region)
         if self.params.role_arn is None:
             return base, None
-        sts = base.client("sts", config=_BOTO_CONFIG)
+        sts = base.client("sts", config=_boto_config())
         creds = _aws(
             f"assuming {self.params.role_arn}",
             lambda: sts.assume_role(RoleArn=self.params.role_arn, RoleSessionName="rotator")["Credentials"],
@@ -164,7 +173,7 @@ class AwsIamAccessKeyProvider(Provider):
             cached = self._cached_iam(key)
             if cached is None:
                 session, expires = self._session()
-                client = session.client("iam", config=_BOTO_CONFIG)
+                client = session.client("iam", config=_boto_config())
                 with _CLIENTS_LOCK:
                     _CLIENTS[key] = (client, expires)
                 cached = client
@@ -216,15 +225,19 @@ class AwsIamAccessKeyProvider(Provider):
         """An STS client that signs with the given key (not the rotator's own
         identity), from the shared botocore session: nothing is read from disk."""
         global _STS_SESSION
+        import botocore.session
+
         with _STS_LOCK:
             if _STS_SESSION is None:
                 _STS_SESSION = botocore.session.get_session()
             return _STS_SESSION.create_client(
                 "sts", region_name=self.params.region, aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-                config=_BOTO_CONFIG,
+                config=_boto_config(),
             )
 
     def verify(self, credential: IssuedCredential) -> None:
+        import botocore.exceptions
+
         sts = self._sts_as(credential.data["access_key_id"], credential.data["secret_access_key"])
         try:
             identity = sts.get_caller_identity()
@@ -271,6 +284,8 @@ class AwsIamAccessKeyProvider(Provider):
         enough. Only a handle without the secret (records made before it rode
         in the handle) falls back to ListAccessKeys.
         """
+        import botocore.exceptions
+
         key_id, secret = handle["access_key_id"], handle.get("secret_access_key")
         if secret:
             try:

@@ -32,8 +32,6 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal, cast
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
 
 from providers.github_http import (
@@ -405,6 +403,9 @@ class GitHubDeployKeyProvider(_GitHubAppProvider):
 
 def new_ed25519_pair() -> tuple[str, str]:
     """A fresh key pair: (unencrypted OpenSSH private key, OpenSSH public key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
@@ -414,6 +415,8 @@ def new_ed25519_pair() -> tuple[str, str]:
 
 def public_half(private_key: str) -> str:
     """The OpenSSH public key of an OpenSSH private key."""
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_ssh_private_key(private_key.encode(), password=None)
     except (ValueError, TypeError):
@@ -422,6 +425,8 @@ def public_half(private_key: str) -> str:
 
 
 def _openssh_public(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 

@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -81,6 +80,8 @@ def app_jwt(issuer: str, private_key: rsa.RSAPrivateKey, *, now: datetime) -> st
         "exp": int((now + JWT_LIFETIME).timestamp()),
         "iss": issuer,
     }
+    import jwt  # PyJWT loads on first use: `rotator validate` needs none of it
+
     return jwt.encode(claims, private_key, algorithm="RS256")
 
 

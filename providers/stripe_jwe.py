@@ -17,11 +17,10 @@ import base64
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwk import RSAKey
+if TYPE_CHECKING:  # joserfc loads on first use: `rotator validate` needs none of it
+    from joserfc.jwk import RSAKey
 
 ALLOWED_ALGS = frozenset({"RSA-OAEP", "RSA-OAEP-256"})
 ALLOWED_ENC = "A256GCM"
@@ -41,6 +40,8 @@ class EphemeralKeyPair:
     __slots__ = ("_key", "public_pem", "key_id")
 
     def __init__(self) -> None:
+        from joserfc.jwk import RSAKey
+
         self._key = RSAKey.generate_key(RSA_BITS, private=True)
         self.public_pem: str = self._key.as_pem(private=False).decode("ascii")
         # Sent as public_key.id and echoed by Stripe as recipient_key_id.
@@ -70,6 +71,9 @@ def protected_header(compact: str) -> dict[str, object]:
 
 def decrypt_api_key(compact: str, key: RSAKey) -> str:
     """Check the header strictly, decrypt with joserfc, check the result is a key."""
+    from joserfc import jwe
+    from joserfc.errors import JoseError
+
     header = protected_header(compact)
     alg, enc = header.get("alg"), header.get("enc")
     if alg not in ALLOWED_ALGS:

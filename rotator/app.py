@@ -7,19 +7,22 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
 from rotator import audit
 from rotator.clock import Clock, SystemClock
 from rotator.config import LoadResult, load_directory
-from rotator.engine import Engine, EngineOptions
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.policy import TrustRules, read_policy
 from rotator.provider import load_providers
 from rotator.settings import Settings
-from rotator.vault import VaultStore
+
+if TYPE_CHECKING:  # the engine, hvac and the provider SDKs load only for commands that use Vault:
+    # `validate` must answer within a second (issue 11)
+    from rotator.engine import Engine
+    from rotator.vault import VaultStore
 
 
 def load_settings() -> Settings:
@@ -94,6 +97,8 @@ def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False)
 
 
 def build_store(settings: Settings) -> VaultStore:
+    from rotator.vault import VaultStore
+
     store = VaultStore(settings.vault_connection())
     store.login()
     return store
@@ -107,6 +112,8 @@ class App:
 
 
 def build_app(settings: Settings, *, clock: Clock | None = None, shutdown: threading.Event | None = None) -> App:
+    from rotator.engine import Engine, EngineOptions
+
     store = build_store(settings)
     engine = Engine(
         store,

@@ -26,13 +26,15 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator.auditchain import GENESIS, AuditChainError, Tip, canonical_json, seq_span
 from rotator.auditfile import AuditFile
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.errors import CasMismatchError, RotatorError
-from rotator.vault import VaultStore
+
+if TYPE_CHECKING:
+    from rotator.vault import VaultStore  # hvac loads only when an anchor is read or written
 
 ANCHOR_INTERVAL_SECONDS = 30.0  # "at least once a minute while it appends"
 SIGNATURE_FIELD = "signature"
@@ -390,6 +392,8 @@ def prepare(settings: Any, writer: AuditFile) -> Anchorer:
     """The anchorer of this process's audit file, checked against Vault
     before anything is appended (raises AuditChainError when the file is
     behind or off its anchor)."""
+    from rotator.vault import VaultStore
+
     store = VaultStore(settings.vault_connection())
     try:
         store.login()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -20,7 +20,9 @@ from rotator.auditchain import AuditChainError, Tip, read_chain_state, seq_span
 from rotator.auditverify import VerifyResult, declared_chain_id, parse_from, seal, verify
 from rotator.errors import ConfigError, RotatorError
 from rotator.settings import Settings
-from rotator.vault import VaultStore
+
+if TYPE_CHECKING:
+    from rotator.vault import VaultStore  # hvac loads only for the commands that reach Vault
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
 
@@ -144,6 +146,7 @@ def _settings() -> Settings:
 def _vault(settings: Settings) -> VaultStore:
     """A logged-in store; its log events (a Vault login) go to stderr, as for `status`."""
     from rotator.app import configure_logging
+    from rotator.vault import VaultStore
 
     configure_logging(settings, stream=sys.stderr, with_audit_file=False)
     store = VaultStore(settings.vault_connection())

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -119,6 +118,8 @@ class Schedule(_Strict):
     def _check_cron(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        from croniter import croniter  # loaded only for files that name a cron schedule
+
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError("is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
         return value
@@ -140,6 +141,8 @@ class Schedule(_Strict):
         """(shortest, longest) time between two rotations."""
         if self.every is not None:
             return self.every, self.every
+        from croniter import croniter
+
         itr = croniter(self.cron, datetime(2026, 1, 1, tzinfo=UTC).astimezone(windows.zone(self.timezone)))
         times = [itr.get_next(datetime) for _ in range(400)]
         deltas = [b - a for a, b in zip(times, times[1:], strict=False)]

@@ -10,14 +10,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rotator.fields import check_api_url, check_vault_path, check_vault_ref
 from rotator.policy import DEFAULT_API_HOSTS, ApiHostRule, is_loopback, parse_hosts
-from rotator.vault import VaultConnection
+
+if TYPE_CHECKING:  # hvac loads only for the commands that reach Vault (`validate` must be quick)
+    from rotator.vault import VaultConnection
 
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
@@ -205,6 +207,8 @@ class Settings(BaseSettings):
         return "console" if sys.stdout.isatty() else "json"
 
     def vault_connection(self) -> VaultConnection:
+        from rotator.vault import VaultConnection
+
         verify: bool | str = True
         if self.vault_skip_verify:
             verify = False

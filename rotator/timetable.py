@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
 
 from rotator import window as windows
 from rotator.config import Schedule
@@ -30,6 +29,8 @@ def base_due_at(schedule: Schedule, last_rotated_at: datetime) -> datetime:
     """The next scheduled time after a rotation, before jitter."""
     if schedule.every is not None:
         return last_rotated_at + schedule.every
+    from croniter import croniter  # loaded only when a credential has a cron schedule
+
     local = last_rotated_at.astimezone(windows.zone(schedule.timezone))
     return croniter(schedule.cron, local).get_next(datetime).astimezone(UTC)
 

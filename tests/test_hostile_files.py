@@ -6,6 +6,8 @@ no traceback, no value echoed, and the other files still checked
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,3 +145,29 @@ def test_a_group_writable_file_is_read_with_a_warning(config_dir: Path) -> None:
     os.chmod(file, 0o644)
     quiet = run_rotator(["validate", "--config-dir", str(config_dir)], {})
     assert "warning" not in quiet.stderr
+
+
+# What `validate` must never load: the Vault client, the engine, and the
+# provider SDKs. Loading them cost more than a second before each file was
+# even read (issue 11: each bad file is reported within a second). Checked by
+# what the interpreter imported, not by a clock: these machines are noisy,
+# and bench/hostile_validate.py measures the seconds (docs/SECURITY.md).
+HEAVY = ("hvac", "boto3", "botocore", "jwt", "joserfc", "croniter", "rotator.engine", "rotator.vault", "rotator.daemon")
+
+
+def test_validate_loads_no_vault_client_engine_or_provider_sdk(config_dir: Path) -> None:
+    for stem in ("alias-bomb", "one-mib", "deep-lists"):
+        (config_dir / f"{stem}.yaml").write_text(HOSTILE[stem][0])
+    write_credential(config_dir, "fine", params={"user_name": "fine"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "ROTATOR_", "AWS_"))}
+    # The real command line, with what it imported printed (to stderr) at exit.
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('IMPORTED', *sorted(sys.modules), file=sys.stderr))\n"
+              f"sys.argv = ['rotator', 'validate', '--config-dir', {str(config_dir)!r}]\n"
+              "from rotator.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    imported = set(next(line for line in result.stderr.splitlines() if line.startswith("IMPORTED ")).split()[1:])
+    assert "rotator.config" in imported and "providers.aws_iam" in imported  # the parse really ran, with the plugins
+    loaded = sorted(name for name in imported if name.split(".")[0] in HEAVY or name in HEAVY)
+    assert not loaded, f"validate imported {loaded}"
