@@ -6,10 +6,18 @@ PY := $(VENV)/bin/python
 
 .PHONY: install test demo bench simulate schema clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# The test set (pytest, moto, OpenBao, linters, schemas, the Stripe SDK...).
+$(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The demo needs only the local OpenBao and moto server on top of the daemon.
+$(VENV)/.demo-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[demo]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -17,7 +25,7 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q -n 4 --dist loadfile
 
-demo: install
+demo: $(VENV)/.demo-installed
 	$(VENV)/bin/rotator demo
 
 bench: install
