@@ -55,8 +55,8 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_
     if not with_audit_file or settings.audit_file is None:
         setup(None)
         return
-    from rotator import auditanchor
-    from rotator.auditfile import AuditFile
+    from rotator.audit import anchor as auditanchor
+    from rotator.audit.writer import AuditFile
 
     writer = AuditFile(settings.audit_file)
     # What the anchor check logs (its Vault login) is held back from the file

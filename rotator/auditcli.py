@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from rotator.auditanchor import AnchorStore, Stored, public_key_pem, signature_problem
-from rotator.auditchain import AuditChainError, Tip, read_chain_state, seq_span
-from rotator.auditverify import VerifyResult, declared_chain_id, parse_from, seal, verify
+from rotator.audit.anchor import AnchorStore, Stored, public_key_pem, signature_problem
+from rotator.audit.chain import AuditChainError, Tip, read_chain_state, seq_span
+from rotator.audit.verify import VerifyResult, declared_chain_id, parse_from, verify
+from rotator.audit.seal import seal
 from rotator.errors import ConfigError, RotatorError
 from rotator.settings import Settings
 
@@ -241,8 +242,8 @@ def _anchor_for_seal(settings: Settings, file: Path) -> tuple[Tip | None, Anchor
 
 
 def _anchor_after_seal(anchors: AnchorStore, file: Path) -> None:
-    from rotator.auditanchor import Anchorer
-    from rotator.auditfile import AuditFile
+    from rotator.audit.anchor import Anchorer
+    from rotator.audit.writer import AuditFile
 
     anchorer = Anchorer(AuditFile(file), anchors, log=lambda: _Quiet())
     written = anchorer.anchor_once(quiet=True)

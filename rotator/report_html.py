@@ -3,7 +3,7 @@
 The page holds the inventory (the same rows as the other formats), a
 timeline per credential drawn from the audit file as inline SVG (each key:
 issued, live, in grace, revoked), and the result of verifying the audit
-chain (`rotator.auditverify.verify`).
+chain (`rotator.audit.verify.verify`).
 
 Invariants:
 - self-contained: one HTML document with inline CSS and SVG; no script, no
@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rotator.auditverify import VerifyResult, verify
+from rotator.audit.verify import VerifyResult, verify
 from rotator.clock import parse_rfc3339, to_rfc3339
 
 # One key's life, as the audit events tell it.

@@ -18,10 +18,12 @@ from typing import Any
 import hvac
 import pytest
 
-from rotator.auditanchor import Anchorer, AnchorStore, signature_problem
-from rotator.auditchain import ChainState, Tip, encode_chain_state, read_chain_state
-from rotator.auditfile import AuditChainError, AuditFile
-from rotator.auditverify import seal, verify
+from rotator.audit.anchor import Anchorer, AnchorStore, signature_problem
+from rotator.audit.chain import ChainState, Tip, encode_chain_state, read_chain_state
+from rotator.audit.chain import AuditChainError
+from rotator.audit.writer import AuditFile
+from rotator.audit.seal import seal
+from rotator.audit.verify import verify
 from rotator.clock import FakeClock
 from rotator.errors import VaultUnavailableError
 from rotator.sandbox.services import OpenBaoServer
@@ -233,8 +235,8 @@ def test_chain_and_anchor_survive_logrotate(log_path: Path, anchors: AnchorStore
 KILLABLE = """
 import sys
 from pathlib import Path
-from rotator.auditanchor import Anchorer, AnchorStore, signature_problem
-from rotator.auditfile import AuditFile
+from rotator.audit.anchor import Anchorer, AnchorStore, signature_problem
+from rotator.audit.writer import AuditFile
 from rotator.vault import VaultConnection, VaultStore
 
 class Log:

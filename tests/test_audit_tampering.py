@@ -21,9 +21,9 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from rotator.auditanchor import Anchorer, AnchorStore
-from rotator.auditchain import ChainState, Tip, canonical_json, encode_chain_state, link, read_chain_state
-from rotator.auditfile import AuditFile
+from rotator.audit.anchor import Anchorer, AnchorStore
+from rotator.audit.chain import ChainState, Tip, canonical_json, encode_chain_state, link, read_chain_state
+from rotator.audit.writer import AuditFile
 from rotator.cli import cli
 from rotator.clock import FakeClock
 from rotator.sandbox.services import OpenBaoServer

@@ -15,27 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from rotator.auditfile import (
+from rotator.audit.chain import (
     CHAIN_BROKEN_EVENT,
     GENESIS_HASH,
     AuditChainError,
-    AuditFile,
     ChainState,
     Pending,
     Tip,
     canonical_json,
     encode_chain_state,
     read_chain_state,
-    seal,
-    verify,
 )
+from rotator.audit.writer import AuditFile
+from rotator.audit.seal import seal
+from rotator.audit.verify import verify
 from rotator.clock import FakeClock
 
 # A writer process: appends COUNT events (forever if COUNT < 0) as WRITER.
 WRITER = """
 import sys
 from pathlib import Path
-from rotator.auditfile import AuditFile
+from rotator.audit.writer import AuditFile
 
 audit = AuditFile(Path(sys.argv[1]))
 count, writer = int(sys.argv[2]), sys.argv[3]

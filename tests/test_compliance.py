@@ -23,7 +23,8 @@ import yaml
 from providers.github_app import new_ed25519_pair
 from rotator import audit
 from rotator.app import App, build_app
-from rotator.auditfile import AuditFile, verify
+from rotator.audit.writer import AuditFile
+from rotator.audit.verify import verify
 from rotator.clock import FakeClock, to_rfc3339
 from rotator.compliance import ComplianceScanner, assess, orphans_to_disable, overdue_finding, unmanaged_findings, unused_findings
 from rotator.config import CredentialSpec, LoadedCredential, load_file

@@ -84,10 +84,10 @@ def test_the_html_report_renders_in_chromium_with_each_credential_its_timeline_a
 
 
 def test_a_tampered_chain_is_reported_broken_on_the_page(tmp_path: Path) -> None:
-    """The page carries auditverify's verdict: an edited line is named, file and line."""
+    """The page carries rotator.audit.verify's verdict: an edited line is named, file and line."""
     from datetime import UTC, datetime
 
-    from rotator.auditfile import AuditFile
+    from rotator.audit.writer import AuditFile
     from rotator.report_html import render_html
 
     audit = tmp_path / "audit.jsonl"

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from rotator.auditchain import GENESIS, AuditChainError, Tip, canonical_json, seq_span
-from rotator.auditfile import AuditFile
+from rotator.audit.chain import GENESIS, AuditChainError, Tip, canonical_json, seq_span
+from rotator.audit.writer import AuditFile
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.errors import CasMismatchError, RotatorError
 

@@ -12,8 +12,8 @@ Invariants this module keeps:
   the committed tip, the chain id and any append in flight; `commit` writes
   it before the line (pending) and after it (committed), each fsynced.
 
-The writer is rotator.auditfile, verification and `seal` rotator.auditverify,
-anchors rotator.auditanchor; docs/AUDIT.md explains the whole.
+The writer is rotator.audit.writer, verification and `seal` rotator.audit.verify,
+anchors rotator.audit.anchor; docs/AUDIT.md explains the whole.
 """
 
 from __future__ import annotations

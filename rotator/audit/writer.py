@@ -1,6 +1,6 @@
 """The writer of the tamper-evident audit file (`ROTATOR_AUDIT_FILE`, contract §7).
 
-Invariants this module keeps (the format itself is rotator.auditchain's):
+Invariants this module keeps (the format itself is rotator.audit.chain's):
 - Every append is durable before `append` returns (fsync of the file, of the
   directory when the file is new, and of the sidecar).
 - Appends are serialised across threads (a lock) and across processes
@@ -11,13 +11,13 @@ Invariants this module keeps (the format itself is rotator.auditchain's):
   altered last line, a file whose tip is not the one the sidecar committed
   (its newest lines cut, the file rewritten, lines appended by something
   else), a damaged sidecar, or an interrupted append whose outcome it cannot
-  see all raise `AuditChainError`. Recovery is `seal` (rotator.auditverify),
+  see all raise `AuditChainError`. Recovery is `seal` (rotator.audit.verify),
   which records the break in the chain itself (`audit.chain_broken`).
 - The sidecar holds the chain's tip and id, so an empty or new file (after
   logrotate) continues the chain, and its first line carries the chain id.
 
-Verification and `seal` live in rotator.auditverify and anchors in
-rotator.auditanchor; their names are importable from here as before.
+Verification is rotator.audit.verify, `seal` rotator.audit.seal and anchors
+rotator.audit.anchor.
 docs/AUDIT.md explains the format, the recovery path and logrotate.
 """
 
@@ -31,54 +31,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rotator.auditchain import (
-    CHAIN_BROKEN_EVENT,
-    CHAIN_FIELDS,
-    CHAIN_ID_FIELD,
+from rotator.audit.chain import (
     GENESIS,
-    GENESIS_HASH,
-    TORN_REASON,
     AuditChainError,
     BadLineError,
     ChainState,
     Pending,
     Tip,
-    canonical_json,
-    chain_hash,
     chain_id_of,
     commit,
-    encode_chain_state,
     find_by_inode,
     flocked,
     is_gap_seal,
-    is_torn,
     lines_backwards,
     link,
     new_chain_id,
     opened,
     parse_line,
-    read_chain_state,
     read_state,
     sidecar_path,
     tip_of_file,
 )
 
-__all__ = [
-    "CHAIN_BROKEN_EVENT", "CHAIN_FIELDS", "CHAIN_ID_FIELD", "GENESIS", "GENESIS_HASH", "TORN_REASON",
-    "AuditChainError", "AuditFile", "BadLineError", "ChainState", "Pending", "Tip",
-    "canonical_json", "chain_hash", "encode_chain_state", "is_torn", "link", "parse_line",
-    "read_chain_state", "sidecar_path",
-]
 
 
-def __getattr__(name: str) -> Any:
-    # Old import paths (`from rotator.auditfile import verify, seal`), without
-    # an import cycle: rotator.auditverify needs nothing from the writer.
-    if name in {"verify", "seal", "VerifyResult", "TornTail"}:
-        from rotator import auditverify
-
-        return getattr(auditverify, name)
-    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
