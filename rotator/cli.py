@@ -158,7 +158,7 @@ def run(config_dir: Path | None, once: bool) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    from rotator.metrics import serve_metrics
+    from rotator.endpoints import serve_metrics
 
     server = serve_metrics(settings.metrics_addr, daemon) if settings.metrics_addr else None
     leak_hook = _serve_leak_webhook(settings, daemon)

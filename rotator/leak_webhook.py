@@ -26,13 +26,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from hashlib import sha256
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 from rotator import leak
 from rotator.audit import get_logger, register_secret
 from rotator.errors import RotatorError
-from rotator.listener import BoundedHTTPServer
+from rotator.listener import BoundedHTTPServer, QuietHandler, serve
 from rotator.machine import Request
 
 if TYPE_CHECKING:
@@ -156,14 +155,11 @@ def _digests(report: Any) -> set[str] | None:
 def serve_leak_webhook(addr: str, daemon: Daemon, ref: str) -> BoundedHTTPServer:
     """Read the signing secret (a RotatorError if it cannot be read), then serve in a background thread."""
     reports = LeakReports(daemon, SigningSecret(lambda: daemon.app.store.read_ref(ref)))
-    host, _, port = addr.rpartition(":")
-    server = BoundedHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), _handler(reports))  # noqa: S104 - operator's choice
-    threading.Thread(target=server.serve_forever, name="leak-webhook", daemon=True).start()
-    return server
+    return serve(addr, _handler(reports), name="leak-webhook")
 
 
-def _handler(reports: LeakReports) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(reports: LeakReports) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.split("?")[0] != PATH:
                 self._send(404, {"error": "not found"})
@@ -176,8 +172,7 @@ def _handler(reports: LeakReports) -> type[BaseHTTPRequestHandler]:
                 self._send(413, {"error": f"at most {MAX_BODY} bytes"})
                 return
             body = self.rfile.read(int(length))
-            if isinstance(self.server, BoundedHTTPServer):
-                self.server.mark_served(self.request)
+            self.mark_served()
             try:
                 status, answer = reports.handle(body, signature=self.headers.get("X-Rotator-Signature"),
                                                 delivery=self.headers.get("X-Rotator-Delivery"))
@@ -190,14 +185,6 @@ def _handler(reports: LeakReports) -> type[BaseHTTPRequestHandler]:
             self._send(405 if self.path.split("?")[0] == PATH else 404, {"error": "POST only" if self.path.split("?")[0] == PATH else "not found"})
 
         def _send(self, status: int, answer: dict[str, Any]) -> None:
-            body = json.dumps(answer).encode() + b"\n"
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: stdout is for events
-            return
+            self.send_body(status, json.dumps(answer).encode() + b"\n", "application/json")
 
     return Handler

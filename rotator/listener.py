@@ -83,3 +83,30 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         return  # a client that went away, or one we shut down: nothing to report
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that answers with one whole body and logs nothing
+    (stdout is for events)."""
+
+    def mark_served(self) -> None:
+        if isinstance(self.server, BoundedHTTPServer):
+            self.server.mark_served(self.request)
+
+    def send_body(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's naming
+        return
+
+
+def serve(addr: str, handler: type[BaseHTTPRequestHandler], *, name: str) -> BoundedHTTPServer:
+    """Serve `handler` on `addr` (`host:port`, `[v6]:port`; an empty host is every address) in a background thread."""
+    host, _, port = addr.rpartition(":")
+    server = BoundedHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), handler)  # noqa: S104 - operator's choice
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
