@@ -45,7 +45,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_
     """Logging for the process; with an audit file, its tip is first checked
     against the anchor in Vault (AuditChainError: nothing is appended), and
     then anchored while the process runs and when it exits (docs/AUDIT.md)."""
-    from rotator.alerts import install as install_alerts
+    from rotator.compliance.alerts import install as install_alerts
 
     alert_sink = install_alerts(settings)
 

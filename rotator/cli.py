@@ -192,7 +192,7 @@ def status(as_json: bool, config_dir: Path | None) -> None:
     """Show each credential's provider, phase, last rotation, next due time,
     age, pending revocations and last error. Never prints secret values.
     Exits 1 when Vault is unreachable."""
-    from rotator.inventory import collect_status, render_status_table
+    from rotator.compliance.inventory import collect_status, render_status_table
 
     from rotator.audit import SECRETS
 
@@ -215,7 +215,7 @@ def report(fmt: str, audit_file: Path | None, config_dir: Path | None) -> None:
     verification. Never prints secret values. Exits 1 only when Vault is
     unreachable."""
     from rotator.audit import SECRETS
-    from rotator.report import build_report, render
+    from rotator.compliance.report import build_report, render
 
     report_rows = _read_state(config_dir, build_report)
     audit_file = audit_file or _settings(config_dir).audit_file

@@ -27,11 +27,9 @@ import hmac
 import json
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,8 +38,9 @@ from rotator import __version__
 from rotator.audit import get_logger, register_secret
 from rotator.clock import to_rfc3339
 from rotator.config import CredentialSpec, NotifyTarget
-from rotator.errors import PermanentError, RotatorError, TransientError
+from rotator.errors import RotatorError, TransientError
 from rotator.retry import RetryPolicy, call_with_retry
+from rotator.webhooks import check_status, drain
 
 EVENT = "credential.rotated"
 SIGNATURE_HEADER = "X-Rotator-Signature"
@@ -50,6 +49,8 @@ DELIVERY_HEADER = "X-Rotator-Delivery"
 # short enough that a `rotator rotate` exits soon after its rotation.
 NOTIFY_RETRY = RetryPolicy(max_attempts=5, max_seconds=20.0, initial_wait=0.5, max_wait=4.0, max_retry_after=10.0)
 QUEUE_SIZE = 1024
+# Besides 5xx: a receiver timing out or rate limiting is asked again.
+RETRYABLE = frozenset({408, 429})
 
 
 @dataclass(frozen=True)
@@ -152,11 +153,7 @@ class Notifier:
                 status = None
                 raise TransientError(f"unreachable ({type(exc).__name__})") from None
             status = response.status_code
-            if 200 <= status < 300:
-                return
-            if status >= 500 or status in (408, 429):
-                raise TransientError(f"HTTP {status}", retry_after=_retry_after(response))
-            raise PermanentError(f"HTTP {status}")
+            check_status(response, retryable=RETRYABLE)
 
         try:
             call_with_retry(send, policy=self._policy, shutdown=self._stop)
@@ -167,14 +164,7 @@ class Notifier:
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued notice was delivered or given up; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._queue.all_tasks_done.wait(remaining)
-        return True
+        return drain(self._queue, timeout)
 
     def close(self, timeout: float = 25.0) -> None:
         """Deliver what is queued (for at most `timeout` seconds), then stop."""
@@ -189,11 +179,3 @@ class Notifier:
         self._thread.join(timeout=2.0)
         if self._client is not None:
             self._client.close()
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from rotator import alerts, audit
-from rotator.alerts import AlertDispatcher, SlackNotifier, WebhookNotifier, should_alert, slack_text
+from rotator.compliance import alerts
+from rotator import audit
+from rotator.compliance.alerts import AlertDispatcher, SlackNotifier, WebhookNotifier, should_alert, slack_text
 from rotator.app import configure_logging, load_settings
 from rotator.clock import FakeClock
 from rotator.errors import ConfigError

@@ -26,7 +26,14 @@ from rotator.app import App, build_app
 from rotator.audit.writer import AuditFile
 from rotator.audit.verify import verify
 from rotator.clock import FakeClock, to_rfc3339
-from rotator.compliance import ComplianceScanner, assess, orphans_to_disable, overdue_finding, unmanaged_findings, unused_findings
+from rotator.compliance.scan import (
+    ComplianceScanner,
+    assess,
+    orphans_to_disable,
+    overdue_finding,
+    unmanaged_findings,
+    unused_findings,
+)
 from rotator.config import CredentialSpec, LoadedCredential, load_file
 from rotator.policy import ApiHostRule, TrustRules
 from rotator.provider import KeyMark, ProviderKey, load_providers

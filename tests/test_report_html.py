@@ -88,7 +88,7 @@ def test_a_tampered_chain_is_reported_broken_on_the_page(tmp_path: Path) -> None
     from datetime import UTC, datetime
 
     from rotator.audit.writer import AuditFile
-    from rotator.report_html import render_html
+    from rotator.compliance.report_html import render_html
 
     audit = tmp_path / "audit.jsonl"
     writer = AuditFile(audit)

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from helpers import run_rotator, write_credential
-from rotator import alerts, audit, metrics, plan, usage
+from rotator.compliance import alerts
+from rotator import audit, metrics, plan, usage
 from rotator.app import App, build_app, load_credentials
 from rotator.clock import FakeClock, parse_rfc3339
 from rotator.config import LoadedCredential, Revocation, load_directory, load_file

@@ -6,7 +6,7 @@ age, next due time, overdue, last error, pending revocations, and the
 unused and unmanaged keys found by listing the provider.
 
 Invariants:
-- it only reads: Vault state records (through `rotator.inventory`) and
+- it only reads: Vault state records (through `rotator.compliance.inventory`) and
   provider listings; it never changes a key or a record;
 - no secret value: rows are built from `StateRecord.summary()` (records
   hold none, see `rotator.records`), key ids and error messages, scrubbed
@@ -29,11 +29,11 @@ from rotator import retry
 from rotator.app import App
 from rotator.audit import redact_text
 from rotator.clock import to_rfc3339
-from rotator.compliance import Finding, assess, provider_reports_last_use
+from rotator.compliance.scan import Finding, assess, provider_reports_last_use
 from rotator.config import LoadedCredential, LoadResult
 from rotator.errors import RotatorError
 from rotator.fields import format_duration
-from rotator.inventory import collect_status
+from rotator.compliance.inventory import collect_status
 from rotator.provider import Provider
 from rotator.timetable import EPOCH
 
@@ -155,9 +155,9 @@ def _json_default(value: Any) -> Any:
 
 
 def render(report: dict[str, Any], fmt: str, *, audit_file: Path | None = None) -> str:
-    """The report in `fmt`; html also draws and verifies `audit_file` (rotator.report_html)."""
+    """The report in `fmt`; html also draws and verifies `audit_file` (rotator.compliance.report_html)."""
     if fmt == "html":
-        from rotator.report_html import render_html
+        from rotator.compliance.report_html import render_html
 
         return render_html(report, audit_file)
     if fmt == "json":

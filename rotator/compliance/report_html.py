@@ -11,7 +11,7 @@ Invariants:
   Content-Security-Policy (`default-src 'none'`) says so to the browser;
 - every string from a file, a record or the audit trail (names, owners,
   descriptions, key ids, errors) is escaped for HTML;
-- no secret value: the rows are the report's (see `rotator.report`), and the
+- no secret value: the rows are the report's (see `rotator.compliance.report`), and the
   timeline reads only event names, times and key ids from the audit lines.
 """
 
@@ -93,7 +93,7 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
 
 def render_html(report: dict[str, Any], audit_file: Path | None) -> str:
     """The whole page. `audit_file`: the chain to draw and verify (None: the page says there is none)."""
-    from rotator.report import COLUMNS, _cells  # the inventory's columns and cells, as the other formats show them
+    from rotator.compliance.report import COLUMNS, _cells  # the inventory's columns and cells, as the other formats show them
 
     generated = report["generated_at"]
     if audit_file is not None and audit_file.is_file():

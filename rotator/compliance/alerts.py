@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -37,8 +36,9 @@ import httpx
 from rotator import __version__
 from rotator.audit import get_logger, register_secret
 from rotator.clock import Clock, SystemClock
-from rotator.errors import PermanentError, RotatorError, TransientError
+from rotator.errors import RotatorError, TransientError
 from rotator.retry import RetryPolicy, call_with_retry
+from rotator.webhooks import check_status, drain
 
 if TYPE_CHECKING:
     from rotator.settings import Settings
@@ -127,7 +127,7 @@ class WebhookNotifier:
             response = self._client.post(self._url, json=self.body(event))
         except httpx.TransportError as exc:
             raise TransientError(f"{self.name} unreachable ({type(exc).__name__})") from None
-        _check(self.name, response)
+        check_status(response, retryable=frozenset({429}), label=f"{self.name} answered ")
 
     def close(self) -> None:
         self._client.close()
@@ -140,22 +140,6 @@ class SlackNotifier(WebhookNotifier):
 
     def body(self, event: Mapping[str, Any]) -> dict[str, Any]:
         return {"text": slack_text(event)}
-
-
-def _check(name: str, response: httpx.Response) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    if status == 429 or status >= 500:
-        raise TransientError(f"{name} answered HTTP {status}", retry_after=_retry_after(response))
-    raise PermanentError(f"{name} answered HTTP {status}")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 class AlertDispatcher:
@@ -243,14 +227,7 @@ class AlertDispatcher:
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued alert was delivered or given up; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._queue.all_tasks_done.wait(remaining)
-        return True
+        return drain(self._queue, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (for at most `timeout` seconds), then stop."""

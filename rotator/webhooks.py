@@ -1,0 +1,50 @@
+"""What the two outbound webhook senders share: owner notices
+(rotator.notify) and alerts (rotator.compliance.alerts).
+
+- An answer's status decides the outcome: 2xx delivered; 5xx and the
+  sender's retryable statuses (429, and 408 for notices) a `TransientError`
+  carrying the server's `Retry-After`; anything else a `PermanentError`.
+- Deliveries run on one background thread per sender from a bounded queue;
+  `drain` waits, for at most a deadline, until that queue is empty.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+import httpx
+
+from rotator.errors import PermanentError, TransientError
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The answer's `Retry-After` in seconds, if it gives one as a number."""
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def check_status(response: httpx.Response, *, retryable: frozenset[int], label: str = "") -> None:
+    """Return on 2xx; raise `TransientError` on 5xx or a `retryable` status, else `PermanentError`."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    if status >= 500 or status in retryable:
+        raise TransientError(f"{label}HTTP {status}", retry_after=retry_after(response))
+    raise PermanentError(f"{label}HTTP {status}")
+
+
+def drain(work: queue.Queue[Any], timeout: float) -> bool:
+    """Wait until every item put on `work` was handled; False when `timeout` passed first."""
+    deadline = time.monotonic() + timeout
+    with work.all_tasks_done:
+        while work.unfinished_tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            work.all_tasks_done.wait(remaining)
+    return True
