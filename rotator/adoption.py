@@ -48,7 +48,7 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
     record, version = engine.read_record(spec.name)
     base = record or StateRecord.new(spec.name, spec.provider)
     now = engine.clock.now()
-    if base.lease is not None and base.lease.is_held_by_other(engine.holder, now):
+    if base.lease is not None and engine.lease_held_by_other(base.lease, now):
         raise LeaseHeldError(f"{spec.name}: {base.lease.holder} holds the lease; try again when it is done")
     if base.pending is not None and base.pending.phase == "promoted":
         raise LeaseHeldError(f"{spec.name}: a rotation is finishing its promotion; try again when it is done")
@@ -70,7 +70,8 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
     replaced = base.current
     if replaced is not None and replaced.key_id != (current.key_id if current else None):
         if replaced.key_id not in {e.key.key_id for e in retiring}:
-            retiring.append(Retiring(key=replaced, superseded_by=f"adopted-v{content.version}", revoke_after=now + spec.grace))
+            retiring.append(Retiring(key=replaced, superseded_by=f"adopted-v{content.version}", revoke_after=now + spec.grace,
+                                     clock=engine.identity.boot_id))
     live.store.merge_custom_metadata(live.mount, live.path, {
         "managed-by": "rotator", "rotator-credential": spec.name, "rotator-provider": spec.provider,
         "rotator-key-id": current.key_id if current else "", "rotator-rotation-id": f"adopted-v{content.version}",

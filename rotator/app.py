@@ -121,6 +121,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, shutdown: threa
             state_mount=settings.state_mount,
             state_prefix=settings.state_prefix,
             lease_seconds=settings.lease_seconds,
+            clock_skew_allowance=settings.clock_skew_allowance_seconds,
             stash_prefix=settings.effective_stash_prefix,
         ),
         clock=clock or SystemClock(),

@@ -62,6 +62,7 @@ def find_baseline(
     grace: timedelta,
     now: datetime,
     read_other: Callable[[str], tuple[StateRecord | None, int]],
+    clock: str | None = None,
 ) -> Baseline | None:
     """The baseline to start from, None when the path is empty; a
     `PermanentError` when the path holds someone else's data."""
@@ -74,12 +75,12 @@ def find_baseline(
         current = record.current
         held = _key_in(content, provider, rotation_id=rotation_id, now=now)
         if held is not None and (current is None or current.key_id != held.key_id):
-            superseded = () if current is None else (_retire(current, "recovered", now + grace),)
+            superseded = () if current is None else (_retire(current, "recovered", now + grace, clock),)
             current = held
         else:
             superseded = ()
         strays = _strays(record, provider, name=name, keep={k for k in (meta_key, current.key_id if current else None) if k},
-                         grace=grace, now=now) if record.current is None and record.rotations == 0 else ()
+                         grace=grace, now=now, clock=clock) if record.current is None and record.rotations == 0 else ()
         return Baseline(current, content.version, live_path, superseded + strays)
     if owner is not None:
         other, version = read_other(owner)
@@ -92,7 +93,7 @@ def find_baseline(
             retiring = list(other.retiring)
             if held is not None and (current is None or current.key_id != held.key_id):
                 if current is not None:
-                    retiring.append(_retire(current, "renamed", now + grace))
+                    retiring.append(_retire(current, "renamed", now + grace, clock))
                 current = held
             return Baseline(current, content.version, live_path, tuple(retiring), moved_from=(owner, version))
         raise PermanentError(
@@ -111,11 +112,12 @@ def _wrote_here(other: StateRecord, live_path: str, meta_key: str | None) -> boo
     return other.current is not None and other.current.key_id == meta_key
 
 
-def _retire(key: KeyRecord, by: str, after: datetime) -> Retiring:
-    return Retiring(key=key, superseded_by=by, revoke_after=after)
+def _retire(key: KeyRecord, by: str, after: datetime, clock: str | None) -> Retiring:
+    return Retiring(key=key, superseded_by=by, revoke_after=after, clock=clock)
 
 
-def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str], grace: timedelta, now: datetime) -> tuple[Retiring, ...]:
+def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str], grace: timedelta, now: datetime,
+            clock: str | None) -> tuple[Retiring, ...]:
     """Keys this credential's rotations made that a lost record forgot:
     retired after a full grace from now (one may still be in its grace)."""
     if not provider.can_list:
@@ -126,6 +128,6 @@ def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str
         if key.key_id in known or key.mark is None or key.mark.credential != name:
             continue
         found.append(_retire(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id, handle=dict(key.handle),
-                                       issued_at=key.created_at or now), "recovered", now + grace))
+                                       issued_at=key.created_at or now), "recovered", now + grace, clock))
     return tuple(found)
 

@@ -78,6 +78,9 @@ class EngineOptions:
     state_prefix: str = "rotator/state"
     lease_seconds: float = 300.0
     stash_prefix: str | None = None  # default: state_prefix + "-stash"
+    # How far two hosts' clocks may differ (ROTATOR_CLOCK_SKEW_ALLOWANCE_SECONDS):
+    # a grace or a lease measured on another host's clock ends this much later here.
+    clock_skew_allowance: float = 0.0
 
 
 @dataclass
@@ -190,9 +193,18 @@ class Engine:
             provider = provider or self._providers.get(key) or self._new_provider(cred)
             policy = Policy(schedule=cred.spec.schedule, grace=cred.spec.grace, retire_delay=provider.retire_delay(),
                             fingerprint=cred.fingerprint, revocation=cred.spec.revocation or Revocation(),
-                            has_file=not isinstance(cred, FilelessCredential))
+                            has_file=not isinstance(cred, FilelessCredential),
+                            skew_allowance=timedelta(seconds=self.options.clock_skew_allowance), clock=self.identity.boot_id)
             self._policies[key] = policy
         return policy
+
+    def lease_held_by_other(self, lease: Lease, now: datetime) -> bool:
+        """Another live process holds `lease`. One on another clock (another
+        host or boot) is trusted the clock skew allowance past its expiry:
+        by its own clock it may still have that long left."""
+        same_clock = lease.boot_id is not None and lease.boot_id == self.identity.boot_id
+        allowance = timedelta(0) if same_clock else timedelta(seconds=self.options.clock_skew_allowance)
+        return lease.is_held_by_other(self.holder, now - allowance)
 
     # -- the reconcile loop ------------------------------------------------------
 
@@ -206,7 +218,7 @@ class Engine:
         now = self.clock.now()
         if machine.next_action(base, policy, now, request) is None and not has_inline_secrets(record, provider.secret_fields):
             return ReconcileResult("idle", record, version)
-        if base.lease is not None and base.lease.is_held_by_other(self.holder, now):
+        if base.lease is not None and self.lease_held_by_other(base.lease, now):
             return ReconcileResult("locked", record, version)
         run = _Run(self, cred, provider, policy, base, version, request)
         try:
@@ -269,6 +281,7 @@ class _Run:
             # What a removed file's keys need to be retired (rotator.fileless).
             update["params"] = json.loads(json.dumps(self.cred.spec.params, default=str))  # plain JSON, whatever YAML made
             update["source"] = self.cred.spec.source or None
+            update["grace_seconds"] = self.cred.spec.grace.total_seconds()
             if self.record.live_path is None and self.record.live_version is not None:
                 update["live_path"] = str(self._live)  # a record from before live_path was kept
         self._write(self.record.model_copy(update=update))
@@ -424,7 +437,7 @@ class _Run:
         record = self._end_expired_pause(self.record, now)
         if found is not None:
             record = machine.apply(record, machine.Baselined(found.current, found.live_version, found.live_path, found.retiring), self.policy, now)
-        self.persist(machine.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting), self.policy, now))
+        self.persist(machine.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting, str(self._live)), self.policy, now))
         if found is not None and found.moved_from is not None:
             self.engine.mark_moved(*found.moved_from, to=self.cred.spec.name)
         self.request = None
@@ -477,7 +490,7 @@ class _Run:
         content = self._call(self._live.read)
         return find_baseline(
             self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
-            grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record,
+            grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record, clock=self.policy.clock,
         )
 
     def _sweep_stash(self, revoked: list[str]) -> list[str]:
@@ -551,7 +564,7 @@ class _Run:
         retry-safe create removes what "its" lost create left)."""
         content = self._call(self._live.read)
         if content.owner() != self.cred.spec.name or content.custom_metadata.get("rotator-rotation-id") != rotation_id:
-            return False
+            return self._live_write_landed(content)
         named = self.provider.live_key(content.data) if content.data else None
         current = None
         if named is not None:
@@ -561,6 +574,26 @@ class _Run:
         self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version)
         self.status = "completed"
         self.request = None
+        return True
+
+    def _live_write_landed(self, content: Any) -> bool:
+        """The live path holds exactly what this rotation stashed, though the
+        record says it never got that far (restored from an older version, or
+        a crash between the live write and its metadata): it went live.
+        Minting again would revoke it (a retry-safe create removes what "its"
+        lost create left), so the promotion is finished instead (sim F17)."""
+        named = self.provider.live_key(content.data) if content.data else None
+        current = self.record.current
+        if content.data is None or (named is not None and current is not None and named.key_id == current.key_id):
+            return False  # the live path holds the current key: the usual case, no stash read
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
+        if found is None or found[1].data != content.data:
+            return False
+        _, entry = found
+        issued = IssuedCredential(key_id=entry.key_id, data=dict(entry.data or {}), handle=dict(entry.handle))
+        self._apply(machine.Issued(issued))
+        self._apply(machine.LiveWritten(content.version))
+        self.log.warning("rotation.live_write_recovered", key_id=entry.key_id, vault_version=content.version)
         return True
 
     def _mint(self, ctx: IssueContext) -> IssuedCredential:
@@ -599,9 +632,9 @@ class _Run:
                 in_the_way -= set(self._revoke_orphans(orphans))
             # Room can be made only from our own keys already past grace.
             now = self.engine.clock.now()
-            ours = {e.key.key_id for e in self.record.retiring if now >= e.revoke_after}
+            ours = {e.key.key_id for e in self.record.retiring if now >= machine.grace_ends(e, self.policy)}
             if not in_the_way <= ours:
-                waiting = [e.revoke_after for e in self.record.retiring if e.key.key_id in in_the_way - ours]
+                waiting = [machine.grace_ends(e, self.policy) for e in self.record.retiring if e.key.key_id in in_the_way - ours]
                 if in_the_way <= ours | {e.key.key_id for e in self.record.retiring}:
                     # Only our own keys, some still in grace: room comes by itself when it ends.
                     raise TransientError(f"{exc}; retrying when the grace ends",
@@ -668,7 +701,12 @@ class _Run:
             named = self.provider.live_key(data)
             return named.key_id if named else None
 
-        return self._live.names_as_live(key_id, key_in=key_in)
+        # Every path this credential may have made live: its file's, the one
+        # its record last wrote, and the one its rotation in flight writes.
+        pending = self.record.pending
+        paths = {str(self._live), self.record.live_path, pending.target if pending else None}
+        lives = [self._live] + [LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(paths - {str(self._live), None}) if "/" in p]
+        return any(live.names_as_live(key_id, key_in=key_in) for live in lives)
 
     @property
     def _live(self) -> LivePath:
@@ -681,6 +719,9 @@ class _Run:
         here = str(self._live)
         last_written = self.record.live_version if self.record.live_path in (None, here) else None
         try:
+            if pending.target != here:
+                # Written down before the write: a removed file's rotation is finished where it went live.
+                self.persist(self.record.model_copy(update={"pending": pending.model_copy(update={"target": here})}))
             self.ensure_lease()
             version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name))
         except RotatorError as exc:
@@ -732,12 +773,14 @@ class _Run:
         if pending.credential is not None:
             credential = self._pending_credential()
             try:
-                live_version = self._call(lambda: self._live.version_holding(pending.data))
+                live_version = self._call(lambda: self._live.version_holding(pending.data)) if pending.data else None
                 if live_version is not None:
                     # It reached the live path after all: it is live, keep it.
                     self._apply(machine.LiveWritten(live_version))
                     return
                 self.ensure_lease()
+                if self._is_named_live(credential.key_id):
+                    raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")
                 self._call(lambda: self.provider.revoke(credential.handle))
                 crashpoint("after-rollback-call")
             except RotatorError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pydantic import ValidationError
 
@@ -43,12 +44,17 @@ def fileless_credential(record: StateRecord, providers: Mapping[str, ProviderFac
         provider_cls = providers[record.provider]
     except (KeyError, ProviderLoadError):
         return None
-    mount, path = record.live_path.split("/", 1)
+    # An unfinished rotation is finished (or undone) where it was writing.
+    target = record.pending.target if record.pending is not None and record.pending.target else record.live_path
+    if "/" not in target:
+        return None
+    mount, path = target.split("/", 1)
+    grace = timedelta(seconds=record.grace_seconds) if record.grace_seconds else "1s"  # "1s": records from before it was kept
     try:
         params = provider_cls.params_model.model_validate(record.params)
         spec = CredentialSpec.model_validate({
             "name": record.credential, "provider": record.provider, "owner": "(no file)",
-            "description": "its credential file was removed", "schedule": {"every": "3650d"}, "grace": "1s",
+            "description": "its credential file was removed", "schedule": {"every": "3650d"}, "grace": grace,
             "vault": {"mount": mount, "path": path}, "params": record.params,
         })
     except ValidationError:

@@ -58,6 +58,20 @@ class Policy:
     fingerprint: str
     revocation: Revocation = field(default_factory=Revocation)
     has_file: bool = True  # False: the file was removed; retirement only (rotator.fileless)
+    # Clock skew (ROTATOR_CLOCK_SKEW_ALLOWANCE_SECONDS): a grace measured on
+    # another clock (another host or boot) ends this much later here.
+    skew_allowance: timedelta = timedelta(0)
+    clock: str | None = None  # the boot whose clock `now` is read from (holder.Identity.boot_id); None: unknown
+
+
+def grace_ends(entry: Retiring, policy: Policy) -> datetime:
+    """When `entry`'s grace is over by this process's clock. A grace read on
+    the clock that measured it ends at `revoke_after`; on any other clock
+    (or an unknown one) `skew_allowance` later, so clocks that differ by up
+    to the allowance never shorten it. `--revoke-now` has no grace."""
+    if entry.immediate or (entry.clock is not None and entry.clock == policy.clock):
+        return entry.revoke_after
+    return entry.revoke_after + policy.skew_allowance
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class Started:
     reason: Reason
     revoke_now: bool = False
     preexisting_key_ids: tuple[str, ...] = ()
+    target: str | None = None  # MOUNT/PATH the rotation writes
 
 
 @dataclass(frozen=True)
@@ -235,20 +250,20 @@ def _retry_gate_open(record: StateRecord, now: datetime) -> bool:
     return record.next_attempt_at is None or now >= record.next_attempt_at
 
 
-def _retirement_due(entry: Retiring, now: datetime) -> bool:
+def _retirement_due(entry: Retiring, policy: Policy, now: datetime) -> bool:
     if entry.next_attempt_at is not None and now < entry.next_attempt_at:
         return False
     if not _gates_usage_check_due(entry, now):
         return False
     if entry.stage == "active":
-        return now >= entry.revoke_after
+        return now >= grace_ends(entry, policy)
     return entry.delete_after is None or now >= entry.delete_after
 
 
 def _retirement_action(record: StateRecord, policy: Policy, now: datetime) -> Action | None:
     live = record.current.key_id if record.current else None
     for entry in record.retiring:
-        if entry.key.key_id == live or not _retirement_due(entry, now):
+        if entry.key.key_id == live or not _retirement_due(entry, policy, now):
             continue
         if not entry.immediate and not is_in_window(policy, now):
             continue
@@ -368,7 +383,7 @@ def next_wake_at(record: StateRecord | None, policy: Policy, now: datetime | Non
             due = max(due, record.paused.until)
         times.append(_gates_wake(due, policy, now=now))
     for entry in record.retiring:
-        moment = entry.revoke_after if entry.stage == "active" else (entry.delete_after or EPOCH)
+        moment = grace_ends(entry, policy) if entry.stage == "active" else (entry.delete_after or EPOCH)
         later = [t for t in (entry.next_attempt_at, None if entry.immediate else entry.recheck_at) if t is not None]
         times.append(_gates_wake(max([moment, *later]), policy, now=now, immediate=entry.immediate))
     return min(times) if times else None
@@ -403,7 +418,8 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             if old is not None and old.key_id != (outcome.current.key_id if outcome.current else None) \
                     and old.key_id not in {e.key.key_id for e in retiring}:
                 # Superseded at a time the restored record does not know: a full grace from now.
-                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id, revoke_after=now + policy.grace))
+                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id, revoke_after=now + policy.grace,
+                                         clock=policy.clock))
             return record.model_copy(update={
                 "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
                 "pending": None, "retiring": retiring, "attempts": 0, "next_attempt_at": None,
@@ -434,6 +450,7 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
         case LiveWritten(live_version=version):
             pending = _pending(record).model_copy(update={
                 "phase": "promoted", "live_version": version, "live_at": _pending(record).live_at or now,
+                "live_clock": _pending(record).live_clock if _pending(record).live_at else policy.clock,
                 "failed_step": None, "failure_permanent": False,
             })
             return record.model_copy(update={"pending": pending, "next_attempt_at": None})
@@ -474,6 +491,7 @@ def _started(record: StateRecord, outcome: Started, now: datetime) -> StateRecor
         started_at=now,
         revoke_now=outcome.revoke_now,
         preexisting_key_ids=list(outcome.preexisting_key_ids),
+        target=outcome.target,
     )
     retiring = _revoke_now(record.retiring, now) if outcome.revoke_now else record.retiring
     update: dict[str, object] = {"pending": pending, "retiring": retiring}
@@ -507,6 +525,7 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
                 revoke_after=now if pending.revoke_now else live_at + policy.grace,
                 immediate=pending.revoke_now,
                 superseded_at=live_at,
+                clock=pending.live_clock if pending.live_at else policy.clock,
             )
         )
     return record.model_copy(

@@ -76,7 +76,7 @@ def change_pause(engine, name: str, provider: str, pause: Pause | None, *, wait_
         record, version = engine.read_record(name)
         base = record or StateRecord.new(name, provider)
         now = engine.clock.now()
-        if base.lease is not None and base.lease.is_held_by_other(engine.holder, now):
+        if base.lease is not None and engine.lease_held_by_other(base.lease, now):
             if time.monotonic() >= deadline:
                 raise RotatorError(f"{name}: another process held the lease for {wait_seconds:.0f}s; nothing changed")
             time.sleep(0.5)

@@ -201,6 +201,12 @@ class RecordStore:
         held = _parse(current.data)
         if held is None or held.credential != entry.credential or held.rotation_id != entry.rotation_id:
             raise PermanentError(f"stash entry {self.mount}/{path} belongs to something else; refusing to write over it")
+        if held.key_id == entry.key_id:
+            # The same key stashed again (a lost record rebuilt from the live
+            # path knows its handle, not its live fields): what is held is
+            # kept and only completed, never emptied (sim F16).
+            entry = entry.model_copy(update={"handle": {**entry.handle, **held.handle}, "data": held.data or entry.data})
+            payload = entry.model_dump(mode="json")
         if held != entry:
             self.store.write(self.mount, path, payload, cas=current.version)
 

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=8, ge=1, le=256, description="rotations in flight at once")
     change_poll_seconds: float = Field(default=30.0, gt=0, description="how often the daemon reads the change feed to notice state changes made by others (rotator rotate, other replicas)")
     lease_seconds: float = Field(default=300.0, ge=10, description="how long a credential's lease lasts before another replica may take over")
+    clock_skew_allowance_seconds: float = Field(default=120.0, ge=0, le=3600, description="how far the clocks of two hosts running the rotator may differ: a grace or a lease measured on another host's clock ends this much later")
     audit_file: Path | None = Field(default=None, description="also append hash-chained audit events to this file")
     audit_anchor: str | None = Field(default=None, description="KV v2 MOUNT/PREFIX where the audit chain's tip is anchored (default: STATE_MOUNT/STATE_PREFIX/_audit)")
     audit_transit_key: str | None = Field(default=None, description="Transit key (MOUNT/NAME, or NAME on mount transit) that signs each audit anchor (ed25519); docs/AUDIT.md")

@@ -125,6 +125,10 @@ class Pending(_Frozen):
     # since `live_at`; its metadata is still to be written.
     live_version: int | None = None
     live_at: datetime | None = None
+    live_clock: str | None = None  # the boot whose clock read `live_at` (see Retiring.clock)
+    # MOUNT/PATH this rotation writes (its file's `vault.path`), so that a
+    # removed file's unfinished rotation is looked for where it went live.
+    target: str | None = None
 
 
 class Retiring(_Frozen):
@@ -133,6 +137,10 @@ class Retiring(_Frozen):
     key: KeyRecord
     superseded_by: str  # the rotation id that replaced it
     revoke_after: datetime  # end of grace
+    # The boot (holder.Identity.boot_id) whose clock measured `revoke_after`:
+    # read by a process on another clock, the grace ends the clock skew
+    # allowance later (rotator.machine.grace_ends). None: unknown.
+    clock: str | None = None
     stage: Stage = "active"
     immediate: bool = False  # `--revoke-now`: no grace, no deactivation delay
     delete_after: datetime | None = None  # set on deactivation
@@ -189,6 +197,7 @@ class StateRecord(_Frozen):
     # values), so a removed file's superseded keys can still be retired.
     params: dict[str, Any] | None = None
     source: str | None = None  # the credential file it was last reconciled from
+    grace_seconds: float | None = None  # the file's grace then: a removed file's promotion still gets it
 
     @classmethod
     def new(cls, credential: str, provider: str) -> StateRecord:

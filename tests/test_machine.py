@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -217,3 +218,38 @@ def test_manual_request_resumes_a_pending_rotation(phase_outcomes: list) -> None
         record = m.apply(record, outcome, POLICY, T0)
     action = m.next_action(record, POLICY, T0, m.Request())
     assert not isinstance(action, m.StartRotation)
+
+
+def test_a_grace_read_on_another_clock_ends_the_skew_allowance_later() -> None:
+    """Sim F11: two hosts' clocks differ by up to the allowance. A grace
+    measured on one host's clock and read on another's ends the allowance
+    later; on the clock that measured it, on time; `--revoke-now`, at once."""
+    allowance = timedelta(minutes=2)
+    here = dataclasses.replace(NO_DEACTIVATION, skew_allowance=allowance, clock="boot-a")
+    there = dataclasses.replace(here, clock="boot-b")
+    unknown = dataclasses.replace(here, clock=None)
+    t1 = T0 + timedelta(days=30)
+    record = rotate(rotate(fresh(), 1, T0, here), 2, t1, here)  # promoted on boot-a's clock
+    end = t1 + here.grace
+    assert record.retiring[0].clock == "boot-a" and record.retiring[0].revoke_after == end
+    assert m.next_action(record, here, end - timedelta(seconds=1)) is None
+    assert m.next_action(record, here, end) == m.Revoke("K1")
+    for other in (there, unknown):
+        assert m.next_action(record, other, end + allowance - timedelta(seconds=1)) is None
+        assert m.next_action(record, other, end + allowance) == m.Revoke("K1")
+        assert m.next_wake_at(record, other) == end + allowance
+    urgent = rotate(record, 3, t1 + DAY, here, revoke_now=True)
+    assert {m.next_action(urgent, there, t1 + DAY)} <= {m.Revoke("K1"), m.Revoke("K2")}
+
+
+def test_the_grace_clock_is_the_live_writes() -> None:
+    """The grace runs from the live write, on the clock that read it: a
+    promotion finished by another process (after a crash) keeps that clock."""
+    a = dataclasses.replace(NO_DEACTIVATION, skew_allowance=timedelta(minutes=2), clock="boot-a")
+    b = dataclasses.replace(a, clock="boot-b")
+    record = rotate(fresh(), 1, T0, a)
+    for outcome, policy in ((m.Started("r2", "schedule"), a), (m.IssueBegun(), a), (m.Issued(cred(2)), a), (m.Verified(1), a),
+                            (m.LiveWritten(2), a)):
+        record = m.apply(record, outcome, policy, T0 + DAY)
+    record = m.apply(record, m.Promoted(2, 0.0), b, T0 + DAY + timedelta(minutes=5))
+    assert record.retiring[0].clock == "boot-a" and record.retiring[0].revoke_after == T0 + DAY + a.grace

@@ -34,7 +34,7 @@ from rotator.machine import BACKOFF_CAP
 from rotator.testing.sim import invariants
 from rotator.testing.sim.faults import ALL_FAULTS, CALL_FAULTS, CallFault
 from rotator.testing.sim.providers import KINDS
-from rotator.testing.sim.world import LEASE_SECONDS, MOUNT, SLOTS, STATE_PREFIX, FileSpec, RunResult, Tracking, World
+from rotator.testing.sim.world import LEASE_SECONDS, MOUNT, SKEW_ALLOWANCE, SLOTS, STATE_PREFIX, FileSpec, RunResult, Tracking, World
 
 Step = tuple[Any, ...]
 ADVANCES = (5, 30, 120, 400, 1200, 3600, 3 * 3600, 7 * 3600, 86400)
@@ -94,9 +94,11 @@ def _make_step(rng: random.Random, what: str, call_kinds: list[str]) -> Step:
     if what == "pause":
         slot = rng.choice(SLOTS)
         other = rng.choice([s for s in SLOTS if s != slot] + ["cli"])
-        return ("pause", slot, rng.randrange(12), rng.choice((LEASE_SECONDS + 1, LEASE_SECONDS * 3, 3600.0)), other)
+        return ("pause", slot, rng.randrange(12), rng.choice((LEASE_SECONDS + SKEW_ALLOWANCE + 1, LEASE_SECONDS * 3, 3600.0)), other)
     if what == "skew":
-        return ("skew", rng.choice(SLOTS), rng.choice((-120.0, -30.0, 0.0, 30.0, 120.0)))
+        # Within half the allowance of the true time (the `rotate` process's): two clocks differ by at most the allowance.
+        half = SKEW_ALLOWANCE / 2
+        return ("skew", rng.choice(SLOTS), rng.choice((-half, -30.0, 0.0, 30.0, half)))
     if what == "edit_restore":
         return ("edit", "flap")
     group, _, detail = what.partition("_")
@@ -234,7 +236,7 @@ def _toggle_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 def quiesce(world: World) -> None:
     """Faults stop; time runs past grace, deactivation delays, backoff caps and leases."""
     start = world.clock.now()
-    horizon = start + world.grace + timedelta(hours=2) + BACKOFF_CAP + timedelta(seconds=LEASE_SECONDS) + timedelta(minutes=30)
+    horizon = start + world.grace + timedelta(hours=2) + BACKOFF_CAP + timedelta(seconds=LEASE_SECONDS + 2 * SKEW_ALLOWANCE) + timedelta(minutes=30)
     checkpoint = start + invariants.REVOKE_NOW_WINDOW
     checked = False
     for _ in range(80):
@@ -263,9 +265,10 @@ def _next_wake(world: World) -> Any:
     now = world.clock.now()
     times = []
     names = {spec.stem for spec in world.files.values()}
+    allowance = timedelta(seconds=SKEW_ALLOWANCE)  # a lease or grace read on another clock ends that much later
     for name, record in world.records().items():
-        if record.lease is not None and record.lease.expires_at > now:
-            times.append(record.lease.expires_at)  # nobody else acts before it expires
+        if record.lease is not None and record.lease.expires_at + allowance > now:
+            times.append(record.lease.expires_at + allowance)  # nobody else acts before it expires
             continue
         if name not in names:
             continue
@@ -274,7 +277,7 @@ def _next_wake(world: World) -> Any:
         elif record.pending is not None and record.blocked_fingerprint is None:
             times.append(now)
         for entry in record.retiring:
-            times.append(entry.next_attempt_at or (entry.revoke_after if entry.stage == "active" else entry.delete_after or now))
+            times.append(entry.next_attempt_at or (entry.revoke_after + allowance if entry.stage == "active" else entry.delete_after or now))
         if record.last_rotated_at is not None:
             times.append(record.last_rotated_at + world.every)
     # Records hold times of the replica that wrote them, which may run behind.

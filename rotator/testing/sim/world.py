@@ -39,6 +39,10 @@ START = datetime(2026, 3, 1, tzinfo=UTC)
 MOUNT = "secret"
 STATE_PREFIX = "rotator/state"
 LEASE_SECONDS = 300.0
+# The engines' clock skew allowance. Skew steps keep every two processes'
+# clocks within it (each replica within half of it of the true time): the
+# guarantee holds for skew up to the allowance (docs/RELIABILITY.md).
+SKEW_ALLOWANCE = 120.0
 SLOTS = ("r0", "r1")
 
 
@@ -183,8 +187,10 @@ class World:
         offset_slot = slot if slot in self.offsets else None
         clock = ProcessClock(self.clock, actor, lambda: self.offsets.get(offset_slot, 0.0) if offset_slot else 0.0)
         store = self.kv.view(lambda op, mount, path, effect, mutating: self._kv_boundary(actor, op, mount, path, effect, mutating))
-        identity = Identity(holder=actor, host="sim", boot_id=None, pid_namespace=None, pid=0, start_ticks=None)
-        engine = Engine(store, options=EngineOptions(state_mount=MOUNT, state_prefix=STATE_PREFIX, lease_seconds=LEASE_SECONDS),  # type: ignore[arg-type]
+        # Each slot is a host of its own (its own clock); its incarnations share that clock.
+        identity = Identity(holder=actor, host=f"sim-{slot}", boot_id=f"sim-{slot}", pid_namespace=None, pid=0, start_ticks=None)
+        options = EngineOptions(state_mount=MOUNT, state_prefix=STATE_PREFIX, lease_seconds=LEASE_SECONDS, clock_skew_allowance=SKEW_ALLOWANCE)
+        engine = Engine(store, options=options,  # type: ignore[arg-type]
                         clock=clock, holder=actor, identity=identity)
         return Process(actor, engine)
 
