@@ -26,7 +26,8 @@ from providers.stripe_http import parse_mark, resolve_page_url
 from rotator.clock import FakeClock
 from rotator.errors import NotFoundError, PermanentError, RotatorError, TransientError
 from rotator.provider import IssueContext, KeyMark, ProviderContext
-from rotator.sandbox.stripe import FakeStripe, JweSettings
+from rotator.sandbox.stripe import FakeStripe
+from rotator.sandbox.stripe_state import JweSettings
 from rotator.testing.conformance import ProviderConformance
 from rotator.testing.leaks import assert_no_leaks
 

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from rotator.sandbox.exchanges import Exchange, notify
 
 if TYPE_CHECKING:
-    from rotator.sandbox.stripe import FakeStripe, _Principal
+    from rotator.sandbox.stripe import FakeStripe
+    from rotator.sandbox.stripe_state import _Principal
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 409: "idempotency_error", 429: "invalid_request_error"}
