@@ -228,7 +228,7 @@ def audit() -> None:
 
 
 def _register_audit_commands() -> None:
-    from rotator.auditcli import public_key_command, seal_command, verify_command
+    from rotator.commands.audit import public_key_command, seal_command, verify_command
 
     for command in (verify_command, seal_command, public_key_command):
         audit.add_command(command)
@@ -252,10 +252,10 @@ def demo(duration: float | None, workdir: Path) -> None:
 
 def _register_commands() -> None:
     """Commands implemented in their own modules."""
-    from rotator.cli_leak import leaked
-    from rotator.cli_rotate import rotate
-    from rotator.pause import pause_command, resume_command
-    from rotator.plan import plan_command
+    from rotator.commands.leak import leaked
+    from rotator.commands.rotate import rotate
+    from rotator.commands.pause import pause_command, resume_command
+    from rotator.commands.plan import plan_command
 
     for command in (rotate, leaked, plan_command, pause_command, resume_command):
         cli.add_command(command)
@@ -307,7 +307,7 @@ def _log() -> Any:
     return get_logger()
 
 
-from rotator.cli_adopt import adopt as _adopt  # noqa: E402 - registered after the group exists
+from rotator.commands.adopt import adopt as _adopt  # noqa: E402 - registered after the group exists
 
 cli.add_command(_adopt)
 

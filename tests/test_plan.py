@@ -12,7 +12,7 @@ from rotator import machine as m
 from rotator.app import build_app, load_credentials
 from rotator.clock import FakeClock
 from rotator.config import LoadedCredential, load_file
-from rotator.plan import collect_plan, plan_row
+from rotator.commands.plan import collect_plan, plan_row
 from rotator.provider import IssuedCredential, load_providers
 from rotator.settings import Settings
 from rotator.state import Pause, StateRecord

@@ -25,7 +25,8 @@ import yaml
 
 from helpers import run_rotator, write_credential
 from rotator.compliance import alerts
-from rotator import audit, metrics, plan, usage
+from rotator import audit, metrics, usage
+from rotator.commands import plan
 from rotator.app import App, build_app, load_credentials
 from rotator.clock import FakeClock, parse_rfc3339
 from rotator.config import LoadedCredential, Revocation, load_directory, load_file
@@ -335,7 +336,7 @@ def test_a_pause_holds_the_schedule_until_its_end_then_the_rotation_logs_the_res
     openbao, moto, aws_env, iam_admin, iam_user, config_dir: Path, unique: str, captured
 ) -> None:
     """Paused past the due time: nothing; once `until` passes, the next pass rotates and logs rotation.resumed (by: until)."""
-    from rotator.pause import change_pause
+    from rotator.commands.pause import change_pause
     from rotator.state import Pause
 
     w = aws_use(openbao, moto, aws_env, iam_admin, iam_user, config_dir, unique)

@@ -51,7 +51,7 @@ def leaked(digest: str | None, wait_seconds: float, config_dir: Path | None) -> 
     for problem in loaded.problems:
         click.echo(f"rotator: {problem}", err=True)
     stop = threading.Event()
-    from rotator.cli_rotate import _on_interrupt
+    from rotator.commands.rotate import _on_interrupt
 
     _on_interrupt(stop)
     try:
