@@ -21,6 +21,8 @@ from rotator.settings import Settings
 
 if TYPE_CHECKING:  # the engine, hvac and the provider SDKs load only for commands that use Vault:
     # `validate` must answer within a second (issue 11)
+    from rotator.audit.anchor import Anchorer
+    from rotator.audit.writer import AuditFile
     from rotator.engine import Engine
     from rotator.vault import VaultStore
 
@@ -55,17 +57,34 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None, with_
     if not with_audit_file or settings.audit_file is None:
         setup(None)
         return
-    from rotator.audit import anchor as auditanchor
+    from rotator.audit.anchor import HeldAppends
     from rotator.audit.writer import AuditFile
 
     writer = AuditFile(settings.audit_file)
     # What the anchor check logs (its Vault login) is held back from the file
     # until the check passes: a refused start appends nothing.
-    held = auditanchor.HeldAppends(writer.append)
+    held = HeldAppends(writer.append)
     setup(_never_blocking(held))
-    anchorer = auditanchor.prepare(settings, writer)
+    anchorer = prepare_anchorer(settings, writer)
     held.release()
     anchorer.start()
+
+
+def prepare_anchorer(settings: Settings, writer: AuditFile) -> Anchorer:
+    """The anchorer of this process's audit file, checked against Vault
+    before anything is appended (raises AuditChainError when the file is
+    behind or off its anchor)."""
+    from rotator.audit.anchor import Anchorer, AnchorStore
+    from rotator.vault import VaultStore
+
+    store = VaultStore(settings.vault_connection())
+    try:
+        store.login()
+    except RotatorError:
+        pass  # no usable login now: the check below meets the same error and says so
+    anchorer = Anchorer(writer, AnchorStore(store, settings.audit_anchor_location(), transit=settings.audit_transit_location()))
+    anchorer.check_at_start()
+    return anchorer
 
 
 def _never_blocking(append: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -386,19 +386,3 @@ class HeldAppends:
                     self._append(event)
                 except (OSError, RotatorError):
                     pass  # printed already; the next append reports the file's trouble on its event
-
-
-def prepare(settings: Any, writer: AuditFile) -> Anchorer:
-    """The anchorer of this process's audit file, checked against Vault
-    before anything is appended (raises AuditChainError when the file is
-    behind or off its anchor)."""
-    from rotator.vault import VaultStore
-
-    store = VaultStore(settings.vault_connection())
-    try:
-        store.login()
-    except RotatorError:
-        pass  # no usable login now: the check below meets the same error and says so
-    anchorer = Anchorer(writer, AnchorStore(store, settings.audit_anchor_location(), transit=settings.audit_transit_location()))
-    anchorer.check_at_start()
-    return anchorer

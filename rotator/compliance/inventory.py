@@ -5,16 +5,18 @@ records in Vault."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator import machine
-from rotator.app import App
 from rotator.audit import redact_text
 from rotator.clock import to_rfc3339
 from rotator.config import LoadResult
 from rotator.fields import format_duration
 from rotator.state import StateRecord
 from rotator.timetable import due_at
+
+if TYPE_CHECKING:  # the composition root, above this layer: its type only
+    from rotator.app import App
 
 
 def _age(now: datetime, since: datetime | None) -> str | None:

@@ -23,10 +23,9 @@ import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator import retry
-from rotator.app import App
 from rotator.audit import redact_text
 from rotator.clock import to_rfc3339
 from rotator.compliance.scan import Finding, assess, provider_reports_last_use
@@ -36,6 +35,9 @@ from rotator.fields import format_duration
 from rotator.compliance.inventory import collect_status
 from rotator.provider import Provider
 from rotator.timetable import EPOCH
+
+if TYPE_CHECKING:  # the composition root, above this layer: its type only
+    from rotator.app import App
 
 FORMATS = ("json", "csv", "markdown", "html")
 NOT_LISTABLE = "not listable"
