@@ -7,7 +7,9 @@ Invariants:
 - a write that already happened (a crash right after it) is recognised by
   comparing the latest version with the stashed data, so it is never made
   twice;
-- metadata changes only `managed-by` and `rotator-*` keys;
+- metadata changes only `managed-by` and `rotator-*` keys, and is trusted
+  to name the live key only where the data names none (it is merged
+  without check-and-set);
 - a path holding data the rotator did not write for this credential (no
   `managed-by: rotator`, or another credential's name) is never written
   over: `rotator adopt NAME` first accepts it (contract §5).
@@ -73,28 +75,26 @@ class LivePath:
     def write(self, data: Mapping[str, str], *, last_written: int | None, credential: str) -> int:
         """Add one version holding `data`. `last_written`: the version the
         rotator wrote (or adopted) last on this path; None when it has none
-        here, and then the path must be empty or hold `credential`'s data."""
-        done = self.version_holding(data)
-        if done is not None:
-            return done
+        here, and then the path must be empty or hold `credential`'s data.
+        One read decides, and the write is check-and-set against the version
+        read: a writer stalled in between (past its lease) cannot add a
+        second version, nor write over anyone's."""
+        content = self.read()
+        if content.data is not None and content.data == {k: str(v) for k, v in data.items()}:
+            return content.version  # the write already happened
         if last_written is None:
-            content = self.read()
-            current = content.version
             if not content.is_writable_by(credential):
                 raise PermanentError(
                     f"{self} holds data the rotator did not write for {credential}; it will not overwrite it: "
                     + ADOPT_HINT.format(name=credential)
                 )
-        else:
-            meta = self.store.read_metadata(self.mount, self.path)
-            current = meta.current_version if meta else 0
-            if current != last_written:
-                raise PermanentError(
-                    f"{self} is at version {current} but the rotator last wrote version {last_written}: "
-                    "someone else wrote the live path; the rotator will not overwrite it: " + ADOPT_HINT.format(name=credential)
-                )
+        elif content.version != last_written:
+            raise PermanentError(
+                f"{self} is at version {content.version} but the rotator last wrote version {last_written}: "
+                "someone else wrote the live path; the rotator will not overwrite it: " + ADOPT_HINT.format(name=credential)
+            )
         try:
-            return self.store.write(self.mount, self.path, data, cas=current)
+            return self.store.write(self.mount, self.path, data, cas=content.version)
         except CasMismatchError:
             raise PermanentError(f"{self} changed while the rotator was writing it (check-and-set lost)") from None
 
@@ -114,19 +114,23 @@ class LivePath:
         self.store.merge_custom_metadata(self.mount, self.path, metadata)
 
     def names_as_live(self, key_id: str, *, key_in: Callable[[Mapping[str, str]], str | None] | None = None) -> bool:
-        """Whether the path says `key_id` is the live credential: its metadata
-        names it, or its latest data holds it (an id field such as
-        `access_key_id`, also before the metadata caught up; or, with
-        `key_in`, the id the provider derives from the data, e.g. a token's
-        hash)."""
+        """Whether the path says `key_id` is the live credential. Its latest
+        data is the truth wherever it names a key (an id field such as
+        `access_key_id`; or, with `key_in`, the id the provider derives from
+        the data, e.g. a token's hash); the metadata's `rotator-key-id`
+        counts only where the data names none (deleted, or not a credential
+        the provider can name). Metadata is merged without check-and-set,
+        so a writer that stalled past its lease may have left it naming a
+        key the data no longer holds: consumers read the data."""
         meta = self.store.read_metadata(self.mount, self.path)
         if meta is None:
             return False
-        if meta.custom_metadata.get("rotator-key-id") == key_id:
-            return True
-        if meta.current_version == 0:
-            return False
-        live = self.store.read_version(self.mount, self.path, meta.current_version) or {}
-        if key_id in live.values():
-            return True
-        return key_in is not None and bool(live) and key_in({k: str(v) for k, v in live.items()}) == key_id
+        live = self.store.read_version(self.mount, self.path, meta.current_version) if meta.current_version else None
+        if live:
+            values = {k: str(v) for k, v in live.items()}
+            if key_id in values.values():
+                return True
+            named = key_in(values) if key_in is not None else None
+            if named is not None:
+                return named == key_id  # the data names its key
+        return meta.custom_metadata.get("rotator-key-id") == key_id

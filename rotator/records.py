@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rotator import machine
-from rotator.errors import CasMismatchError, NotFoundError, PermanentError, RotatorError
+from rotator.errors import CasMismatchError, LeaseLostError, NotFoundError, PermanentError, RotatorError
 from rotator.faults import crashpoint
 from rotator.redaction import register_secret
 from rotator.state import SCHEMA_VERSION, KeyRecord, StateRecord
@@ -207,6 +207,14 @@ class RecordStore:
             # kept and only completed, never emptied (sim F16).
             entry = entry.model_copy(update={"handle": {**entry.handle, **held.handle}, "data": held.data or entry.data})
             payload = entry.model_dump(mode="json")
+        else:
+            # Another key of this rotation: written over only if the record no
+            # longer names it (swept). A writer that stalled past its lease while
+            # another process re-issued must not replace that key's secrets (sim F20).
+            record, _ = self.read(entry.credential)
+            if record is not None and held.key_id in {key.key_id for key in _keys(record)}:
+                raise LeaseLostError(f"{entry.credential}: the stash entry {self.mount}/{path} holds key {held.key_id}, "
+                                     "which the record names: another process took over")
         if held != entry:
             self.store.write(self.mount, path, payload, cas=current.version)
 

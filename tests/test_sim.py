@@ -52,11 +52,9 @@ F16 = "F16 stale-baseline-empties-stash-entry"
 F17 = "F17 reissue-revokes-unrecorded-live-write"
 F18 = "F18 moved-path-rollback-revokes-live"
 F19 = "F19 fileless-finish-shortens-grace"
+F20 = "F20 stale-holder-overwrites-stash-entry"
 
-KNOWN_OPEN: dict[tuple[str, str], str] = {
-    ("aws", "pause"): F6,
-    ("others", "pause"): F6,
-}
+KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
 TOTAL = int(os.environ.get("ROTATOR_SIM_SCHEDULES", "2000"))
 PASSING = [(g, f) for g in GROUPS for f in ("none", *ALL_FAULTS) if (g, f) not in KNOWN_OPEN]
@@ -229,13 +227,13 @@ FINDINGS = [
     (F18, "installation_token", [("tick", "r1", ()), ("advance", 86400), ("edit", "path"), ("tick", "r0", ()), ("state", "older"),
                                  ("edit", "rename")]),
     (F19, "deploy_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "older"), ("edit", "delete")]),
+    (F20, "aws", [("pause", "r1", 6, 900.0, "cli"), ("advance", 86400)]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
 ]
-OPEN_FINDINGS = {F6}
-# Cases of an open finding that no longer reproduce on main (F6 deploy_key: since the lease renewal before side
-# effects and the live-path check before a re-issue; the stripe_key replay still breaks one-lease-holder).
-FIXED_CASES = {(F6, "deploy_key")}
+OPEN_FINDINGS: set[str] = set()
+# Cases of an open finding that no longer reproduce (none open now).
+FIXED_CASES: set[tuple[str, str]] = set()
 
 
 def _finding_cases() -> Iterator[object]:

@@ -43,12 +43,25 @@ RETIRE_OPS = frozenset({"delete_access_key", "update_access_key", "DELETE key", 
 REVOKE_NOW_WINDOW = timedelta(minutes=70)  # past the 1 h backoff cap
 
 
-def check_acting_holder(world: World, actor: str, what: str) -> None:
+def check_acting_holder(world: World, actor: str, what: str, *, kind: str) -> None:
+    """A process that holds no lease (it stalled past it, and another may
+    have taken it over) never mints and never lands a live-path write. It
+    may make the one call that follows its last lease check, if that call
+    is a metadata merge or a retirement (neither can be fenced: KV v2
+    metadata has no check-and-set, providers have no fencing tokens); what
+    that call does is judged by never-revoke-live, grace and live-works.
+    `kind`: mint, live-write (one that landed: a lost check-and-set has no
+    effect), metadata, retire."""
     records = world.records()
     if any(r.lease is not None and r.lease.holder == actor for r in records.values()):
+        world.stale_effects.pop(actor, None)
         return
     holders = sorted({r.lease.holder for r in records.values() if r.lease is not None})
-    world.violate("one-lease-holder", f"{actor} made {what} without holding a lease (holders now: {holders or 'none'})")
+    world.stale_effects[actor] = world.stale_effects.get(actor, 0) + 1
+    if kind in ("mint", "live-write"):
+        world.violate("one-lease-holder", f"{actor} made {what} without holding a lease (holders now: {holders or 'none'})")
+    elif world.stale_effects[actor] > 1:
+        world.violate("one-lease-holder", f"{actor} made {what}, a second call since it lost its lease (holders now: {holders or 'none'})")
 
 
 def _revoke_now_voids_grace(world: World, key_id: str) -> bool:
@@ -58,9 +71,12 @@ def _revoke_now_voids_grace(world: World, key_id: str) -> bool:
 
 def before_provider_effect(world: World, actor: str, op: str, target: str | None) -> None:
     if op in CREATE_OPS:
-        check_acting_holder(world, actor, op)
+        check_acting_holder(world, actor, op, kind="mint")
         return
-    if op not in RETIRE_OPS or target is None or not world.service.is_accepted(target):
+    if op not in RETIRE_OPS or target is None:
+        return
+    check_acting_holder(world, actor, op, kind="retire")
+    if not world.service.is_accepted(target):
         return
     holders = [path for path, key in world._live_keys().items() if key == target]
     if holders:

@@ -135,6 +135,7 @@ class World:
         self.incarnations: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.violations: list[Violation] = []
+        self.stale_effects: dict[str, int] = {}  # effects a process made since it last held a lease
         self.step_index = 0
         self.tracked: dict[str, Tracking] = {"apps/app": Tracking()}
         self.superseded_at: dict[str, datetime] = {}
@@ -311,9 +312,9 @@ class World:
                 self._concurrent_bump(mount, path)
         live = mutating and not is_state and path in self.tracked
         before = self._live_keys(retired=True) if live else None
+        result = effect()  # a check-and-set write that loses raises here: it had no effect
         if live:
-            invariants.check_acting_holder(self, actor, f"{op} of {path}")
-        result = effect()
+            invariants.check_acting_holder(self, actor, f"{op} of {path}", kind="live-write" if op == "write" else "metadata")
         if live and op == "write":
             self._after_live_write(path, before or {})
         if fault is not None and fault.kind == "lost":
