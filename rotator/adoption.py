@@ -14,6 +14,8 @@ Invariants:
   `rotator-*` keys of its metadata change (they now name the adopted key);
 - the state record is written with check-and-set, never while another
   process holds the credential's lease or while a promotion is finishing;
+  adopt takes the lease itself (check-and-set) before it writes the live
+  path's metadata, and the adopted record releases it;
 - a key the rotator made that the adopted data replaced (a foreign write
   over our key) is kept for a full grace, then revoked like any other.
 """
@@ -21,14 +23,33 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from rotator.audit import get_logger, register_secret
 from rotator.clock import to_rfc3339
 from rotator.config import LoadedCredential
 from rotator.engine import Engine
-from rotator.errors import CasMismatchError, LeaseHeldError, PermanentError
+from rotator.errors import CasMismatchError, LeaseHeldError, PermanentError, RotatorError
 from rotator.livepath import LivePath
-from rotator.state import KeyRecord, Retiring, StateRecord
+from rotator.state import KeyRecord, Lease, Retiring, StateRecord
+
+
+def _take_lease(engine: Engine, name: str, base: StateRecord, version: int, now: datetime) -> int:
+    me = engine.identity
+    lease = Lease(holder=engine.holder, expires_at=now + timedelta(seconds=engine.options.lease_seconds), host=me.host,
+                  boot_id=me.boot_id, pid_namespace=me.pid_namespace, pid=me.pid, start_ticks=me.start_ticks)
+    try:
+        return engine.store.write(engine.options.state_mount, engine.state_path(name),
+                                  base.model_copy(update={"lease": lease}).to_vault(), cas=version)
+    except CasMismatchError:
+        raise LeaseHeldError(f"{name}: its state record changed while adopting; try again") from None
+
+
+def _release(engine: Engine, name: str, base: StateRecord, version: int) -> None:
+    try:
+        engine.store.write(engine.options.state_mount, engine.state_path(name), base.to_vault(), cas=version)
+    except RotatorError:
+        pass  # it expires by itself
 
 
 @dataclass(frozen=True)
@@ -66,17 +87,27 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
         else:
             current = KeyRecord(key_id=named.key_id, rotation_id=f"adopted-v{content.version}", handle=dict(named.handle),
                                 issued_at=named.created_at or now)
-    retiring = list(base.retiring)
+    # The adopted key is live again: whatever retirement it was on ends here.
+    retiring = [e for e in base.retiring if current is None or e.key.key_id != current.key_id]
     replaced = base.current
     if replaced is not None and replaced.key_id != (current.key_id if current else None):
         if replaced.key_id not in {e.key.key_id for e in retiring}:
             retiring.append(Retiring(key=replaced, superseded_by=f"adopted-v{content.version}", revoke_after=now + spec.grace,
                                      clock=engine.identity.boot_id))
-    live.store.merge_custom_metadata(live.mount, live.path, {
-        "managed-by": "rotator", "rotator-credential": spec.name, "rotator-provider": spec.provider,
-        "rotator-key-id": current.key_id if current else "", "rotator-rotation-id": f"adopted-v{content.version}",
-        "rotator-rotated-at": to_rfc3339(now),
-    })
+    # Take the lease first (check-and-set), so that no rotation starts between
+    # the metadata written below and the record that matches it.
+    version = _take_lease(engine, spec.name, base, version, now)
+    try:
+        if live.read().version != content.version:
+            raise LeaseHeldError(f"{live} changed while adopting; try again")
+        live.store.merge_custom_metadata(live.mount, live.path, {
+            "managed-by": "rotator", "rotator-credential": spec.name, "rotator-provider": spec.provider,
+            "rotator-key-id": current.key_id if current else "", "rotator-rotation-id": f"adopted-v{content.version}",
+            "rotator-rotated-at": to_rfc3339(now),
+        })
+    except RotatorError:
+        _release(engine, spec.name, base, version)
+        raise
     adopted = base.model_copy(update={
         "current": current, "live_version": content.version, "live_path": str(live), "retiring": retiring,
         "attempts": 0, "next_attempt_at": None, "last_error": None, "last_error_step": None, "last_error_at": None,

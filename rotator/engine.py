@@ -30,7 +30,15 @@ from typing import Any, TypeVar
 
 from rotator import __version__, machine, retry, usage
 from rotator.audit import get_logger, redact_text, register_secret
-from rotator.baseline import Baseline, find_baseline, needs_baseline
+from rotator.baseline import (
+    Baseline,
+    find_baseline,
+    forgotten_keys,
+    live_key_ids,
+    needs_baseline,
+    pending_revoke_now,
+    rotation_key_overwritten,
+)
 from rotator.changes import ChangeFeed
 from rotator.clock import Clock, SystemClock, to_rfc3339
 from rotator.config import LoadedCredential, Revocation
@@ -445,6 +453,29 @@ class _Run:
         self.emit("rotation.started", reason=action.reason)
         crashpoint("after-intent")
 
+    def _retire_forgotten(self) -> None:
+        """After a promotion: keys of this credential at the provider that
+        the record does not know (it was restored from an older version, or
+        lost: a later rotation's key, stashed or in grace) are retired after
+        a full grace. Never the live one. Best effort: the next promotion
+        looks again."""
+        if not self.provider.can_list:
+            return
+        now = self.engine.clock.now()
+        try:
+            found = forgotten_keys(self.record, self._call(self.provider.list_keys), name=self.cred.spec.name, keep=set(),
+                                   grace=self.policy.grace, now=now, read_other=self.engine.read_record, clock=self.policy.clock,
+                                   keeps_inactive=self.policy.retire_delay is not None)
+            if found:
+                live = live_key_ids(self._call(self._live.read), self.provider)
+                found = tuple(e for e in found if e.key.key_id not in live)
+        except RotatorError as exc:
+            self.log.warning("inventory.failed", error=str(exc))
+            return
+        if found:
+            self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
+            self._apply(machine.Forgotten(found))
+
     def _end_expired_pause(self, record: StateRecord, now: datetime) -> StateRecord:
         """A pause whose `until` passed ends with the first scheduled rotation after it, audited."""
         paused = record.paused
@@ -570,9 +601,15 @@ class _Run:
         if named is not None:
             current = KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle),
                                 issued_at=named.created_at or self.engine.clock.now())
-        self._apply(machine.Recovered(current, content.version, str(self._live)))
+        # Data written over the rotation's key since (the metadata still names it): that key is retired.
+        overwritten = self._call(lambda: rotation_key_overwritten(
+            content, self.provider, current, rotation_id=rotation_id, name=self.cred.spec.name, grace=self.policy.grace,
+            now=self.engine.clock.now(), revoke_now=pending_revoke_now(self.record), clock=self.policy.clock))
+        self._apply(machine.Recovered(current, content.version, str(self._live), overwritten))
         self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version)
         self.status = "completed"
+        if self.request is not None and self.request.revoke_now:
+            return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
         self.request = None
         return True
 
@@ -757,6 +794,7 @@ class _Run:
         self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
         rotation_id = self.record.pending.rotation_id if self.record.pending else ""
         self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)))
+        self._retire_forgotten()
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
         duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None

@@ -169,6 +169,15 @@ class Recovered:
     current: KeyRecord | None
     live_version: int
     live_path: str
+    retiring: tuple[Retiring, ...] = ()  # the rotation's key, when data written over it since holds another
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """Keys marked as this credential's at the provider that the record does
+    not know (it was restored from an older version, or lost): retired."""
+
+    retiring: tuple[Retiring, ...]
 
 
 @dataclass(frozen=True)
@@ -233,7 +242,7 @@ class Failed:
 
 
 Outcome = (
-    Started | Baselined | Recovered | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
+    Started | Baselined | Recovered | Forgotten | IssueBegun | Swept | Issued | Verified | LiveWritten | Promoted | RevokeNowMarked
     | RolledBack | Deactivated | Revoked | Failed
 )
 
@@ -417,14 +426,21 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             old = record.current
             if old is not None and old.key_id != (outcome.current.key_id if outcome.current else None) \
                     and old.key_id not in {e.key.key_id for e in retiring}:
-                # Superseded at a time the restored record does not know: a full grace from now.
-                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id, revoke_after=now + policy.grace,
+                # Superseded at a time the restored record does not know: a full grace from now
+                # (none under `--revoke-now`).
+                revoke_now = _pending(record).revoke_now
+                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id,
+                                         revoke_after=now if revoke_now else now + policy.grace, immediate=revoke_now,
                                          clock=policy.clock))
+            retiring += [e for e in outcome.retiring if e.key.key_id not in {r.key.key_id for r in retiring}]
             return record.model_copy(update={
                 "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
                 "pending": None, "retiring": retiring, "attempts": 0, "next_attempt_at": None,
                 "last_error": None, "last_error_step": None, "last_error_at": None, "blocked_fingerprint": None,
             })
+        case Forgotten():
+            known = record.managed_key_ids()
+            return record.model_copy(update={"retiring": [*record.retiring, *(e for e in outcome.retiring if e.key.key_id not in known)]})
         case IssueBegun():
             return _with_phase(record, "issuing")
         case Swept():

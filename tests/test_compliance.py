@@ -310,13 +310,14 @@ def test_scanner_reports_an_overdue_credential(estate: GitHubEstate) -> None:
 def test_disable_revokes_an_old_unused_orphan_and_nothing_else(estate: GitHubEstate) -> None:
     """With on_unused: disable, an old orphan with the rotator's mark goes; the idle live key and a hand-made key stay."""
     cred = estate.credential("tidy", on_unused="disable")
+    estate.clock.advance(timedelta(days=1))
+    estate.rotate(cred)
+    live = estate.app.engine.read_record("tidy")[0].current.key_id
+    # Made after the rotation (a rotation's own search would retire a marked key it finds: rotator/baseline.py).
     _, orphan_public = new_ed25519_pair()
     orphan = str(estate.fake.add_deploy_key(REPO, orphan_public, title="rotator:tidy:20260101T000000Z-deadbeef"))
     _, hand_public = new_ed25519_pair()
     hand = str(estate.fake.add_deploy_key(REPO, hand_public, title="ci by hand"))
-    estate.clock.advance(timedelta(days=1))
-    estate.rotate(cred)
-    live = estate.app.engine.read_record("tidy")[0].current.key_id
     scanner = _scanner(estate)
     scanner.scan(cred)
     assert {str(k["id"]) for k in estate.fake.deploy_keys(REPO)} >= {orphan, hand, live}, "nothing is old enough yet"

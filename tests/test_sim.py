@@ -53,6 +53,16 @@ F17 = "F17 reissue-revokes-unrecorded-live-write"
 F18 = "F18 moved-path-rollback-revokes-live"
 F19 = "F19 fileless-finish-shortens-grace"
 F20 = "F20 stale-holder-overwrites-stash-entry"
+F40 = "F40 lost-record-before-first-live-write-orphans-marked-key"
+F41 = "F41 lost-record-after-foreign-write-orphans-the-key-metadata-names"
+F42 = "F42 sim-aws-throttle-carried-retry-after"
+F43 = "F43 revoke-now-lost-when-the-restored-rotation-had-completed"
+F44 = "F44 adopt-writes-live-metadata-without-the-lease"
+F45 = "F45 adopted-key-keeps-its-old-retirement"
+F46 = "F46 renamed-then-lost-record-orphans-the-old-names-keys"
+F47 = "F47 sim-revoke-now-targeted-a-removed-files-live-key"
+F49 = "F49 restored-record-recovers-a-rotation-whose-key-was-written-over"
+F50 = "F50 restored-record-forgets-a-later-rotations-key"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -215,9 +225,7 @@ FINDINGS = [
     (F14, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("state", "older")]),
     (F15, "installation_token", [("tick", "r1", ()), ("rotate", False, ()), ("foreign", "restore")]),
     # Found by the 100,000-schedule sweep with every fault kind mixed (issue 10, helper `safety`).
-    # (the restore also forgets rk_000002, stashed by the rotation it undid: no-orphans, helper `orphans`' part)
-    (F16, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("tick", "r0", (CallFault(14, "crash_after"),)), ("state", "older")],
-     SAFETY),
+    (F16, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("tick", "r0", (CallFault(14, "crash_after"),)), ("state", "older")]),
     (F16, "stripe_key", [("tick", "r1", ()), ("state", "lost"), ("pause", "r1", 2, 301.0, "cli"), ("state", "older")]),
     (F17, "stripe_key", [("tick", "r0", (CallFault(15, "crash"),)), ("state", "older")]),
     (F17, "stripe_key", [("pause", "r1", 7, 900.0, "r0"), ("advance", 86400), ("tick", "r0", (CallFault(18, "429", 300.0),)),
@@ -230,6 +238,31 @@ FINDINGS = [
     (F20, "aws", [("pause", "r1", 6, 900.0, "cli"), ("advance", 86400)]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
+    (F40, "aws", [("tick", "r0", (CallFault(18, "crash"),)), ("state", "soft")]),
+    (F40, "stripe_key", [("tick", "r1", (CallFault(12, "crash_after"),)), ("state", "lost")]),
+    (F40, "deploy_key", [("tick", "r1", ()), ("edit", "path"), ("state", "soft"), ("rotate", True, ())]),
+    (F40, "deploy_key", [("tick", "r0", ()), ("state", "lost"), ("edit", "path"), ("rotate", True, ())]),
+    (F41, "deploy_key", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "soft")]),
+    (F41, "stripe_key", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "lost")]),
+    (F41, "webhook", [("pause", "r0", 0, 3600.0, "r1"), ("foreign", "garbage"), ("state", "lost")]),
+    (F41, "aws", [("tick", "r1", ()), ("rotate", True, ()), ("foreign", "restore"), ("state", "soft")]),
+    (F41, "deploy_key", [("rotate", False, ()), ("foreign", "garbage"), ("state", "soft"), ("rotate", True, ())]),
+    (F42, "aws", [("tick", "r0", (CallFault(12, "429", 1.0), CallFault(13, "429", 1.0)))]),
+    (F43, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", ()), ("state", "older"), ("advance", 86400),
+                      ("rotate", True, ())]),
+    (F44, "aws", [("foreign", "garbage")]),
+    (F44, "deploy_key", [("tick", "r0", ()), ("foreign", "garbage"), ("advance", 86400)]),
+    (F45, "webhook", [("tick", "r0", ()), ("rotate", False, ()), ("advance", 25600), ("foreign", "restore"), ("advance", 26400)]),
+    (F46, "deploy_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "lost")]),
+    (F46, "stripe_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "soft")]),
+    (F46, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "soft")]),
+    (F47, "stripe_key", [("tick", "r0", ()), ("edit", "rename"), ("edit", "path"), ("rotate", True, ())]),
+    (F47, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("edit", "path"), ("pause", "r1", 1, 900.0, "cli")]),
+    (F20, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("tick", "r0", (CallFault(14, "fail"),)), ("pause", "r0", 10, 3600.0, "r1"),
+                         ("edit", "rename")]),  # found by orphans as F48
+    (F49, "deploy_key", [("pause", "r1", 3, 3600.0, "cli"), ("foreign", "garbage"), ("state", "older")]),
+    (F50, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("tick", "r0", (CallFault(14, "crash_after"),)), ("state", "older")]),
+    (F50, "webhook", [("tick", "r0", (CallFault(11, "crash"),)), ("state", "older")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

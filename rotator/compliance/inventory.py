@@ -43,6 +43,7 @@ def status_row(name: str, record: StateRecord | None, app: App, cred: Any | None
         "last_error": redact_text(error) if isinstance(error := summary.get("last_error"), str) else None,
         "blocked": summary.get("blocked", False),
         "has_credential_file": cred is not None,
+        "moved_to": record.moved_to if record is not None and cred is None else None,  # a renamed file's old record
         "paused": summary.get("paused") if record is not None and machine.is_paused(record, now) else None,
     }
     if record is None:
@@ -86,7 +87,9 @@ def render_status_table(rows: list[dict[str, Any]]) -> str:
     table = [[title for title, _ in columns]]
     for row in rows:
         cells = [_cell(row[key]) for _, key in columns]
-        if not row["has_credential_file"]:
+        if row.get("moved_to"):
+            cells[2] += f" (moved to {row['moved_to']})"
+        elif not row["has_credential_file"]:
             cells[2] += " (no file)"
         if row.get("paused"):
             cells[2] += " (paused)"

@@ -49,8 +49,9 @@ class CallFault:
         return f"CallFault({self.index}, {self.kind!r}{extra})"
 
 
-def error_for(kind: str, *, vault: bool, op: str, retry_after: float = 0.0) -> Exception:
-    """The error a caller sees for an injected fault, as each edge translates it."""
+def error_for(kind: str, *, vault: bool, op: str, retry_after: float | None = 0.0) -> Exception:
+    """The error a caller sees for an injected fault, as each edge translates it
+    (`retry_after` None: the edge drops the header, as boto3 does for AWS)."""
     if vault:
         if kind == "429":
             return TransientError(f"Vault error while {op}: rate limited (injected)", retry_after=retry_after)

@@ -87,6 +87,7 @@ class Service:
 
     kind: ClassVar[str]
     propagation = timedelta(0)  # how long a new key takes to be accepted
+    reports_retry_after = True  # a 429 reaches the engine with its Retry-After
 
     def __init__(self, now: Callable[[], datetime], *, boundary: Boundary | None = None) -> None:
         self.now = now
@@ -158,6 +159,9 @@ class _SimProvider(Provider):
 
 class AwsIam(Service):
     kind = "aws.iam_access_key"
+    # providers/aws_iam.py `_translate`: a throttled call is a TransientError with no
+    # Retry-After (boto3 retries on its own), so the engine never repeats a create for it.
+    reports_retry_after = False
     propagation = timedelta(seconds=8)
     secret_field = "secret_access_key"
     LIMIT = 2

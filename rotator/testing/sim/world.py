@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from rotator.adoption import adopt
 from rotator.config import CredentialSpec, LoadedCredential
 from rotator.engine import Engine, EngineOptions
 from rotator.errors import CasMismatchError, RotatorError
@@ -141,6 +142,7 @@ class World:
         self.superseded_at: dict[str, datetime] = {}
         self.revoke_now: list[RevokeNow] = []
         self.renames = 0
+        self.adoptions = 0
         self._loaded: dict[tuple[str, str, str], LoadedCredential] = {}
         self._records: dict[str, StateRecord | None] = {}
         self._records_now: dict[str, StateRecord] = {}
@@ -240,9 +242,32 @@ class World:
         status = "crashed" if result is SimCrash else getattr(result, "status", "error")
         if request is not None and status == "completed":
             request.completed_at = self.clock.now()
-            # The key it made live (perhaps another process's pending one) is the new credential, not a target.
-            request.targets = request.targets - set(self._live_keys().values())
+            # The key it made live (perhaps another process's pending one) is the new credential, not a target;
+            # nor is another credential's live key: a removed file's is "left alone" (§6.9), e.g. the old
+            # name's after a rename that also moved vault.path (F47).
+            name = creds[0].spec.name
+            others = {r.current.key_id for n, r in self.records().items() if n != name and r.current is not None and r.moved_to is None}
+            request.targets = request.targets - set(self._live_keys().values()) - others
         return status
+
+    def adopt(self, name: str) -> str:
+        """`rotator adopt NAME`, once, as a process of its own (the operator
+        following the hint that `status` shows for the credential)."""
+        cred = next((c for c in self.loaded() if c.spec.name == name), None)
+        if cred is None:
+            return "unknown"
+        proc = self._new_process("cli")
+        self.adoptions += 1
+        result = self._run(proc, lambda: adopt(proc.engine, cred), what="adopt")
+        if result is None or result is SimCrash:
+            return "failed"
+        return "adopted"  # the path stays excused from live-works until the rotator writes it again
+
+    def needs_adoption(self) -> list[str]:
+        """The credentials whose status tells the operator to run `rotator adopt NAME`."""
+        names = {spec.stem for spec in self.files.values()}
+        return sorted(name for name, record in self.records().items()
+                      if name in names and record.last_error is not None and f"rotator adopt {name}" in record.last_error)
 
     def _run(self, proc: Process, fn: Callable[[], T], *, what: str) -> T | type[SimCrash] | None:
         try:
@@ -330,7 +355,8 @@ class World:
         if fault is not None:
             self.faults[fault.kind] += 1
             if fault.kind in ("fail", "429"):
-                raise error_for(fault.kind, vault=False, op=op, retry_after=fault.retry_after)
+                raise error_for(fault.kind, vault=False, op=op,
+                                retry_after=fault.retry_after if self.service.reports_retry_after else None)
             if fault.kind == "crash":
                 raise SimCrash(f"{actor} crashed before {op}")
         if mutating:
@@ -370,7 +396,7 @@ class World:
         now = self.clock.now()
         for key in before.values():
             if key is not None and key != new_key:
-                self.superseded_at.setdefault(key, now)
+                self.superseded_at[key] = now  # live again since (a restore, adopted), its grace starts over
         self.tracked[path] = Tracking(promoted=True, foreign=False)
 
     def records(self) -> dict[str, StateRecord]:
