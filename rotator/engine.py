@@ -290,8 +290,10 @@ class _Run:
             update["params"] = json.loads(json.dumps(self.cred.spec.params, default=str))  # plain JSON, whatever YAML made
             update["source"] = self.cred.spec.source or None
             update["grace_seconds"] = self.cred.spec.grace.total_seconds()
-            if self.record.live_path is None and self.record.live_version is not None:
-                update["live_path"] = str(self._live)  # a record from before live_path was kept
+            if self.record.live_path is None or self.record.live_version is None:
+                # A record from before live_path was kept, or one that has not written its path yet: the
+                # file's path, so that a first rotation whose file is removed is still undone (sim F51).
+                update["live_path"] = str(self._live)
         self._write(self.record.model_copy(update=update))
 
     def persist(self, record: StateRecord) -> None:

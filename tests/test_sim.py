@@ -63,6 +63,7 @@ F46 = "F46 renamed-then-lost-record-orphans-the-old-names-keys"
 F47 = "F47 sim-revoke-now-targeted-a-removed-files-live-key"
 F49 = "F49 restored-record-recovers-a-rotation-whose-key-was-written-over"
 F50 = "F50 restored-record-forgets-a-later-rotations-key"
+F51 = "F51 first-rotation-of-a-removed-file-never-undone"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -263,6 +264,7 @@ FINDINGS = [
     (F49, "deploy_key", [("pause", "r1", 3, 3600.0, "cli"), ("foreign", "garbage"), ("state", "older")]),
     (F50, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("tick", "r0", (CallFault(14, "crash_after"),)), ("state", "older")]),
     (F50, "webhook", [("tick", "r0", (CallFault(11, "crash"),)), ("state", "older")]),
+    (F51, "webhook", [("tick", "r0", (CallFault(7, "crash_after"),)), ("edit", "delete")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).
