@@ -294,6 +294,11 @@ class _Run:
                 # A record from before live_path was kept, or one that has not written its path yet: the
                 # file's path, so that a first rotation whose file is removed is still undone (sim F51).
                 update["live_path"] = str(self._live)
+            pending = self.record.pending
+            if pending is not None and pending.target != str(self._live):
+                # Where the rotation writes, known before it writes: a removed
+                # file's rotation is finished (or undone) where it went live.
+                update["pending"] = pending.model_copy(update={"target": str(self._live)})
         self._write(self.record.model_copy(update=update))
 
     def persist(self, record: StateRecord) -> None:
@@ -758,9 +763,6 @@ class _Run:
         here = str(self._live)
         last_written = self.record.live_version if self.record.live_path in (None, here) else None
         try:
-            if pending.target != here:
-                # Written down before the write: a removed file's rotation is finished where it went live.
-                self.persist(self.record.model_copy(update={"pending": pending.model_copy(update={"target": here})}))
             self.ensure_lease()
             version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name))
         except RotatorError as exc:
@@ -810,6 +812,7 @@ class _Run:
     def _roll_back(self) -> None:
         pending = self.record.pending
         assert pending is not None
+        superseded = False
         if pending.credential is not None:
             credential = self._pending_credential()
             try:
@@ -818,11 +821,15 @@ class _Run:
                     # It reached the live path after all: it is live, keep it.
                     self._apply(machine.LiveWritten(live_version))
                     return
-                self.ensure_lease()
-                if self._is_named_live(credential.key_id):
-                    raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")
-                self._call(lambda: self.provider.revoke(credential.handle))
-                crashpoint("after-rollback-call")
+                since = (self.record.live_version or 0) if self.record.live_path in (None, str(self._live)) else 0
+                # Live once and superseded since (another record took the path on): a grace, not a revoke (sim F21).
+                superseded = bool(pending.data) and self._call(lambda: self._live.held_before(pending.data, since=since))
+                if not superseded:
+                    self.ensure_lease()
+                    if self._is_named_live(credential.key_id):
+                        raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")
+                    self._call(lambda: self.provider.revoke(credential.handle))
+                    crashpoint("after-rollback-call")
             except RotatorError as exc:
                 self._fail("rollback", exc)
                 return
@@ -830,8 +837,8 @@ class _Run:
         if not self.policy.has_file:
             failed_step, error = "removed", "its credential file was removed: the unfinished rotation is undone"
         if pending.credential is not None:
-            self.emit("rotation.rolled_back", "warning", key_id=pending.credential.key_id)
-        self._apply(machine.RolledBack())
+            self.emit("rotation.rolled_back", "warning", key_id=pending.credential.key_id, **({"superseded": True} if superseded else {}))
+        self._apply(machine.RolledBack(superseded=superseded))
         self._report_failure(failed_step, error)
 
     def _retire(self, key_id: str, *, deactivate: bool) -> None:

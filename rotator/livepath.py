@@ -65,6 +65,17 @@ class LivePath:
         live = self.store.read_version(self.mount, self.path, meta.current_version)
         return meta.current_version if live == dict(data) else None
 
+    def held_before(self, data: Mapping[str, str] | None, *, since: int) -> bool:
+        """Whether a version after `since`, older than the latest, held
+        exactly `data`: it went live there and was superseded since."""
+        meta = self.store.read_metadata(self.mount, self.path)
+        if data is None or meta is None:
+            return False
+        for version in range(meta.current_version - 1, max(since, meta.current_version - 10), -1):
+            if self.store.read_version(self.mount, self.path, version) == dict(data):
+                return True
+        return False
+
     def read(self) -> LiveContent:
         meta = self.store.read_metadata(self.mount, self.path)
         if meta is None or meta.current_version == 0:

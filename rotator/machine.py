@@ -219,7 +219,10 @@ class RevokeNowMarked:
 
 @dataclass(frozen=True)
 class RolledBack:
-    pass
+    # The new credential was live once and has been superseded since (by
+    # another record's rotation): it is not revoked now but retired after a
+    # full grace from now, like any superseded key.
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -476,7 +479,7 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             pending = _pending(record).model_copy(update={"revoke_now": True})
             return record.model_copy(update={"pending": pending, "retiring": _revoke_now(record.retiring, now)})
         case RolledBack():
-            return _rolled_back(record, policy, now)
+            return _rolled_back(record, outcome, policy, now)
         case Deactivated(key_id=key_id):
             return _update_retiring(record, key_id, lambda e: e.model_copy(update={
                 "stage": "deactivated",
@@ -564,13 +567,18 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
     )
 
 
-def _rolled_back(record: StateRecord, policy: Policy, now: datetime) -> StateRecord:
+def _rolled_back(record: StateRecord, outcome: RolledBack, policy: Policy, now: datetime) -> StateRecord:
     pending = _pending(record)
     attempts = record.attempts + 1
     permanent = pending.failure_permanent
+    retiring = list(record.retiring)
+    if outcome.superseded and pending.credential is not None:
+        retiring.append(Retiring(key=pending.credential, superseded_by=pending.rotation_id, revoke_after=now + policy.grace,
+                                 clock=policy.clock))
     return record.model_copy(
         update={
             "pending": None,
+            "retiring": retiring,
             "attempts": attempts,
             "next_attempt_at": None if permanent else now + backoff(attempts),
             "blocked_fingerprint": policy.fingerprint if permanent else None,

@@ -53,6 +53,7 @@ F17 = "F17 reissue-revokes-unrecorded-live-write"
 F18 = "F18 moved-path-rollback-revokes-live"
 F19 = "F19 fileless-finish-shortens-grace"
 F20 = "F20 stale-holder-overwrites-stash-entry"
+F21 = "F21 rollback-revokes-a-superseded-key-in-grace"
 F40 = "F40 lost-record-before-first-live-write-orphans-marked-key"
 F41 = "F41 lost-record-after-foreign-write-orphans-the-key-metadata-names"
 F42 = "F42 sim-aws-throttle-carried-retry-after"
@@ -237,6 +238,7 @@ FINDINGS = [
                                  ("edit", "rename")]),
     (F19, "deploy_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "older"), ("edit", "delete")]),
     (F20, "aws", [("pause", "r1", 6, 900.0, "cli"), ("advance", 86400)]),
+    (F21, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(18, "crash_after"),)), ("edit", "rename")]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
     (F40, "aws", [("tick", "r0", (CallFault(18, "crash"),)), ("state", "soft")]),
