@@ -93,10 +93,12 @@ def test_crash_during_revocation_converges(aws_world: AwsWorld, point: str) -> N
 
 
 def test_a_lease_held_elsewhere_blocks_until_it_expires(aws_world: AwsWorld) -> None:
-    """A replica on another host that died holding the lease is taken over after expiry."""
+    """A replica on another host that died holding the lease is taken over
+    after expiry plus the clock skew allowance (its clock may run behind)."""
     from datetime import UTC, datetime, timedelta
 
     w = aws_world
+    w.env["ROTATOR_CLOCK_SKEW_ALLOWANCE_SECONDS"] = "8"  # longer than a CLI's start under load
     assert w.cli("rotate", w.name)[0] == 0
     old, _ = w.live()
     assert w.cli("rotate", w.name, extra_env=crash_env("after-stash"))[0] == -9
@@ -109,6 +111,10 @@ def test_a_lease_held_elsewhere_blocks_until_it_expires(aws_world: AwsWorld) -> 
     code, events = w.cli("run", "--once")
     assert code == 0 and not [n for n in names(events) if n.startswith(("rotation.", "credential."))], "another host's live lease must be respected"
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)
+    code, events = w.cli("run", "--once")
+    assert code == 0 and not [n for n in names(events) if n.startswith(("rotation.", "credential."))], \
+        "another host's lease is trusted the skew allowance past its expiry"
+    time.sleep(max(0.0, (expires + timedelta(seconds=8) - datetime.now(UTC)).total_seconds()) + 0.2)
     seen = converge(w)
     assert "rotation.completed" in seen
     assert_converged(w, old_key=old, versions=2)
