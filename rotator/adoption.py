@@ -17,7 +17,10 @@ Invariants:
   adopt takes the lease itself (check-and-set) before it writes the live
   path's metadata, and the adopted record releases it;
 - a key the rotator made that the adopted data replaced (a foreign write
-  over our key) is kept for a full grace, then revoked like any other.
+  over our key) is kept for a full grace, then revoked like any other; so
+  are keys no record knows any more: this credential's (a lost record) and
+  those of the credential the adopted data was written for, when its record
+  is gone or says it moved here (a renamed file whose record was lost).
 """
 
 from __future__ import annotations
@@ -26,12 +29,31 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rotator.audit import get_logger, register_secret
+from rotator.baseline import forgotten_keys
 from rotator.clock import to_rfc3339
 from rotator.config import LoadedCredential
 from rotator.engine import Engine
 from rotator.errors import CasMismatchError, LeaseHeldError, PermanentError, RotatorError
-from rotator.livepath import LivePath
+from rotator.livepath import LiveContent, LivePath
+from rotator.provider import ProviderKey
 from rotator.state import KeyRecord, Lease, Retiring, StateRecord
+
+
+def _left_behind(engine: Engine, name: str, record: StateRecord, content: LiveContent, listed: list[ProviderKey], *,
+                 grace: timedelta, now: datetime) -> tuple[Retiring, ...]:
+    """Keys the rotator made for this path that no record knows any more:
+    this credential's (a lost record), and, where the data adopted was
+    written by the rotator for another credential whose record is gone or
+    says it moved here (a renamed file whose record was lost), that one's.
+    Retired after a full grace, like any key the adopted data replaced."""
+    owner = content.owner()
+    also: frozenset[str] = frozenset()
+    if owner is not None and owner != name:
+        other, _ = engine.read_record(owner)
+        if other is None or other.moved_to == name:
+            also = frozenset({owner})
+    return forgotten_keys(record, listed, name=name, keep=set(), grace=grace, now=now, read_other=engine.read_record,
+                          clock=engine.identity.boot_id, also=also)
 
 
 def _take_lease(engine: Engine, name: str, base: StateRecord, version: int, now: datetime) -> int:
@@ -77,7 +99,8 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
     register_secret(*provider.secret_values(content.data))
     named = provider.live_key(content.data)
     note = None
-    if named is not None and provider.can_list and named.key_id not in {k.key_id for k in provider.list_keys()}:
+    listed = provider.list_keys() if provider.can_list else []
+    if named is not None and provider.can_list and named.key_id not in {k.key_id for k in listed}:
         note = f"key {named.key_id} is not in this credential's scope at the provider, so it is not brought under management"
         named = None
     current = None
@@ -94,6 +117,8 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
         if replaced.key_id not in {e.key.key_id for e in retiring}:
             retiring.append(Retiring(key=replaced, superseded_by=f"adopted-v{content.version}", revoke_after=now + spec.grace,
                                      clock=engine.identity.boot_id))
+    retiring += _left_behind(engine, spec.name, base.model_copy(update={"current": current, "retiring": retiring}), content, listed,
+                             grace=spec.grace, now=now)
     # Take the lease first (check-and-set), so that no rotation starts between
     # the metadata written below and the record that matches it.
     version = _take_lease(engine, spec.name, base, version, now)

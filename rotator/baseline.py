@@ -148,14 +148,15 @@ def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str
 
 def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: str, keep: set[str], grace: timedelta,
                    now: datetime, read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None,
-                   keeps_inactive: bool = True) -> tuple[Retiring, ...]:
+                   keeps_inactive: bool = True, also: frozenset[str] = frozenset()) -> tuple[Retiring, ...]:
     """The listed keys marked as this credential's that `record` does not
     know (nor `keep`), as retiring after a full grace from now. Keys marked
     with an old name whose record says it moved here (a renamed file,
     contract §6.9) are this credential's too. `keeps_inactive`: an inactive
-    key still has to be retired (AWS: deactivated, not yet deleted)."""
+    key still has to be retired (AWS: deactivated, not yet deleted).
+    `also`: more credential names whose keys count as this one's."""
     known = record.managed_key_ids() | keep
-    moved: dict[str, bool] = {name: True}
+    moved: dict[str, bool] = {name: True, **dict.fromkeys(also, True)}
 
     def ours(credential: str) -> bool:
         if credential not in moved:

@@ -460,7 +460,7 @@ class _Run:
         self.emit("rotation.started", reason=action.reason)
         crashpoint("after-intent")
 
-    def _retire_forgotten(self) -> None:
+    def _retire_forgotten(self, *, revoke_now: bool) -> None:
         """After a promotion: keys of this credential at the provider that
         the record does not know (it was restored from an older version, or
         lost: a later rotation's key, stashed or in grace) are retired after
@@ -479,6 +479,8 @@ class _Run:
         except RotatorError as exc:
             self.log.warning("inventory.failed", error=str(exc))
             return
+        if found and revoke_now:  # incident response: everything older than the new key goes now
+            found = tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found)
         if found:
             self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
             self._apply(machine.Forgotten(found))
@@ -797,8 +799,9 @@ class _Run:
         # recovery logs it again (at least once), never not at all.
         self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
         rotation_id = self.record.pending.rotation_id if self.record.pending else ""
+        revoke_now = bool(self.record.pending and self.record.pending.revoke_now)
         self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)))
-        self._retire_forgotten()
+        self._retire_forgotten(revoke_now=revoke_now)
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
         duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None

@@ -65,6 +65,8 @@ F47 = "F47 sim-revoke-now-targeted-a-removed-files-live-key"
 F49 = "F49 restored-record-recovers-a-rotation-whose-key-was-written-over"
 F50 = "F50 restored-record-forgets-a-later-rotations-key"
 F51 = "F51 first-rotation-of-a-removed-file-never-undone"
+F52 = "F52 adopting-a-renamed-files-path-after-its-record-was-lost-orphans-the-old-names-keys"
+F53 = "F53 revoke-now-gave-forgotten-keys-their-grace"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -267,6 +269,12 @@ FINDINGS = [
     (F50, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("tick", "r0", (CallFault(14, "crash_after"),)), ("state", "older")]),
     (F50, "webhook", [("tick", "r0", (CallFault(11, "crash"),)), ("state", "older")]),
     (F51, "webhook", [("tick", "r0", (CallFault(7, "crash_after"),)), ("edit", "delete")]),
+    (F52, "stripe_key", [("pause", "r0", 7, 900.0, "r1"), ("rotate", False, ()), ("state", "soft"), ("edit", "rename")]),
+    (F52, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("edit", "rename"), ("foreign", "garbage")]),
+    (F52, "webhook", [("pause", "r0", 0, 3600.0, "r1"), ("foreign", "garbage"), ("state", "soft"), ("edit", "rename")]),
+    (F52, "deploy_key", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "soft"), ("edit", "rename")]),
+    (F53, "deploy_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(15, "crash"),)), ("state", "soft"),
+                         ("rotate", True, ())]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).
