@@ -40,7 +40,7 @@ from rotator.clock import to_rfc3339
 from rotator.config import CredentialSpec, NotifyTarget
 from rotator.errors import RotatorError, TransientError
 from rotator.retry import RetryPolicy, call_with_retry
-from rotator.webhooks import check_status, drain
+from rotator.webhooks import check_status, drain, shut_down, work_through
 
 EVENT = "credential.rotated"
 SIGNATURE_HEADER = "X-Rotator-Signature"
@@ -119,16 +119,7 @@ class Notifier:
                 atexit.register(self.close)
 
     def _run(self) -> None:
-        while True:
-            notice = self._queue.get()
-            try:
-                if notice is None:
-                    return
-                self._deliver(notice)
-            except Exception as exc:  # a bug here must not end notices for good
-                get_logger().error("consumer.notified", status="failed", attempts=0, error=f"unexpected {type(exc).__name__}")
-            finally:
-                self._queue.task_done()
+        work_through(self._queue, self._deliver, _report_bug)
 
     def _deliver(self, notice: Notice) -> None:
         log = get_logger(credential=notice.credential, provider=notice.provider, rotation_id=notice.rotation_id)
@@ -170,12 +161,10 @@ class Notifier:
         """Deliver what is queued (for at most `timeout` seconds), then stop."""
         if self._thread is None or self._stop.is_set():
             return
-        self.flush(timeout)
-        self._stop.set()  # ends any retry wait at once
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=2.0)
+        shut_down(self._queue, self._stop, self._thread, timeout)
         if self._client is not None:
             self._client.close()
+
+
+def _report_bug(_notice: Notice, exc: Exception) -> None:
+    get_logger().error("consumer.notified", status="failed", attempts=0, error=f"unexpected {type(exc).__name__}")

@@ -4,14 +4,17 @@
 - An answer's status decides the outcome: 2xx delivered; 5xx and the
   sender's retryable statuses (429, and 408 for notices) a `TransientError`
   carrying the server's `Retry-After`; anything else a `PermanentError`.
-- Deliveries run on one background thread per sender from a bounded queue;
-  `drain` waits, for at most a deadline, until that queue is empty.
+- Deliveries run on one background thread per sender from a bounded queue
+  (`work_through`); `drain` waits, for at most a deadline, until that queue
+  is empty, and `shut_down` delivers what is queued, then ends the thread.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -48,3 +51,31 @@ def drain(work: queue.Queue[Any], timeout: float) -> bool:
                 return False
             work.all_tasks_done.wait(remaining)
     return True
+
+
+def work_through(work: queue.Queue[Any], deliver: Callable[[Any], None], on_error: Callable[[Any, Exception], None]) -> None:
+    """The delivery thread: hand each item to `deliver` until a None arrives.
+    An unexpected error goes to `on_error` and the thread goes on: a bug in
+    one delivery must not end deliveries for good."""
+    while True:
+        item = work.get()
+        try:
+            if item is None:
+                return
+            deliver(item)
+        except Exception as exc:  # noqa: BLE001 - reported by on_error, never raised
+            on_error(item, exc)
+        finally:
+            work.task_done()
+
+
+def shut_down(work: queue.Queue[Any], stop: threading.Event, thread: threading.Thread, timeout: float) -> None:
+    """Deliver what is queued (for at most `timeout` seconds), then end the
+    thread: `stop` ends any retry wait at once."""
+    drain(work, timeout)
+    stop.set()
+    try:
+        work.put_nowait(None)
+    except queue.Full:
+        pass
+    thread.join(timeout=2.0)

@@ -38,7 +38,7 @@ from rotator.audit import get_logger, register_secret
 from rotator.clock import Clock, SystemClock
 from rotator.errors import RotatorError, TransientError
 from rotator.retry import RetryPolicy, call_with_retry
-from rotator.webhooks import check_status, drain
+from rotator.webhooks import check_status, drain, shut_down, work_through
 
 if TYPE_CHECKING:
     from rotator.settings import Settings
@@ -193,17 +193,7 @@ class AlertDispatcher:
     # -- the delivery thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            try:
-                if event is None:
-                    return
-                self._deliver(event)
-            except Exception as exc:  # a bug here must not kill alerting for good
-                get_logger().error("alert.failed", notifier="dispatcher", alert_event=str(event and event.get("event")),
-                                error=f"unexpected {type(exc).__name__}")
-            finally:
-                self._queue.task_done()
+        work_through(self._queue, self._deliver, _report_bug)
 
     def _deliver(self, event: Mapping[str, Any]) -> None:
         for notifier in self.notifiers:
@@ -233,15 +223,14 @@ class AlertDispatcher:
         """Deliver what is queued (for at most `timeout` seconds), then stop."""
         if self._stop.is_set():
             return
-        self.flush(timeout)
-        self._stop.set()  # ends any retry wait at once
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=2.0)
+        shut_down(self._queue, self._stop, self._thread, timeout)
         for notifier in self.notifiers:
             notifier.close()
+
+
+def _report_bug(event: Mapping[str, Any], exc: Exception) -> None:
+    get_logger().error("alert.failed", notifier="dispatcher", alert_event=str(event and event.get("event")),
+                       error=f"unexpected {type(exc).__name__}")
 
 
 def notifiers_from(settings: Settings) -> list[Notifier]:
