@@ -518,9 +518,10 @@ class _Run:
         while our lease still holds and nothing names it as live."""
         revoked: list[str] = []
         for key in orphans:
-            self.persist(self.record)  # renews the lease, or raises LeaseLostError: a stale holder stops here
             if key.key_id in self.record.managed_key_ids() or self._is_named_live(key.key_id):
                 continue
+            # Renewed after the reads, right before the call: a holder that stalled reading stops here.
+            self.persist(self.record)  # renews the lease, or raises LeaseLostError: a stale holder stops here
             self._call(lambda k=key: self.provider.revoke(k.handle))
             revoked.append(key.key_id)
             self.emit("orphan.revoked", key_id=key.key_id)
@@ -544,9 +545,9 @@ class _Run:
         if entry.key_id in revoked:
             self.engine.records.forget(path)
             return []
-        self.persist(self.record)  # renews the lease, or raises LeaseLostError
         if entry.key_id in self.record.managed_key_ids() or self._is_named_live(entry.key_id):
             return []
+        self.persist(self.record)  # renews the lease right before the call, or raises LeaseLostError
         self._call(lambda: self.provider.revoke(entry.handle))
         self.emit("orphan.revoked", key_id=entry.key_id)
         self.engine.records.forget(path)
@@ -828,9 +829,9 @@ class _Run:
                 # Live once and superseded since (another record took the path on): a grace, not a revoke (sim F21).
                 superseded = bool(pending.data) and self._call(lambda: self._live.held_before(pending.data, since=since))
                 if not superseded:
-                    self.ensure_lease()
                     if self._is_named_live(credential.key_id):
                         raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")
+                    self.ensure_lease()  # after the reads: a holder that stalled in them stops here
                     self._call(lambda: self.provider.revoke(credential.handle))
                     crashpoint("after-rollback-call")
             except RotatorError as exc:
@@ -852,9 +853,9 @@ class _Run:
             self.log = log
             return
         try:
-            self.ensure_lease()
             if self._is_named_live(key_id):
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
+            self.ensure_lease()  # after the reads, right before the call: a holder that stalled in them stops here
             if deactivate:
                 self._call(lambda: self.provider.deactivate(entry.key.handle))
             else:
