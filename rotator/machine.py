@@ -534,9 +534,18 @@ def _revoke_now(retiring: list[Retiring], now: datetime) -> list[Retiring]:
 def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datetime) -> StateRecord:
     pending = _pending(record)
     assert pending.credential is not None
-    retiring = list(record.retiring)
+    live_at = pending.live_at or now  # grace runs from the live write
+    live_clock = pending.live_clock if pending.live_at else policy.clock
+    # Keys taken on as superseded before any successor was live (a lost or
+    # renamed record's keys, a moved path's old key): their successor is this
+    # one, and their grace runs from its live write too.
+    retiring = [
+        e.model_copy(update={"superseded_at": live_at, "revoke_after": live_at + policy.grace, "clock": live_clock})
+        if e.superseded_at is None and e.stage == "active" and not e.immediate and e.revoke_after < live_at + policy.grace
+        else e
+        for e in record.retiring
+    ]
     if record.current is not None:
-        live_at = pending.live_at or now  # grace runs from the live write
         retiring.append(
             Retiring(
                 key=record.current,
@@ -544,7 +553,7 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
                 revoke_after=now if pending.revoke_now else live_at + policy.grace,
                 immediate=pending.revoke_now,
                 superseded_at=live_at,
-                clock=pending.live_clock if pending.live_at else policy.clock,
+                clock=live_clock,
             )
         )
     return record.model_copy(
