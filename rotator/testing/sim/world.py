@@ -394,9 +394,15 @@ class World:
     def _after_live_write(self, path: str, before: dict[str, str | None]) -> None:
         new_key = self.service.key_of(self.kv.peek(MOUNT, path))
         now = self.clock.now()
-        for key in before.values():
-            if key is not None and key != new_key:
-                self.superseded_at[key] = now  # live again since (a restore, adopted), its grace starts over
+        for where, key in before.items():
+            if key is None or key == new_key:
+                continue
+            if where == path:
+                self.superseded_at[key] = now  # live here again since (a restore, adopted): its grace starts over
+            else:
+                # Held at another path (one no file names now, or another file's): this write
+                # supersedes it only if nothing had yet (a moved path's first write).
+                self.superseded_at.setdefault(key, now)
         self.tracked[path] = Tracking(promoted=True, foreign=False)
 
     def records(self) -> dict[str, StateRecord]:
