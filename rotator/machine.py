@@ -546,6 +546,10 @@ def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datet
         for e in record.retiring
     ]
     if record.current is not None:
+        # An older retirement of the key that was live until now (it was live
+        # again: restored by hand, taken on by a renamed file) is over: its
+        # grace runs from this promotion.
+        retiring = [e for e in retiring if e.key.key_id != record.current.key_id]
         retiring.append(
             Retiring(
                 key=record.current,

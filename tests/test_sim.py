@@ -56,6 +56,7 @@ F20 = "F20 stale-holder-overwrites-stash-entry"
 F21 = "F21 rollback-revokes-a-superseded-key-in-grace"
 F22 = "F22 stale-sweep-revokes-a-key-in-grace"
 F23 = "F23 baseline-grace-runs-from-before-the-successor"
+F24 = "F24 live-again-key-keeps-its-old-retirement"
 F40 = "F40 lost-record-before-first-live-write-orphans-marked-key"
 F41 = "F41 lost-record-after-foreign-write-orphans-the-key-metadata-names"
 F42 = "F42 sim-aws-throttle-carried-retry-after"
@@ -244,6 +245,7 @@ FINDINGS = [
     (F20, "aws", [("pause", "r1", 6, 900.0, "cli"), ("advance", 86400)]),
     (F22, "stripe_key", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("pause", "r0", 3, 900.0, "r1")]),
     (F23, "aws", [("tick", "r1", ()), ("state", "lost"), ("edit", "path"), ("tick", "r0", (CallFault(16, "crash_after"),))]),
+    (F24, "webhook", [("rotate", False, ()), ("rotate", False, ()), ("foreign", "restore"), ("advance", 25200), ("edit", "rename")]),
     (F21, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(18, "crash_after"),)), ("edit", "rename")]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
