@@ -256,6 +256,7 @@ class _Run:
         self._started_monotonic: float | None = None
         self.duration_seconds: float | None = None
         self._lease_until: datetime | None = None
+        self._verified_here = False  # the pending credential was verified by this run
         _register_record_secrets(record, provider)
 
     # -- persistence -------------------------------------------------------------
@@ -740,6 +741,7 @@ class _Run:
             self._fail("verify", exc)
             return
         self._apply(machine.Verified(attempts))
+        self._verified_here = True
         self.emit("credential.verified", key_id=credential.key_id, attempts=attempts)
         crashpoint("after-verify")
 
@@ -765,6 +767,17 @@ class _Run:
         assert pending is not None
         here = str(self._live)
         last_written = self.record.live_version if self.record.live_path in (None, here) else None
+        if not self._verified_here:
+            # Verified by another run (a crash since, or a record restored from
+            # an older version): it may have been revoked meanwhile. Verified
+            # again before it goes live (sim F25).
+            try:
+                self._call(lambda: self.provider.verify(credential), retry.VERIFY,
+                           max_seconds=self.provider.verify_budget.total_seconds(), watch_shutdown=False)
+            except RotatorError as exc:
+                self._fail("verify", exc)
+                return
+            self._verified_here = True
         try:
             self.ensure_lease()
             version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name))

@@ -57,6 +57,7 @@ F21 = "F21 rollback-revokes-a-superseded-key-in-grace"
 F22 = "F22 stale-sweep-revokes-a-key-in-grace"
 F23 = "F23 baseline-grace-runs-from-before-the-successor"
 F24 = "F24 live-again-key-keeps-its-old-retirement"
+F25 = "F25 restored-record-promotes-a-revoked-key"
 F40 = "F40 lost-record-before-first-live-write-orphans-marked-key"
 F41 = "F41 lost-record-after-foreign-write-orphans-the-key-metadata-names"
 F42 = "F42 sim-aws-throttle-carried-retry-after"
@@ -246,6 +247,9 @@ FINDINGS = [
     (F22, "stripe_key", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("pause", "r0", 3, 900.0, "r1")]),
     (F23, "aws", [("tick", "r1", ()), ("state", "lost"), ("edit", "path"), ("tick", "r0", (CallFault(16, "crash_after"),))]),
     (F24, "webhook", [("rotate", False, ()), ("rotate", False, ()), ("foreign", "restore"), ("advance", 25200), ("edit", "rename")]),
+    (F25, "webhook", [("tick", "r1", ()), ("foreign", "garbage"), ("advance", 86400), ("tick", "r0", (CallFault(4, "lost"), CallFault(24, "crash"))),
+                      ("edit", "path"), ("state", "older"), ("advance", 25200), ("tick", "r1", (CallFault(4, "crash_after"),)),
+                      ("state", "older")], SAFETY),
     (F21, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(18, "crash_after"),)), ("edit", "rename")]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
