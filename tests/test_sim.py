@@ -71,6 +71,7 @@ F50 = "F50 restored-record-forgets-a-later-rotations-key"
 F51 = "F51 first-rotation-of-a-removed-file-never-undone"
 F52 = "F52 adopting-a-renamed-files-path-after-its-record-was-lost-orphans-the-old-names-keys"
 F53 = "F53 revoke-now-gave-forgotten-keys-their-grace"
+F54 = "F54 sim-quiescence-ignored-removed-files-work"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -285,6 +286,7 @@ FINDINGS = [
     (F52, "deploy_key", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "soft"), ("edit", "rename")]),
     (F53, "deploy_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(15, "crash"),)), ("state", "soft"),
                          ("rotate", True, ())]),
+    (F54, "deploy_key", [("tick", "r0", ()), ("foreign", "garbage"), ("edit", "rename"), ("tick", "r1", ()), ("edit", "delete")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from rotator.fileless import has_work
 from rotator.machine import BACKOFF_CAP
 from rotator.testing.sim import invariants
 from rotator.testing.sim.faults import ALL_FAULTS, CALL_FAULTS, CallFault
@@ -285,15 +286,16 @@ def _next_wake(world: World) -> Any:
         if record.lease is not None and record.lease.expires_at + allowance > now:
             times.append(record.lease.expires_at + allowance)  # nobody else acts before it expires
             continue
-        if name not in names:
-            continue
+        fileless = name not in names
+        if fileless and not has_work(record):
+            continue  # a removed file's record with work left is reconciled by the daemon too (§6.9, F54)
         if record.next_attempt_at is not None:
             times.append(record.next_attempt_at)
         elif record.pending is not None and record.blocked_fingerprint is None:
             times.append(now)
         for entry in record.retiring:
             times.append(entry.next_attempt_at or (entry.revoke_after + allowance if entry.stage == "active" else entry.delete_after or now))
-        if record.last_rotated_at is not None:
+        if record.last_rotated_at is not None and not fileless:
             times.append(record.last_rotated_at + world.every)
     # Records hold times of the replica that wrote them, which may run behind.
     skew = timedelta(seconds=max(abs(o) for o in world.offsets.values()) + 1)
