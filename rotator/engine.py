@@ -767,10 +767,13 @@ class _Run:
         assert pending is not None
         here = str(self._live)
         last_written = self.record.live_version if self.record.live_path in (None, here) else None
-        if not self._verified_here:
+        expired = credential.expires_at is not None and credential.expires_at <= self.engine.clock.now()
+        if not self._verified_here and not expired:
             # Verified by another run (a crash since, or a record restored from
             # an older version): it may have been revoked meanwhile. Verified
-            # again before it goes live (sim F25).
+            # again before it goes live (sim F25). One that has simply outlived
+            # its own expiry (a token's hour) is not: undoing it here would let
+            # a writer stalled past its lease land it on a path left unwritten.
             try:
                 self._call(lambda: self.provider.verify(credential), retry.VERIFY,
                            max_seconds=self.provider.verify_budget.total_seconds(), watch_shutdown=False)
