@@ -64,7 +64,8 @@ def _boto_config() -> Any:
     # reads only the params model, and must answer within a second.
     from botocore.config import Config
 
-    return Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
+    # A connection per rotation thread (botocore's default pool of 10 drops and reopens them at concurrency 16).
+    return Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15, max_pool_connections=64)
 
 
 class AwsIamParams(BaseModel):
@@ -316,6 +317,13 @@ class AwsIamAccessKeyProvider(Provider):
         except NotFoundError:
             return None  # gone already: nobody can use it
         return used.get("AccessKeyLastUsed", {}).get("LastUsedDate")
+
+    def list_key_ids(self) -> list[str]:
+        """One ListAccessKeys: no tags and no last use, which `list_keys` reads for each key."""
+        user = self.params.user_name
+        iam = self.iam
+        keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
+        return [key["AccessKeyId"] for key in keys]
 
     def list_keys(self) -> list[ProviderKey]:
         user = self.params.user_name

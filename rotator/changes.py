@@ -11,10 +11,18 @@ records others changed, or all of them when it fell too far behind.
 The feed is a hint, never the truth: a lost append (a crash, Vault down) at
 worst delays when a daemon notices a change until that credential's next
 wake; the state records decide everything.
+
+One process appends for all its threads: a thread whose append finds
+another in flight leaves its name for that one to carry, and returns at
+once (a mass rotation at concurrency 16 makes one appender, not 16 that
+race each other's check-and-set). No lock is held across a request. The
+feed as last read or written is kept, so an uncontended append is one
+write, with no read before it.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from rotator.audit import get_logger
@@ -33,6 +41,10 @@ class ChangeFeed:
         self.path = f"{prefix}/{FEED_NAME}"
         self.holder = holder
         self._seen: int | None = None
+        self._lock = threading.Lock()  # guards the fields below, never held across a request
+        self._waiting: list[str] = []
+        self._appending = False
+        self._known: tuple[dict[str, Any], int] | None = None  # the feed as last read or written
 
     def _read(self) -> tuple[dict[str, Any], int]:
         current = self.store.read(self.mount, self.path)
@@ -40,19 +52,48 @@ class ChangeFeed:
 
     def record(self, credential: str) -> None:
         """Tell other processes that `credential`'s record changed (best effort)."""
-        for _ in range(5):
+        with self._lock:
+            if credential not in self._waiting:
+                self._waiting.append(credential)
+            if self._appending:
+                return  # the append in flight goes round again for it
+            self._appending = True
+        try:
+            while True:
+                with self._lock:
+                    names, self._waiting = self._waiting, []
+                    if not names:
+                        self._appending = False
+                        return
+                self._append(names)
+        except BaseException:
+            with self._lock:
+                self._appending = False
+            raise
+
+    def _append(self, names: list[str]) -> None:
+        for _ in range(8):
+            with self._lock:
+                known = self._known
             try:
-                data, version = self._read()
-                generation = int(data.get("generation", 0)) + 1
-                recent = [*data.get("recent", []), [generation, credential, self.holder]][-KEEP:]
-                self.store.write(self.mount, self.path, {"generation": generation, "recent": recent}, cas=version)
-                return
+                data, version = known if known is not None else self._read()
+                generation = int(data.get("generation", 0))
+                entries = [[generation + i, name, self.holder] for i, name in enumerate(names, start=1)]
+                feed = {"generation": generation + len(names), "recent": [*data.get("recent", []), *entries][-KEEP:]}
+                written = self.store.write(self.mount, self.path, feed, cas=version)
             except CasMismatchError:
-                continue  # another writer appended first: read again
+                with self._lock:
+                    self._known = None  # another process appended first: read again
+                continue
             except RotatorError as exc:
-                get_logger(credential=credential).warning("changes.append_failed", error=str(exc))
+                with self._lock:
+                    self._known = None
+                get_logger(credentials=names).warning("changes.append_failed", error=str(exc))
                 return
-        get_logger(credential=credential).warning("changes.append_failed", error="too much contention on the change feed")
+            with self._lock:
+                self._known = (feed, written)
+            return
+        get_logger(credentials=names).warning("changes.append_failed", error="too much contention on the change feed")
 
     def poll(self) -> set[str] | None:
         """Credentials others changed since the last poll; `ALL` when entries

@@ -3,7 +3,8 @@
 Invariants:
 - which credentials to look at comes from `next_wake_at`, kept in memory
   from the last record each credential was seen with; an idle tick makes no
-  Vault request, and under the lease the engine re-reads and confirms;
+  Vault request, and the engine starts from that record: its first write's
+  check-and-set confirms it is still Vault's, or it reads it again;
 - due times themselves come from Vault (the records), so a restart neither
   skips nor repeats a rotation;
 - one broken file or one failing provider never stops the others; the
@@ -52,6 +53,7 @@ class CredentialView:
 
     cred: LoadedCredential
     record_json: bytes | None = None
+    version: int | None = None  # of that record (None: not read yet)
     wake_at: datetime | None = None  # None: unknown, read Vault
     failing: bool = False
     last_result: str | None = None
@@ -241,7 +243,10 @@ class Daemon:
 
     def _reconcile(self, view: CredentialView, request: machine.Request | None = None) -> ReconcileResult:
         try:
-            result = self.engine.reconcile(view.cred, request=request)
+            # The record remembered is the reconcile's first guess: its first
+            # write's check-and-set confirms it (no read), or reads it again.
+            known = (view.record, view.version) if view.version is not None and view.wake_at is not None else None
+            result = self.engine.reconcile(view.cred, request=request, known=known)
         except Exception as exc:  # Vault down, or a bug: never stops the others
             # Our errors' messages are safe; anything else is named by type only.
             error = str(exc) if isinstance(exc, RotatorError) else f"unexpected {type(exc).__name__}"
@@ -249,6 +254,7 @@ class Daemon:
                            step="reconcile", error=error, will_retry=True, next_attempt_at=None)
             result = ReconcileResult("failed")
             view.wake_at = None  # read again next tick
+            view.version = None
         else:
             self._remember(view, result)
         view.last_result = result.status
@@ -284,6 +290,7 @@ class Daemon:
     def _remember(self, view: CredentialView, result: ReconcileResult) -> None:
         record = result.record
         view.remember(record)
+        view.version = result.version
         policy = self.engine.policy_for(view.cred)
         # None from the machine means never (blocked, nothing to retire):
         # until the file changes or the change feed says someone acted.

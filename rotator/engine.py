@@ -72,6 +72,11 @@ T = TypeVar("T")
 MAX_STEPS_PER_RECONCILE = 32
 
 
+class _StaleRecordError(Exception):
+    """The first write of a reconcile started from a remembered record lost
+    its check-and-set: the record changed since; read it and start again."""
+
+
 class _MayHaveActed(RotatorError):
     """A transient failure of a create that must not be repeated in-step."""
 
@@ -216,24 +221,38 @@ class Engine:
 
     # -- the reconcile loop ------------------------------------------------------
 
-    def reconcile(self, cred: LoadedCredential, *, request: Request | None = None) -> ReconcileResult:
-        """Do everything that is due for one credential, under its lease."""
+    def reconcile(self, cred: LoadedCredential, *, request: Request | None = None,
+                  known: tuple[StateRecord | None, int] | None = None) -> ReconcileResult:
+        """Do everything that is due for one credential, under its lease.
+
+        `known`: the record and version a daemon last saw (no read: the first
+        write's check-and-set confirms it, and a lost one reads it again)."""
         spec = cred.spec
         provider = self.provider_for(cred)
         policy = self.policy_for(cred, provider)
-        record, version = self.read_record(spec.name)
-        base = record or StateRecord.new(spec.name, spec.provider)
-        now = self.clock.now()
-        if machine.next_action(base, policy, now, request) is None and not has_inline_secrets(record, provider.secret_fields):
-            return ReconcileResult("idle", record, version)
-        if base.lease is not None and self.lease_held_by_other(base.lease, now):
-            return ReconcileResult("locked", record, version)
-        run = _Run(self, cred, provider, policy, base, version, request)
-        try:
-            run.take_lease()
-        except CasMismatchError:
-            return ReconcileResult("locked", record, version)
-        return run.execute()
+        if known is not None and has_inline_secrets(known[0], provider.secret_fields):
+            known = None  # a schema 1 record: read it as Vault has it
+        while True:
+            record, version = known if known is not None else self.read_record(spec.name)
+            base = record or StateRecord.new(spec.name, spec.provider)
+            now = self.clock.now()
+            first = machine.next_action(base, policy, now, request)
+            if first is None and not has_inline_secrets(record, provider.secret_fields):
+                return ReconcileResult("idle", record, version)
+            if base.lease is not None and self.lease_held_by_other(base.lease, now):
+                return ReconcileResult("locked", record, version)
+            run = _Run(self, cred, provider, policy, base, version, request, from_memory=known is not None)
+            try:
+                # A rotation's start does nothing at the provider but read:
+                # its lease rides on the write that marks it `issuing`.
+                run.take_lease(defer=isinstance(first, machine.StartRotation))
+                return run.execute()
+            except _StaleRecordError:
+                known = None
+            except CasMismatchError:
+                if known is None:
+                    return ReconcileResult("locked", record, version)
+                known = None
 
 
 class _Run:
@@ -241,7 +260,7 @@ class _Run:
 
     def __init__(
         self, engine: Engine, cred: LoadedCredential, provider: Provider, policy: Policy,
-        record: StateRecord, version: int, request: Request | None,
+        record: StateRecord, version: int, request: Request | None, *, from_memory: bool = False,
     ) -> None:
         self.engine = engine
         self.cred = cred
@@ -257,17 +276,44 @@ class _Run:
         self.duration_seconds: float | None = None
         self._lease_until: datetime | None = None
         self._verified_here = False  # the pending credential was verified by this run
+        # Writes are merged where a crash between two of them needs neither
+        # (docs/STATE.md, "Vault writes of a rotation"): `_dirty` marks
+        # outcomes applied in memory only, `_persisted` is the record as
+        # Vault holds it, and `_durable` holds events that wait for a write.
+        self._persisted = record
+        self._dirty = False
+        self._released = False
+        self._from_memory = from_memory
+        self._wrote = False
+        self._durable: list[Callable[[], None]] = []
+        self._started_here: str | None = None  # the rotation this run started
+        self._described_key: str | None = None  # the key this run's metadata write named as live
+        self._initial = record
         _register_record_secrets(record, provider)
 
     # -- persistence -------------------------------------------------------------
 
     def _write(self, record: StateRecord) -> None:
         # rotator.records: new secrets go to the stash first, then the record.
-        self.record, self.version = self.engine.records.save(
-            record, cas=self.version, previous=self.record, secret_fields=self.provider.secret_fields, scrub=redact_text,
-        )
-        if record.lease is not None and record.lease.holder == self.engine.holder:
-            self._lease_until = record.lease.expires_at
+        try:
+            self.record, self.version = self.engine.records.save(
+                record, cas=self.version, previous=self._persisted, secret_fields=self.provider.secret_fields, scrub=redact_text,
+            )
+        except CasMismatchError:
+            if self._from_memory and not self._wrote:
+                raise _StaleRecordError() from None
+            raise
+        self._persisted, self._dirty, self._wrote = self.record, False, True
+        ours = record.lease is not None and record.lease.holder == self.engine.holder
+        self._lease_until = record.lease.expires_at if ours and record.lease is not None else None
+        self._released = record.lease is None
+        durable, self._durable = self._durable, []
+        for announce in durable:
+            announce()
+
+    def _defer(self, record: StateRecord) -> None:
+        """Keep an outcome in memory: the next write carries it."""
+        self.record, self._dirty = record, True
 
     def ensure_lease(self) -> None:
         """Before a side effect: a process that was paused (or slow) may have
@@ -284,7 +330,7 @@ class _Run:
             host=me.host, boot_id=me.boot_id, pid_namespace=me.pid_namespace, pid=me.pid, start_ticks=me.start_ticks,
         )
 
-    def take_lease(self) -> None:
+    def take_lease(self, *, defer: bool = False) -> None:
         update: dict[str, Any] = {"lease": self._lease()}
         if self.policy.has_file:
             # What a removed file's keys need to be retired (rotator.fileless).
@@ -300,6 +346,9 @@ class _Run:
                 # Where the rotation writes, known before it writes: a removed
                 # file's rotation is finished (or undone) where it went live.
                 update["pending"] = pending.model_copy(update={"target": str(self._live)})
+        if defer:
+            self._defer(self.record.model_copy(update=update))
+            return
         self._write(self.record.model_copy(update=update))
 
     def persist(self, record: StateRecord) -> None:
@@ -310,6 +359,8 @@ class _Run:
             raise LeaseLostError(f"{record.credential}: another process took the lease") from None
 
     def release(self) -> None:
+        if self._released and not self._dirty:
+            return  # the last write released it already
         try:
             self._write(self.record.model_copy(update={"lease": None}))
         except RotatorError as exc:  # it expires by itself
@@ -349,8 +400,21 @@ class _Run:
             self.emit("rotation.failed", "error", step="persist", error=str(exc), will_retry=True, next_attempt_at=None)
             self.status = "failed"
         self.release()
-        self.engine.changes.record(self.record.credential)
+        if self._wakes_earlier():
+            self.engine.changes.record(self.record.credential)
         return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
+
+    def _wakes_earlier(self) -> bool:
+        """Whether others must hear of this reconcile (the change feed): only
+        when it moved the credential's next wake earlier than the record it
+        started from said. A process that remembers that record wakes no
+        later than it named, and then reads what this run wrote."""
+        if not self._wrote:
+            return False
+        now = self.engine.clock.now()
+        before = machine.next_wake_at(self._initial, self.policy, now)
+        after = machine.next_wake_at(self._persisted, self.policy, now)
+        return after is not None and (before is None or after < before)
 
     def _public(self) -> StateRecord:
         """The record as callers keep it: no secret value."""
@@ -359,8 +423,32 @@ class _Run:
     def _bind_rotation(self, rotation_id: str) -> None:
         self.log = self.log.bind(rotation_id=rotation_id)
 
-    def _apply(self, outcome: machine.Outcome) -> None:
-        self.persist(machine.apply(self.record, outcome, self.policy, self.engine.clock.now()))
+    def _apply(self, outcome: machine.Outcome, *, defer: bool = False) -> None:
+        """Apply an outcome and write the record; `defer`: only in memory,
+        where a crash before the next write is repaired by redoing the step.
+        The write after which nothing is due releases the lease with it."""
+        now = self.engine.clock.now()
+        record = machine.apply(self.record, outcome, self.policy, now)
+        self._defer(record)
+        if not defer:
+            self._write_outcome()
+
+    def _write_outcome(self) -> None:
+        """Write what is in memory, as `_apply` would have."""
+        record, now = self.record, self.engine.clock.now()
+        if machine.next_action(record, self.policy, now, self.request) is None and not self.engine.shutdown.is_set():
+            try:
+                self._write(record.model_copy(update={"lease": None}))
+            except CasMismatchError:
+                raise LeaseLostError(f"{record.credential}: another process took the lease") from None
+            return
+        self.persist(record)
+
+    def _next_is_retirement(self) -> bool:
+        """The next action retires a key at once (no wait): the outcome
+        before it need not be written on its own (redone after a crash)."""
+        action = machine.next_action(self.record, self.policy, self.engine.clock.now(), None)
+        return isinstance(action, (machine.Deactivate, machine.Revoke))
 
     def _call(self, fn: Callable[[], T], policy: retry.RetryPolicy = retry.API, *, max_seconds: float | None = None,
               watch_shutdown: bool = True) -> T:
@@ -444,7 +532,7 @@ class _Run:
         preexisting: tuple[str, ...] = ()
         if self.provider.can_list and not self.provider.is_marking_atomic:
             try:
-                preexisting = tuple(k.key_id for k in self._call(self.provider.list_keys))
+                preexisting = tuple(self._call(self.provider.list_key_ids))
             except RotatorError as exc:
                 self._fail("issue", exc)
                 return
@@ -453,13 +541,22 @@ class _Run:
         record = self._end_expired_pause(self.record, now)
         if found is not None:
             record = machine.apply(record, machine.Baselined(found.current, found.live_version, found.live_path, found.retiring), self.policy, now)
-        self.persist(machine.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting, str(self._live)), self.policy, now))
-        if found is not None and found.moved_from is not None:
-            self.engine.mark_moved(*found.moved_from, to=self.cred.spec.name)
+        started = machine.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting, str(self._live)), self.policy, now)
+        self._started_here = rotation_id
         self.request = None
         self._started_monotonic = time.monotonic()
-        self.emit("rotation.started", reason=action.reason)
-        crashpoint("after-intent")
+
+        def announce() -> None:
+            self.emit("rotation.started", reason=action.reason)
+            crashpoint("after-intent")
+
+        self._durable.append(announce)  # logged once the intent is in Vault
+        if found is None:
+            self._defer(started)  # written with `issuing`: until then nothing happened at the provider
+            return
+        self.persist(started)
+        if found.moved_from is not None:
+            self.engine.mark_moved(*found.moved_from, to=self.cred.spec.name)
 
     def _retire_forgotten(self, *, revoke_now: bool) -> None:
         """After a promotion: keys of this credential at the provider that
@@ -572,7 +669,8 @@ class _Run:
         pending = self.record.pending
         assert pending is not None
         try:
-            if self._already_completed(pending.rotation_id):
+            # A rotation started by this very run cannot have completed before.
+            if pending.rotation_id != self._started_here and self._already_completed(pending.rotation_id):
                 return
         except RotatorError as exc:
             self._fail("issue", exc)
@@ -590,9 +688,11 @@ class _Run:
         try:
             # The record keeps the SHA-256 of each secret value, never the value (leak response, rotator.leak).
             issued = machine.apply(self.record, machine.Issued(credential), self.policy, self.engine.clock.now())
-            self.persist(with_value_hashes(issued, self.provider.secret_values(credential.data, credential.handle)))
-        except LeaseLostError:
-            raise  # the record says `issuing`: whoever holds it now sweeps this rotation's key
+            issued = with_value_hashes(issued, self.provider.secret_values(credential.data, credential.handle))
+            # The stash now; the record names it with the verification's
+            # outcome: a crash before that leaves `issuing`, whose sweep
+            # revokes this key from its stash entry.
+            self._defer(self.engine.records.stash(issued, secret_fields=self.provider.secret_fields))
         except RotatorError:
             if not self._stash_landed(credential):
                 self._discard(credential)
@@ -699,12 +799,12 @@ class _Run:
         """After a failed stash write: did it apply all the same (a lost
         response)? Unsure counts as yes: a key left unstashed is swept (it
         carries this rotation's mark), a key revoked under a stash is not."""
+        pending = self.record.pending
+        assert pending is not None
         try:
-            stored, _ = self.engine.read_record(self.cred.spec.name)
+            return self.engine.records.is_stashed(self.cred.spec.name, pending.rotation_id, credential.key_id)
         except RotatorError:
             return True
-        pending = stored.pending if stored else None
-        return pending is not None and pending.credential is not None and pending.credential.key_id == credential.key_id
 
     def _discard(self, credential: IssuedCredential) -> None:
         """The stash failed: revoke the new credential rather than orphan it."""
@@ -746,6 +846,11 @@ class _Run:
         crashpoint("after-verify")
 
     def _is_named_live(self, key_id: str) -> bool:
+        if self._described_key is not None and key_id != self._described_key:
+            # This run's own metadata write (under its lease) just named
+            # another key as live, after its check-and-set live write.
+            return False
+
         def key_in(data: Any) -> str | None:
             named = self.provider.live_key(data)
             return named.key_id if named else None
@@ -788,7 +893,9 @@ class _Run:
             self._fail("promote", exc)
             return
         crashpoint("after-live-write")
-        self._apply(machine.LiveWritten(version))
+        # Not written on its own: after a crash here the record says
+        # `verified`, and the next promotion finds the version already there.
+        self._apply(machine.LiveWritten(version), defer=True)
 
     def _describe_live(self) -> None:
         """The promotion's second half: until the metadata names the new
@@ -807,6 +914,7 @@ class _Run:
             self.log.error("vault.metadata_failed", vault_path=str(self._live), error=str(exc))
             self._fail("metadata", exc)
             return
+        self._described_key = credential.key_id
         crashpoint("after-metadata")
         self._finish_promotion(credential, pending.live_version)
         crashpoint("after-promote")
@@ -817,8 +925,15 @@ class _Run:
         self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
         rotation_id = self.record.pending.rotation_id if self.record.pending else ""
         revoke_now = bool(self.record.pending and self.record.pending.revoke_now)
-        self._apply(machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)))
-        self._retire_forgotten(revoke_now=revoke_now)
+        self.request = None
+        promoted = machine.apply(self.record, machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)),
+                                 self.policy, self.engine.clock.now())
+        self._defer(promoted)
+        self._retire_forgotten(revoke_now=revoke_now)  # reads only, or writes what it found with the promotion
+        if self._dirty and not self._next_is_retirement():
+            # Otherwise written with the retirement's outcome (`--revoke-now`):
+            # after a crash before it the promotion is found done and redone.
+            self._write_outcome()
         if self._started_monotonic is not None:
             self.duration_seconds = time.monotonic() - self._started_monotonic
         duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None
@@ -826,7 +941,6 @@ class _Run:
         self.engine.notices.promoted(self.cred.spec, key_id=credential.key_id, vault_version=version, rotation_id=rotation_id,
                                      at=self.engine.clock.now())
         self.status = "completed"
-        self.request = None
         self.log = self.log.unbind("rotation_id")
 
     def _roll_back(self) -> None:
@@ -885,7 +999,13 @@ class _Run:
             self.log = log
             return
         self.emit(f"credential.{'deactivated' if deactivate else 'revoked'}", key_id=key_id)
-        self._apply(machine.Deactivated(key_id) if deactivate else machine.Revoked(key_id))
+        if deactivate:
+            # A revocation due at once carries it: redone after a crash, deactivating twice is harmless.
+            self._apply(machine.Deactivated(key_id), defer=True)
+            if not self._next_is_retirement():
+                self._write_outcome()
+        else:
+            self._apply(machine.Revoked(key_id))
         self.log = log
         crashpoint(f"after-{step}")
 

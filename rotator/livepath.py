@@ -89,7 +89,17 @@ class LivePath:
         here, and then the path must be empty or hold `credential`'s data.
         One read decides, and the write is check-and-set against the version
         read: a writer stalled in between (past its lease) cannot add a
-        second version, nor write over anyone's."""
+        second version, nor write over anyone's.
+
+        With `last_written` known, the write goes first, with check-and-set
+        on it: a path nobody wrote since takes it in one request, and only a
+        lost check-and-set reads the path (this very write, made before a
+        crash or a lost answer, or someone else's)."""
+        if last_written is not None:
+            try:
+                return self.store.write(self.mount, self.path, data, cas=last_written, keep_metadata=True)
+            except CasMismatchError:
+                pass
         content = self.read()
         if content.data is not None and content.data == {k: str(v) for k, v in data.items()}:
             return content.version  # the write already happened
@@ -105,7 +115,7 @@ class LivePath:
                 "someone else wrote the live path; the rotator will not overwrite it: " + ADOPT_HINT.format(name=credential)
             )
         try:
-            return self.store.write(self.mount, self.path, data, cas=content.version)
+            return self.store.write(self.mount, self.path, data, cas=content.version, keep_metadata=True)
         except CasMismatchError:
             raise PermanentError(f"{self} changed while the rotator was writing it (check-and-set lost)") from None
 

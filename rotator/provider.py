@@ -201,6 +201,10 @@ class Provider(ABC):
         """Every key in this credential's scope at the provider (user, repo, account)."""
         raise NotImplementedError(f"{self.kind} cannot list its credentials")
 
+    def list_key_ids(self) -> list[str]:
+        """The ids of `list_keys`, only (a provider may get them with fewer calls)."""
+        return [key.key_id for key in self.list_keys()]
+
     def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
         """The key that live data (as written to Vault) holds, with the handle
         that revokes it, where the data names one (`rotator adopt`, a lost

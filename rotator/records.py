@@ -167,12 +167,21 @@ class RecordStore:
         """Stash what is new, then write the record (check-and-set), then
         destroy the entries it no longer names. Returns the record as kept
         in memory (secrets inline, stash references set) and its version."""
-        record = scrub_errors(record, scrub)
-        record = _map_keys(record, lambda key, is_pending: self._stashed(record, key, is_pending, secret_fields))
+        record = self.stash(scrub_errors(record, scrub), secret_fields=secret_fields)
         version = self.store.write(self.mount, self.record_path(record.credential), public_view(record, secret_fields).to_vault(), cas=cas)
         if previous is not None:
             self._forget_dropped(previous, record)
         return record, version
+
+    def stash(self, record: StateRecord, *, secret_fields: frozenset[str]) -> StateRecord:
+        """Write the stash entries of the record's keys that have none yet;
+        the record naming them (written later) is returned."""
+        return _map_keys(record, lambda key, is_pending: self._stashed(record, key, is_pending, secret_fields))
+
+    def is_stashed(self, name: str, rotation_id: str, key_id: str) -> bool:
+        """Whether this rotation's stash entry holds `key_id` (after a write whose answer was lost)."""
+        entry = _parse(self.store.read_data(self.mount, self.stash_path(name, rotation_id)))
+        return entry is not None and entry.key_id == key_id
 
     def _stashed(self, record: StateRecord, key: KeyRecord, is_pending: bool, secret_fields: frozenset[str]) -> KeyRecord:
         secret_parts = sorted(set(key.handle) & secret_fields)

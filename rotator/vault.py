@@ -30,6 +30,7 @@ import json
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ INDEX_HEADER = "X-Vault-Index"
 INCONSISTENT_HEADER = "X-Vault-Inconsistent"
 READY_CACHE_SECONDS = 2.0  # /readyz may be probed often: one lookup per window
 READY_TIMEOUT_SECONDS = 3.0
+POOL_SIZE = 64  # keep-alive connections to Vault, across all threads
+METADATA_MEMORY = 1024  # paths whose custom metadata keys a write's answer named, kept for the next merge
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class VaultStore:
         self._ready_lock = threading.Lock()
         self._ready: tuple[bool, float] | None = None
         self.requests_made = 0  # counted for the idle-tick benchmark and metrics
+        self._metadata_keys: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
+        self._metadata_lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------
 
@@ -321,12 +326,21 @@ class VaultStore:
         payload = self._read_payload(mount, path, version)
         return payload.get("data") if payload else None
 
-    def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int) -> int:
-        """Check-and-set write; returns the new version. `cas=0`: only if absent."""
+    def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int, keep_metadata: bool = False) -> int:
+        """Check-and-set write; returns the new version. `cas=0`: only if absent.
+        `keep_metadata`: remember the custom metadata keys the answer names,
+        for the `merge_custom_metadata` of this path that follows."""
         response = self._call(
             f"writing {mount}/{path}",
             lambda: self._kv.create_or_update_secret(path=path, secret=dict(data), cas=cas, mount_point=mount),
         )
+        custom = response["data"].get("custom_metadata", False)
+        if keep_metadata and custom is not False:  # KV v2 answers a write with the path's custom metadata too
+            with self._metadata_lock:
+                self._metadata_keys[(mount, path)] = frozenset(custom or {})
+                self._metadata_keys.move_to_end((mount, path))
+                while len(self._metadata_keys) > METADATA_MEMORY:
+                    self._metadata_keys.popitem(last=False)
         return int(response["data"]["version"])
 
     def destroy(self, mount: str, path: str) -> None:
@@ -353,8 +367,13 @@ class VaultStore:
         for key, value in updates.items():
             if len(key.encode()) > MAX_METADATA_KEY_BYTES or len(str(value).encode()) > MAX_METADATA_VALUE_BYTES:
                 raise PermanentError(f"custom metadata {key!r} on {mount}/{path} exceeds KV v2's size limits")
-        current = self.read_metadata(mount, path)
-        existing = set(current.custom_metadata) if current else set()
+        # The keys a write of this path just named (its answer carries them)
+        # spare a read; otherwise the metadata is read first.
+        with self._metadata_lock:
+            existing = self._metadata_keys.pop((mount, path), None)
+        if existing is None:
+            current = self.read_metadata(mount, path)
+            existing = frozenset(current.custom_metadata) if current else frozenset()
         if len(existing | set(updates)) > MAX_METADATA_KEYS:
             raise PermanentError(
                 f"{mount}/{path} has {len(existing)} custom metadata keys; adding the rotator's would pass KV v2's limit of {MAX_METADATA_KEYS}"
@@ -619,6 +638,11 @@ def _session_for(url: str, verify: bool | str, index: ConsistencyIndex | None = 
     session.proxies = requests.utils.get_environ_proxies(url)
     # hvac prefers a given session's own verify over its argument.
     session.verify = verify
+    # Every rotation thread keeps its connection: requests' default pool of
+    # 10 would drop and reopen connections at ROTATOR_MAX_CONCURRENCY 16.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session
 
 

@@ -63,7 +63,8 @@ class CountingProxy:
                 proxy._record(Seen(self.command, urlsplit(self.path).path, action))
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                headers["Host"] = f"{proxy.upstream_host}:{proxy.upstream_port}"
+                # The client's own Host: AWS signatures (SigV4) cover it.
+                headers["Host"] = self.headers.get("Host") or f"{proxy.upstream_host}:{proxy.upstream_port}"
                 conn.request(self.command, self.path, body=body or None, headers=headers)
                 response = conn.getresponse()
                 data = response.read()

@@ -175,7 +175,8 @@ def test_the_invariants_catch_a_revoked_live_credential(monkeypatch: pytest.Monk
 def test_faults_are_injected_at_the_named_call() -> None:
     """A lost response after the state write's effect leaves the write applied."""
     world = World("webhook")
-    explorer.apply_step(world, ("tick", "r0", (CallFault(1, "lost"),)))  # call 1: taking the lease
+    # call 2 (after reading the record and the live path): the write that takes the lease and marks `issuing`
+    explorer.apply_step(world, ("tick", "r0", (CallFault(2, "lost"),)))
     assert world.faults["lost"] == 1
     record = world.records()["app"]
     assert record.lease is not None and record.rotations == 0, "the lease write applied; its answer was lost"
@@ -219,9 +220,11 @@ FINDINGS = [
     (F2, "aws", [("tick", "r0", ()), ("state", "older")]),
     (F3, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("state", "lost"), ("tick", "r0", ()), ("rotate", False, ())]),
     (F4, "aws", [("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()), ("advance", 25200)]),
-    (F5, "deploy_key", [("tick", "r1", ()), ("advance", 86400), ("pause", "r0", 5, 3600.0, "cli")]),
-    (F6, "deploy_key", [("pause", "r1", 9, 3600.0, "r0")]),
-    (F6, "stripe_key", [("pause", "r1", 10, 3600.0, "r0")]),
+    # Pauses name Vault calls by index: r0 paused with its rotation in flight (`issuing`, its lease on it),
+    # and r1 paused at the first live-path read of its promotion (F6 deploy_key) or at the second (stripe_key).
+    (F5, "deploy_key", [("tick", "r1", ()), ("advance", 86400), ("pause", "r0", 2, 3600.0, "cli")]),
+    (F6, "deploy_key", [("pause", "r1", 5, 3600.0, "r0")]),
+    (F6, "stripe_key", [("pause", "r1", 6, 3600.0, "r0")]),
     (F7, "stripe_key", [("tick", "r1", (CallFault(5, "lost"),))]),
     (F8, "stripe_key", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "rename"), ("advance", 86400)]),
     (F8, "stripe_key", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "delete"), ("advance", 86400)]),

@@ -77,11 +77,13 @@ class KvModel:
         self._generation = [0]  # bumped by every change; shared with views
         self.boundary: Boundary = boundary or _apply
         self.requests_made = 0
+        self._kept_keys: dict[tuple[str, str], frozenset[str]] = {}  # per process, as each VaultStore's own
 
     def view(self, boundary: Boundary) -> KvModel:
         """The same mounts, seen through another boundary (one per simulated process)."""
         other = object.__new__(KvModel)
         other._mounts, other._generation, other.boundary, other.requests_made = self._mounts, self._generation, boundary, 0
+        other._kept_keys = {}
         return other
 
     @property
@@ -118,9 +120,18 @@ class KvModel:
     def read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
         return self._call("read_version", mount, path, lambda: self._read_version(mount, path, version))
 
-    def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int) -> int:
+    def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int, keep_metadata: bool = False) -> int:
         text = json.dumps(dict(data))
-        return self._call("write", mount, path, lambda: self._write(mount, path, text, cas), mutating=True)
+
+        def effect() -> tuple[int, frozenset[str]]:
+            version = self._write(mount, path, text, cas)
+            meta = self._metadata(mount, path)
+            return version, frozenset(meta.custom_metadata) if meta else frozenset()
+
+        version, keys = self._call("write", mount, path, effect, mutating=True)
+        if keep_metadata:  # as VaultStore: the answer's custom metadata keys, for the merge that follows
+            self._kept_keys[(mount, path)] = keys
+        return version
 
     def read_metadata(self, mount: str, path: str) -> LiveMetadata | None:
         return self._call("read_metadata", mount, path, lambda: self._metadata(mount, path))
@@ -129,8 +140,10 @@ class KvModel:
         for key, value in updates.items():
             if len(key.encode()) > MAX_METADATA_KEY_BYTES or len(str(value).encode()) > MAX_METADATA_VALUE_BYTES:
                 raise PermanentError(f"custom metadata {key!r} on {mount}/{path} exceeds KV v2's size limits")
-        current = self.read_metadata(mount, path)
-        existing = set(current.custom_metadata) if current else set()
+        existing = self._kept_keys.pop((mount, path), None)
+        if existing is None:
+            current = self.read_metadata(mount, path)
+            existing = frozenset(current.custom_metadata) if current else frozenset()
         if len(existing | set(updates)) > MAX_METADATA_KEYS:
             raise PermanentError(
                 f"{mount}/{path} has {len(existing)} custom metadata keys; adding the rotator's would pass KV v2's limit of {MAX_METADATA_KEYS}"
