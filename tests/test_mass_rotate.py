@@ -119,8 +119,9 @@ def test_twenty_aws_keys_rotated_once_each_with_old_keys_rejected(fleet: Fleet) 
 
 
 def test_a_failing_credential_makes_exit_1_and_a_true_summary(fleet: Fleet, iam_admin: Any) -> None:
-    """One credential whose IAM user is gone fails at issue: exit 1, the others rotated,
-    and the summary names the failure and its step, and holds no secret value."""
+    """One credential whose IAM user is gone fails at its first step, `start` (a rotation
+    first lists the user's keys, to find any a lost record left: sim F40): exit 1, the
+    others rotated, and the summary names the failure and its step, and holds no secret value."""
     gone = fleet.users[1]
     iam_admin.delete_user(UserName=gone)
     result = fleet.cli("rotate", "--all", "--revoke-now")
@@ -128,7 +129,8 @@ def test_a_failing_credential_makes_exit_1_and_a_true_summary(fleet: Fleet, iam_
     events = parse_events(result.stdout)
     assert completed_per_credential(events) == {u: 1 for u in fleet.users if u != gone}
     rows = _summary_rows(result.stderr)
-    assert rows[gone][:2] == ["failed", "issue"], rows
+    assert rows[gone][:2] == ["failed", "start"], rows
+    assert "NoSuchEntity" in rows[gone][2], rows
     assert "NoSuchEntity" in rows[gone][2] or "not" in rows[gone][2].lower()
     assert all(rows[u][0] == "done" for u in fleet.users if u != gone)
     assert "rotate: 3 credential(s)" in result.stderr and "2 done, 1 failed, 0 rolled back" in result.stderr
