@@ -23,6 +23,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 install: $(VENV)/.installed
 
 test: install
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(PY) -m pytest -q -n 4 --dist loadfile
 
 demo: $(VENV)/.demo-installed

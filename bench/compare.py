@@ -9,7 +9,7 @@ rotator, raw) so that a change of load on the machine hits both alike:
   delete the old key); the rotator is `Engine.reconcile` with
   `--revoke-now` (everything `rotate NAME --revoke-now` does after start);
 - (b) throughput of a batch at concurrency 16: the raw loop on 16 threads,
-  the rotator's own mass rotation (`rotator.mass.rotate_many`);
+  the rotator's own mass rotation (`rotator.engine.mass.rotate_many`);
 - (c) requests per rotation to Vault and to AWS, counted by a recording
   proxy in front of each (not during the timed phases);
 - (d) start-up with 10,000 credentials and the idle RSS (bench/scale.py).
@@ -98,9 +98,9 @@ class Rotator:
     """The rotator in this process, as `rotate --revoke-now` runs it (its log to a buffer)."""
 
     def __init__(self, work: Path, users: list[str], vault_addr: str, token: str) -> None:
-        from rotator import audit
-        from rotator.app import build_app, load_credentials
-        from rotator.settings import Settings
+        from rotator.audit import events as audit
+        from rotator.wiring import build_app, load_credentials
+        from rotator.config.settings import Settings
 
         config = work / f"credentials-{len(list(work.glob('credentials-*')))}.d"
         config.mkdir()
@@ -120,14 +120,14 @@ class Rotator:
         self.creds = {c.spec.name: c for c in loaded.credentials.values()}  # the file stem: the user's name
 
     def rotate(self, user: str) -> None:
-        from rotator.machine import Request
+        from rotator.core.actions import Request
 
         result = self.app.engine.reconcile(self.creds[user], request=Request(revoke_now=True))
         if result.status != "completed":
             raise RuntimeError(f"rotation of {user}: {result.status} {result.record.last_error if result.record else ''}")
 
     def rotate_batch(self, users: list[str]) -> None:
-        from rotator.mass import rotate_many
+        from rotator.engine.mass import rotate_many
 
         outcomes = rotate_many(self.app.engine, [self.creds[u] for u in users], revoke_now=True, concurrency=CONCURRENCY,
                                lease_wait=60, stop=threading.Event())

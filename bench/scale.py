@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rotator.sandbox.services import OpenBaoServer  # noqa: E402
-from rotator.state import KeyRecord, StateRecord  # noqa: E402
+from rotator.core.state import KeyRecord, StateRecord  # noqa: E402
 
 TICK_SECONDS = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")

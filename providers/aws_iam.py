@@ -33,10 +33,10 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rotator.errors import NotFoundError, PermanentError, TransientError
-from rotator.faults import crashpoint
-from rotator.fields import Duration
-from rotator.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
+from rotator.core.crashpoints import crashpoint
+from rotator.core.errors import NotFoundError, PermanentError, TransientError
+from rotator.core.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
+from rotator.core.validators import Duration
 
 T = TypeVar("T")
 MARK_PREFIX = "rotator:"

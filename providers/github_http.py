@@ -7,7 +7,7 @@ Invariants:
   and `X-GitHub-Api-Version`; GitHub refuses requests without a user agent.
 - Writes as one App go one at a time and at least a second apart (GitHub's
   best practices), waited out on the injected clock.
-- One attempt per call: retrying is the engine's job (`rotator.retry`).
+- One attempt per call: retrying is the engine's job (`rotator.engine.retry`).
   Rate limits, 5xx, timeouts and connection errors become `TransientError`
   (with `retry_after` where GitHub says how long to wait); other 4xx become
   `PermanentError`.
@@ -34,9 +34,9 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rotator.clock import Clock, parse_rfc3339
-from rotator.errors import PermanentError, TransientError
-from rotator.fields import secret_lookalike
+from rotator.core.clock import Clock, parse_rfc3339
+from rotator.core.errors import PermanentError, TransientError
+from rotator.core.validators import secret_lookalike
 
 API_VERSION = "2022-11-28"
 DEFAULT_API_URL = "https://api.github.com"
@@ -356,4 +356,3 @@ class AppAuth:
         """DELETE /installation/token with the token itself; 401 = already dead."""
         response = self.http.send("DELETE", "/installation/token", auth=token)
         check_response(response, clock=self.http.clock, action="revoking an installation token", ok=(204, 401))
-

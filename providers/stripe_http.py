@@ -3,7 +3,7 @@ Stripe's answers mapped to the project's two error kinds, v1 and v2 list
 pagination, and the rotator's mark in key names.
 
 Invariants:
-- One attempt per call: retrying is the engine's job (`rotator.retry`).
+- One attempt per call: retrying is the engine's job (`rotator.engine.retry`).
   429, 5xx, timeouts and connection errors become `TransientError` (with
   `retry_after` from Retry-After where given); other 4xx become
   `PermanentError` (404: `NotFoundError`), unless Stripe says
@@ -33,10 +33,10 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from rotator.clock import Clock
-from rotator.errors import NotFoundError, PermanentError, TransientError
-from rotator.fields import secret_lookalike
-from rotator.provider import KeyMark
+from rotator.core.clock import Clock
+from rotator.core.errors import NotFoundError, PermanentError, TransientError
+from rotator.core.provider import KeyMark
+from rotator.core.validators import secret_lookalike
 
 DEFAULT_API_BASE = "https://api.stripe.com"
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)

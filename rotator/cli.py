@@ -20,17 +20,11 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from rotator import __version__
-from rotator.app import (
-    App,
-    build_app,
-    configure_logging,
-    load_credentials,
-    load_settings,
-)
-from rotator.clock import to_rfc3339
-from rotator.config import LoadResult
-from rotator.errors import ConfigError, RotatorError
-from rotator.settings import Settings
+from rotator.config.settings import Settings
+from rotator.config.spec import LoadResult
+from rotator.core.clock import to_rfc3339
+from rotator.core.errors import ConfigError, RotatorError
+from rotator.wiring import App, build_app, configure_logging, load_credentials, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
@@ -48,12 +42,12 @@ def _configure_logging(settings: Settings, *, stream: TextIO | None = None) -> N
         _log().warning("vault.tls_verify_disabled", reason="VAULT_SKIP_VERIFY is set")
     if settings.is_vault_plain_http_remote():
         _log().warning("vault.plain_http", reason="VAULT_ADDR is plain http:// to a host other than loopback: the Vault token and every secret cross the network unencrypted")
-    from rotator.hardening import disable_core_dumps
+    from rotator.daemon.hardening import disable_core_dumps
 
     # `run` and `rotate` (and `pause`/`resume`) come through here before they read any secret.
     for failure in disable_core_dumps():
         _log().warning("process.core_dumps_not_disabled", reason=failure)
-    from rotator.faults import TEST_MODE_ENV, ignored_hooks
+    from rotator.core.crashpoints import TEST_MODE_ENV, ignored_hooks
 
     for variable in ignored_hooks():
         _log().warning("process.test_hook_ignored", variable=variable, reason=f"test hooks act only with {TEST_MODE_ENV}=1")
@@ -97,7 +91,7 @@ def validate(config_dir: Path | None) -> None:
     result = _load_credentials(settings, problems_to_stdout=True)
     for problem in result.problems:
         click.echo(str(problem))
-    from rotator.provider import load_provider_errors
+    from rotator.engine.registry import load_provider_errors
 
     for kind, error in load_provider_errors().items():  # unused by these files: a warning, not a problem
         click.echo(f"rotator: warning: the {kind} plugin fails to load: {error}", err=True)
@@ -109,8 +103,8 @@ def validate(config_dir: Path | None) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of credential files (for editors and CI)."""
-    from rotator.config import json_schema
-    from rotator.provider import load_providers
+    from rotator.config.loader import json_schema
+    from rotator.engine.registry import load_providers
 
     click.echo(json.dumps(json_schema(load_providers()), indent=2))
 
@@ -123,8 +117,8 @@ def run(config_dir: Path | None, once: bool) -> None:
 
     Exit codes with --once: 0 ok, 1 a rotation failed, 2 a credential file
     or setting is invalid (the valid ones are still processed)."""
-    from rotator.daemon import Daemon
-    from rotator.systemd import notify
+    from rotator.daemon.loop import Daemon
+    from rotator.daemon.systemd import notify
 
     settings = _settings(config_dir)
     _configure_logging(settings)
@@ -158,7 +152,7 @@ def run(config_dir: Path | None, once: bool) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    from rotator.endpoints import serve_metrics
+    from rotator.daemon.endpoints import serve_metrics
 
     server = serve_metrics(settings.metrics_addr, daemon) if settings.metrics_addr else None
     leak_hook = _serve_leak_webhook(settings, daemon)
@@ -172,11 +166,11 @@ def run(config_dir: Path | None, once: bool) -> None:
 
 
 def _serve_leak_webhook(settings: Settings, daemon: Any) -> Any:
-    """`POST /webhooks/leak` (rotator.leak_webhook); an unreadable signing secret is exit 1."""
+    """`POST /webhooks/leak` (rotator.daemon.leak_webhook); an unreadable signing secret is exit 1."""
     if not settings.webhook_addr or not settings.leak_webhook_secret:
         return None
-    from rotator.audit import redact_text
-    from rotator.leak_webhook import serve_leak_webhook
+    from rotator.audit.events import redact_text
+    from rotator.daemon.leak_webhook import serve_leak_webhook
 
     try:
         return serve_leak_webhook(settings.webhook_addr, daemon, settings.leak_webhook_secret)
@@ -192,9 +186,8 @@ def status(as_json: bool, config_dir: Path | None) -> None:
     """Show each credential's provider, phase, last rotation, next due time,
     age, pending revocations and last error. Never prints secret values.
     Exits 1 when Vault is unreachable."""
+    from rotator.audit.events import SECRETS
     from rotator.compliance.inventory import collect_status, render_status_table
-
-    from rotator.audit import SECRETS
 
     rows = _read_state(config_dir, collect_status)
     text = json.dumps(rows, indent=2, default=_json_default) if as_json else render_status_table(rows)
@@ -214,7 +207,7 @@ def report(fmt: str, audit_file: Path | None, config_dir: Path | None) -> None:
     a timeline per credential from the audit file, and the audit chain's
     verification. Never prints secret values. Exits 1 only when Vault is
     unreachable."""
-    from rotator.audit import SECRETS
+    from rotator.audit.events import SECRETS
     from rotator.compliance.report import build_report, render
 
     report_rows = _read_state(config_dir, build_report)
@@ -253,9 +246,9 @@ def demo(duration: float | None, workdir: Path) -> None:
 def _register_commands() -> None:
     """Commands implemented in their own modules."""
     from rotator.commands.leak import leaked
-    from rotator.commands.rotate import rotate
     from rotator.commands.pause import pause_command, resume_command
     from rotator.commands.plan import plan_command
+    from rotator.commands.rotate import rotate
 
     for command in (rotate, leaked, plan_command, pause_command, resume_command):
         cli.add_command(command)
@@ -275,7 +268,7 @@ def _read_state(config_dir: Path | None, collect: Callable[[App, LoadResult], T]
     try:
         return collect(build_app(settings), result)
     except RotatorError as exc:
-        from rotator.audit import redact_text
+        from rotator.audit.events import redact_text
 
         click.echo(f"rotator: cannot read state from Vault at {settings.vault_addr}: {redact_text(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
@@ -302,7 +295,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _log() -> Any:
-    from rotator.audit import get_logger
+    from rotator.audit.events import get_logger
 
     return get_logger()
 

@@ -33,13 +33,14 @@ from typing import Any, TextIO
 import boto3
 import yaml
 
-from rotator.config import json_schema
-from rotator.fields import format_duration, parse_duration
-from rotator.provider import load_providers
+from rotator.config.loader import json_schema
+from rotator.config.settings import VaultConnection
+from rotator.core.validators import format_duration, parse_duration
+from rotator.engine.registry import load_providers
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.services import MotoServer, OpenBaoServer, free_port
 from rotator.sandbox.stripe import FakeStripe
-from rotator.vault import VaultConnection, VaultStore
+from rotator.vault.store import VaultStore
 
 MARKER = ".rotator-demo"
 CONFIG_SUBDIR = "credentials.d"

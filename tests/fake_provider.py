@@ -18,9 +18,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from rotator.clock import Clock
-from rotator.errors import PermanentError, TransientError
-from rotator.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
+from rotator.core.clock import Clock
+from rotator.core.errors import PermanentError, TransientError
+from rotator.core.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
 
 WORLDS: dict[str, KeyWorld] = {}
 
@@ -151,4 +151,3 @@ class FakeProvider(Provider):
     def live_key(self, data: Mapping[str, str]) -> ProviderKey | None:
         key_id = data.get("key_id")
         return ProviderKey(key_id=key_id, handle={"key_id": key_id}) if key_id else None
-

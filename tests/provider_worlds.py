@@ -34,8 +34,8 @@ import hvac
 import pytest
 from helpers import SecretLedger, parse_events, run_rotator, write_credential
 
-from providers.github_http import token_key_id
-from rotator.policy import ApiHostRule, TrustRules
+from rotator_providers.github_http import token_key_id
+from rotator.config.policy import ApiHostRule, TrustRules
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.stripe import FakeStripe
 
@@ -421,7 +421,7 @@ def build_world(
         else:
             world = DeployKeyWorld(**common, fake=github, repo=repo)
             if foreign:
-                from providers.github_app import new_ed25519_pair
+                from rotator_providers.github_app import new_ed25519_pair
 
                 _, public = new_ed25519_pair()
                 world.foreign_key_id = str(github.add_deploy_key(repo, public, title="added by hand"))

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from rotator.compliance import alerts
-from rotator import audit
+from rotator.audit import events as audit
 from rotator.compliance.alerts import AlertDispatcher, SlackNotifier, WebhookNotifier, should_alert, slack_text
-from rotator.app import configure_logging, load_settings
-from rotator.clock import FakeClock
-from rotator.errors import ConfigError
-from rotator.retry import RetryPolicy
-from rotator.settings import Settings
+from rotator.wiring import configure_logging, load_settings
+from rotator.core.clock import FakeClock
+from rotator.core.errors import ConfigError
+from rotator.engine.retry import RetryPolicy
+from rotator.config.settings import Settings
 
 FAST = RetryPolicy(max_attempts=5, max_seconds=10.0, initial_wait=0.01, max_wait=0.05)
 SLACK_PATH = "/services/T0001/B0002/hooktoken0123456789abcd"

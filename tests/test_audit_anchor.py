@@ -24,10 +24,11 @@ from rotator.audit.chain import AuditChainError
 from rotator.audit.writer import AuditFile
 from rotator.audit.seal import seal
 from rotator.audit.verify import verify
-from rotator.clock import FakeClock
-from rotator.errors import VaultUnavailableError
+from rotator.core.clock import FakeClock
+from rotator.core.errors import VaultUnavailableError
 from rotator.sandbox.services import OpenBaoServer
-from rotator.vault import VaultConnection, VaultStore
+from rotator.config.settings import VaultConnection
+from rotator.vault.store import VaultStore
 
 
 class FileLog:
@@ -237,7 +238,7 @@ import sys
 from pathlib import Path
 from rotator.audit.anchor import Anchorer, AnchorStore, signature_problem
 from rotator.audit.writer import AuditFile
-from rotator.vault import VaultConnection, VaultStore
+from rotator.vault.store import VaultConnection, VaultStore
 
 class Log:
     def __init__(self, writer): self.writer = writer

@@ -25,9 +25,10 @@ from rotator.audit.anchor import Anchorer, AnchorStore
 from rotator.audit.chain import ChainState, Tip, canonical_json, encode_chain_state, link, read_chain_state
 from rotator.audit.writer import AuditFile
 from rotator.cli import cli
-from rotator.clock import FakeClock
+from rotator.core.clock import FakeClock
 from rotator.sandbox.services import OpenBaoServer
-from rotator.vault import VaultConnection, VaultStore
+from rotator.config.settings import VaultConnection
+from rotator.vault.store import VaultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "AUDIT.md"

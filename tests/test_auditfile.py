@@ -29,7 +29,7 @@ from rotator.audit.chain import (
 from rotator.audit.writer import AuditFile
 from rotator.audit.seal import seal
 from rotator.audit.verify import verify
-from rotator.clock import FakeClock
+from rotator.core.clock import FakeClock
 
 # A writer process: appends COUNT events (forever if COUNT < 0) as WRITER.
 WRITER = """

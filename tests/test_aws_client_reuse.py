@@ -10,9 +10,9 @@ from typing import Any
 import botocore.loaders
 import pytest
 
-from providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
-from rotator.clock import SystemClock
-from rotator.provider import IssuedCredential, ProviderContext
+from rotator_providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
+from rotator.core.clock import SystemClock
+from rotator.core.provider import IssuedCredential, ProviderContext
 
 
 def make_provider(user: str) -> AwsIamAccessKeyProvider:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
-from rotator.clock import SystemClock
-from rotator.errors import PermanentError
-from rotator.provider import IssueContext, NoCapacityError, ProviderContext
+from rotator_providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
+from rotator.core.clock import SystemClock
+from rotator.core.errors import PermanentError
+from rotator.core.provider import IssueContext, NoCapacityError, ProviderContext
 from rotator.testing.conformance import ProviderConformance, verify_eventually
 
 

@@ -20,12 +20,12 @@ import hvac
 import pytest
 import yaml
 
-from providers.github_app import new_ed25519_pair
-from rotator import audit
-from rotator.app import App, build_app
+from rotator_providers.github_app import new_ed25519_pair
+from rotator.audit import events as audit
+from rotator.wiring import App, build_app
 from rotator.audit.writer import AuditFile
 from rotator.audit.verify import verify
-from rotator.clock import FakeClock, to_rfc3339
+from rotator.core.clock import FakeClock, to_rfc3339
 from rotator.compliance.scan import (
     ComplianceScanner,
     assess,
@@ -34,12 +34,14 @@ from rotator.compliance.scan import (
     unmanaged_findings,
     unused_findings,
 )
-from rotator.config import CredentialSpec, LoadedCredential, load_file
-from rotator.policy import ApiHostRule, TrustRules
-from rotator.provider import KeyMark, ProviderKey, load_providers
+from rotator.config.spec import CredentialSpec, LoadedCredential
+from rotator.config.loader import load_file
+from rotator.config.policy import ApiHostRule, TrustRules
+from rotator.core.provider import KeyMark, ProviderKey
+from rotator.engine.registry import load_providers
 from rotator.sandbox.github import FakeGitHub
-from rotator.settings import Settings
-from rotator.state import KeyRecord, Lease, Pending, Retiring, StateRecord
+from rotator.config.settings import Settings
+from rotator.core.state import KeyRecord, Lease, Pending, Retiring, StateRecord
 from rotator.testing.leaks import assert_no_leaks
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -313,7 +315,7 @@ def test_disable_revokes_an_old_unused_orphan_and_nothing_else(estate: GitHubEst
     estate.clock.advance(timedelta(days=1))
     estate.rotate(cred)
     live = estate.app.engine.read_record("tidy")[0].current.key_id
-    # Made after the rotation (a rotation's own search would retire a marked key it finds: rotator/baseline.py).
+    # Made after the rotation (a rotation's own search would retire a marked key it finds: rotator/engine/baseline.py).
     _, orphan_public = new_ed25519_pair()
     orphan = str(estate.fake.add_deploy_key(REPO, orphan_public, title="rotator:tidy:20260101T000000Z-deadbeef"))
     _, hand_public = new_ed25519_pair()
@@ -363,7 +365,7 @@ def test_first_scans_are_spread_over_the_window(estate: GitHubEstate) -> None:
 
 def test_the_daemon_tick_scans_in_its_worker_pool(estate: GitHubEstate) -> None:
     """The daemon's tick starts the scan beside its reconciles; findings come out as events."""
-    from rotator.daemon import Daemon
+    from rotator.daemon.loop import Daemon
 
     cred = estate.credential("ticked")
     estate.rotate(cred)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from helpers import run_rotator, write_credential
-from rotator.config import load_directory
-from rotator.fields import check_api_url, format_duration, parse_duration, parse_vault_ref, secret_lookalike
-from rotator.provider import load_providers
+from rotator.config.loader import load_directory
+from rotator.core.validators import check_api_url, format_duration, parse_duration, parse_vault_ref, secret_lookalike
+from rotator.engine.registry import load_providers
 
 REPO = Path(__file__).resolve().parent.parent
 

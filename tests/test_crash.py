@@ -10,7 +10,7 @@ import pytest
 
 from aws_world import AwsWorld
 from helpers import names
-from rotator.faults import crash_env
+from rotator.core.crashpoints import crash_env
 
 ROTATION_POINTS = [
     "after-intent",
@@ -50,7 +50,7 @@ def assert_converged(w: AwsWorld, *, old_key: dict[str, str], versions: int) -> 
     assert not w.works(old_key), "the superseded key must be rejected"
     lease = state["lease"]
     if lease is not None:  # left by the killed process: harmless once its holder is gone
-        from rotator.holder import is_known_dead
+        from rotator.core.holder import is_known_dead
 
         assert is_known_dead(host=lease["host"], boot_id=lease["boot_id"], pid_namespace=lease["pid_namespace"],
                              pid=lease["pid"], start_ticks=lease["start_ticks"])

@@ -46,7 +46,7 @@ from provider_worlds import (  # noqa: F401 - fixtures
     github_clock,
     rotator_env_for,
 )
-from rotator.faults import crash_env
+from rotator.core.crashpoints import crash_env
 
 POINTS = [
     "after-intent",
@@ -200,7 +200,7 @@ def assert_converged(w: ProviderWorld, *, old: dict[str, str], point: str, githu
         assert not extra, f"{len(extra)} orphaned rotator-made credential(s) remain at the provider"
     lease = state["lease"]
     if lease is not None:  # left by a killed process: harmless once its holder is gone
-        from rotator.holder import is_known_dead
+        from rotator.core.holder import is_known_dead
 
         assert is_known_dead(host=lease["host"], boot_id=lease["boot_id"], pid_namespace=lease["pid_namespace"],
                              pid=lease["pid"], start_ticks=lease["start_ticks"])

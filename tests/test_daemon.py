@@ -12,7 +12,7 @@ from pathlib import Path
 import hvac
 
 from helpers import DaemonProcess, SecretLedger, names, write_credential
-from rotator.faults import pause_env
+from rotator.core.crashpoints import pause_env
 from rotator.sandbox.services import free_port
 
 

@@ -18,11 +18,12 @@ import hvac
 import pytest
 from helpers import SecretLedger, names, parse_events, run_rotator
 
-from rotator.config import load_directory
-from rotator.policy import ApiHostRule, TrustRules
+from rotator.config.loader import load_directory
+from rotator.config.policy import ApiHostRule, TrustRules
 from rotator.demo import DemoError, credential_documents, prepare_workdir, write_credential_files
-from rotator.fields import secret_lookalike
-from rotator.provider import Provider, load_providers
+from rotator.core.validators import secret_lookalike
+from rotator.core.provider import Provider
+from rotator.engine.registry import load_providers
 
 PROVIDERS = set(load_providers())
 SECRET_FIELDS = Provider.secret_fields | {"app_key", "webhook_key"}

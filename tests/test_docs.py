@@ -1,7 +1,7 @@
 """The newcomer docs stay true to the code: the configuration reference
 lists exactly the fields, params and settings the models define, with their
 defaults; the shipped schema file is what `rotator schema` prints; examples
-validate; commands, variables and links named in the docs exist."""
+validate; commands, variables, links and module paths named in the docs exist."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from rotator.cli import cli
-from rotator.config import CredentialSpec, LoadedCredential, Schedule, VaultTarget, json_schema, load_file
-from rotator.fields import format_duration, parse_duration
-from rotator.provider import load_providers
-from rotator.settings import Settings
+from rotator.config.spec import CredentialSpec, LoadedCredential, VaultTarget
+from rotator.core.schedule import Schedule
+from rotator.config.loader import json_schema, load_file
+from rotator.core.validators import format_duration, parse_duration
+from rotator.engine.registry import load_providers
+from rotator.config.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 CONFIGURATION = DOCS / "CONFIGURATION.md"
 NEWCOMER_DOCS = [DOCS / "GETTING_STARTED.md", CONFIGURATION, DOCS / "TROUBLESHOOTING.md"]
 MODELINE = "# yaml-language-server: $schema=../credential.schema.json"
-# ROTATOR_ variables that are not Settings fields (test hooks, rotator/faults.py).
+# ROTATOR_ variables that are not Settings fields (test hooks, rotator/core/crashpoints.py).
 OTHER_VARIABLES = {"ROTATOR_TEST_CRASH_AT", "ROTATOR_TEST_PAUSE_AT", "ROTATOR_TEST_MODE"}
 
 
@@ -233,3 +235,38 @@ def test_readme_points_newcomers_at_the_docs() -> None:
     readme = (REPO / "README.md").read_text()
     for doc in NEWCOMER_DOCS:
         assert f"docs/{doc.name}" in readme
+
+
+# -- module paths named in the docs ---------------------------------------------------------
+
+# Names of the form rotator.X that are not modules: the entry-point group, and files.
+NOT_MODULES = {"rotator.providers"}
+FILE_SUFFIXES = (".yaml", ".yml", ".hcl", ".service", ".env", ".json", ".md", ".toml", ".example", ".txt", ".jsonl", ".py", ".sh")
+ALL_DOCS = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def _is_module(dotted: str) -> bool:
+    path = REPO.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("doc", ALL_DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_docs_name_only_real_modules(doc: Path) -> None:
+    """Every source path (`rotator/....py`, `providers/....py`) and `rotator.x.y` module a doc names exists."""
+    text = doc.read_text()
+    missing = [p for p in re.findall(r"(?<![\w/.-])((?:rotator|providers)/[\w/]+\.py)\b", text) if not (REPO / p).is_file()]
+    for span in re.findall(r"`([^`\n]+)`", text):
+        for dotted in re.findall(r"(?<![\w./-])(rotator(?:\.\w+)+)", span):
+            if dotted in NOT_MODULES or dotted.endswith(FILE_SUFFIXES) or any(dotted.startswith(n + ".") for n in NOT_MODULES):
+                continue
+            parts = dotted.split(".")
+            if not _is_module(".".join(parts[:2])):
+                missing.append(dotted)
+                continue
+            depth = 2
+            while depth < len(parts) and _is_module(".".join(parts[: depth + 1])):
+                depth += 1
+            # past the deepest module, at most an attribute and its member (Engine.reconcile)
+            if len(parts) - depth > 2:
+                missing.append(dotted)
+    assert missing == [], f"{doc.name} names modules that do not exist"

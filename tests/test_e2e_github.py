@@ -22,7 +22,7 @@ from provider_worlds import (  # noqa: F401 - fixtures
     ssh_public_key,
 )
 
-from rotator.clock import parse_rfc3339
+from rotator.core.clock import parse_rfc3339
 
 
 def test_installation_token_works_and_the_old_one_is_rejected_after_grace(make_world) -> None:  # type: ignore[no-untyped-def]

@@ -13,18 +13,19 @@ from typing import Any
 import pytest
 
 from helpers import write_credential
-from providers.aws_iam import AwsIamAccessKeyProvider
-from rotator import audit
-from rotator.app import App, load_credentials
-from rotator.clock import FakeClock
-from rotator.config import LoadedCredential
-from rotator.daemon import Daemon
-from rotator.engine import Engine, EngineOptions
-from rotator.errors import TransientError
-from rotator.provider import IssuedCredential
-from rotator.settings import Settings
+from rotator_providers.aws_iam import AwsIamAccessKeyProvider
+from rotator.audit import events as audit
+from rotator.wiring import App, load_credentials
+from rotator.core.clock import FakeClock
+from rotator.config.spec import LoadedCredential
+from rotator.daemon.loop import Daemon
+from rotator.engine.reconcile import Engine
+from rotator.engine.results import EngineOptions
+from rotator.core.errors import TransientError
+from rotator.core.provider import IssuedCredential
+from rotator.config.settings import Settings
 from rotator.testing.leaks import assert_no_leaks
-from rotator.vault import VaultStore
+from rotator.vault.store import VaultStore
 
 
 class EventLog:
@@ -129,7 +130,7 @@ def test_an_aws_outage_is_retried_across_ticks(world, events: EventLog) -> None:
     result = w.engine.reconcile(w.cred)
     assert result.status == "failed" and result.record.attempts == 1
     failed = next(e for e in events.events() if e["event"] == "rotation.failed")
-    # The first call to AWS is the start's search for keys a lost record forgot (rotator/baseline.py).
+    # The first call to AWS is the start's search for keys a lost record forgot (rotator/engine/baseline.py).
     assert failed["step"] == "start" and failed["will_retry"] is True
     monkeypatch.undo()
     w.engine.close()  # drop the provider that cached the unreachable endpoint

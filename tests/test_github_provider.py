@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
-from providers.github_app import (
+from rotator_providers.github_app import (
     DeployKeyParams,
     GitHubAppInstallationTokenProvider,
     GitHubDeployKeyProvider,
@@ -29,11 +29,11 @@ from providers.github_app import (
     new_ed25519_pair,
     openssh_fingerprint,
 )
-from providers.github_http import API_VERSION, app_jwt
-from rotator.clock import FakeClock
-from rotator.errors import PermanentError, RotatorError, TransientError
-from rotator.provider import IssueContext, IssuedCredential, ProviderContext
-from rotator.retry import call_with_retry
+from rotator_providers.github_http import API_VERSION, app_jwt
+from rotator.core.clock import FakeClock
+from rotator.core.errors import PermanentError, RotatorError, TransientError
+from rotator.core.provider import IssueContext, IssuedCredential, ProviderContext
+from rotator.engine.retry import call_with_retry
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.services import free_port
 from rotator.testing.conformance import ProviderConformance

@@ -152,7 +152,7 @@ def test_a_group_writable_file_is_read_with_a_warning(config_dir: Path) -> None:
 # even read (issue 11: each bad file is reported within a second). Checked by
 # what the interpreter imported, not by a clock: these machines are noisy,
 # and bench/hostile_validate.py measures the seconds (docs/SECURITY.md).
-HEAVY = ("hvac", "boto3", "botocore", "jwt", "joserfc", "croniter", "rotator.engine", "rotator.vault", "rotator.daemon")
+HEAVY = ("hvac", "boto3", "botocore", "jwt", "joserfc", "croniter", "rotator.engine.reconcile", "rotator.vault.store", "rotator.daemon.loop")
 
 
 def test_validate_loads_no_vault_client_engine_or_provider_sdk(config_dir: Path) -> None:
@@ -168,6 +168,6 @@ def test_validate_loads_no_vault_client_engine_or_provider_sdk(config_dir: Path)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     imported = set(next(line for line in result.stderr.splitlines() if line.startswith("IMPORTED ")).split()[1:])
-    assert "rotator.config" in imported and "providers.aws_iam" in imported  # the parse really ran, with the plugins
+    assert "rotator.config.loader" in imported and "rotator_providers.aws_iam" in imported  # the parse really ran, with the plugins
     loaded = sorted(name for name in imported if name.split(".")[0] in HEAVY or name in HEAVY)
     assert not loaded, f"validate imported {loaded}"

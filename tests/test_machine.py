@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rotator import machine as m
-from rotator.config import Schedule
-from rotator.provider import IssuedCredential
-from rotator.state import StateRecord
+from rotator.core import machine as m
+from rotator.core import transitions
+from rotator.core.schedule import Schedule
+from rotator.core.provider import IssuedCredential
+from rotator.core.state import StateRecord
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -25,14 +26,14 @@ def cred(n: int) -> IssuedCredential:
 def rotate(record: StateRecord, n: int, now: datetime, policy: m.Policy = POLICY, *, revoke_now: bool = False) -> StateRecord:
     """Drive one successful rotation through every phase."""
     reason = "manual" if revoke_now else "schedule"
-    record = m.apply(record, m.Started(f"r{n}", reason, revoke_now), policy, now)
+    record = transitions.apply(record, m.Started(f"r{n}", reason, revoke_now), policy, now)
     assert m.next_action(record, policy, now) in (m.Issue(), *[m.Deactivate(e.key.key_id) for e in record.retiring], *[m.Revoke(e.key.key_id) for e in record.retiring])
-    record = m.apply(record, m.IssueBegun(), policy, now)
-    record = m.apply(record, m.Issued(cred(n)), policy, now)
+    record = transitions.apply(record, m.IssueBegun(), policy, now)
+    record = transitions.apply(record, m.Issued(cred(n)), policy, now)
     assert m.next_action(record, policy, now) == m.Verify()
-    record = m.apply(record, m.Verified(1), policy, now)
+    record = transitions.apply(record, m.Verified(1), policy, now)
     assert m.next_action(record, policy, now) == m.Promote()
-    return m.apply(record, m.Promoted(live_version=n, jitter_seconds=0.0), policy, now)
+    return transitions.apply(record, m.Promoted(live_version=n, jitter_seconds=0.0), policy, now)
 
 
 def fresh() -> StateRecord:
@@ -46,13 +47,13 @@ def test_a_credential_never_rotated_is_due_at_once() -> None:
 
 def test_happy_path_makes_the_new_key_current_only_after_verification() -> None:
     """Issued and verified credentials stay pending; Promoted makes them current."""
-    record = m.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0)
-    record = m.apply(record, m.IssueBegun(), POLICY, T0)
-    record = m.apply(record, m.Issued(cred(1)), POLICY, T0)
+    record = transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0)
+    record = transitions.apply(record, m.IssueBegun(), POLICY, T0)
+    record = transitions.apply(record, m.Issued(cred(1)), POLICY, T0)
     assert record.current is None and record.pending and record.pending.phase == "issued"
-    record = m.apply(record, m.Verified(3), POLICY, T0)
+    record = transitions.apply(record, m.Verified(3), POLICY, T0)
     assert record.current is None
-    record = m.apply(record, m.Promoted(1, 0.0), POLICY, T0)
+    record = transitions.apply(record, m.Promoted(1, 0.0), POLICY, T0)
     assert record.current and record.current.key_id == "K1"
     assert record.pending is None and record.live_version == 1 and record.last_rotated_at == T0
     assert m.next_action(record, POLICY, T0 + DAY) is None
@@ -67,10 +68,10 @@ def test_previous_key_is_kept_for_grace_then_deactivated_then_revoked() -> None:
     assert [e.key.key_id for e in record.retiring] == ["K1"]
     assert m.next_action(record, POLICY, t1 + timedelta(hours=23, minutes=59)) is None
     assert m.next_action(record, POLICY, t1 + timedelta(hours=24)) == m.Deactivate("K1")
-    record = m.apply(record, m.Deactivated("K1"), POLICY, t1 + timedelta(hours=24))
+    record = transitions.apply(record, m.Deactivated("K1"), POLICY, t1 + timedelta(hours=24))
     assert m.next_action(record, POLICY, t1 + timedelta(days=7)) is None
     assert m.next_action(record, POLICY, t1 + timedelta(days=8)) == m.Revoke("K1")
-    record = m.apply(record, m.Revoked("K1"), POLICY, t1 + timedelta(days=8))
+    record = transitions.apply(record, m.Revoked("K1"), POLICY, t1 + timedelta(days=8))
     assert record.retiring == [] and record.current and record.current.key_id == "K2"
 
 
@@ -93,7 +94,7 @@ def test_revoke_now_skips_grace_and_the_deactivation_delay() -> None:
     record = rotate(record, 2, T0 + DAY, revoke_now=True)
     now = T0 + DAY
     assert m.next_action(record, POLICY, now) == m.Deactivate("K1")
-    record = m.apply(record, m.Deactivated("K1"), POLICY, now)
+    record = transitions.apply(record, m.Deactivated("K1"), POLICY, now)
     assert m.next_action(record, POLICY, now) == m.Revoke("K1")
 
 
@@ -101,25 +102,25 @@ def test_revoke_now_also_hurries_keys_still_in_grace() -> None:
     """A manual revoke-now rotation retires older keys before issuing."""
     record = rotate(rotate(fresh(), 1, T0), 2, T0 + timedelta(days=30))
     now = T0 + timedelta(days=30, hours=1)
-    record = m.apply(record, m.Started("r3", "manual", True), POLICY, now)
+    record = transitions.apply(record, m.Started("r3", "manual", True), POLICY, now)
     assert m.next_action(record, POLICY, now) == m.Deactivate("K1")
 
 
 def test_issue_failure_backs_off_then_sweeps_orphans_before_issuing_again() -> None:
     """A failed mint may have minted: the next attempt sweeps first."""
-    record = m.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0)
-    record = m.apply(record, m.IssueBegun(), POLICY, T0)
-    record = m.apply(record, m.Failed("issue", "AWS Throttling", transient=True), POLICY, T0)
+    record = transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0)
+    record = transitions.apply(record, m.IssueBegun(), POLICY, T0)
+    record = transitions.apply(record, m.Failed("issue", "AWS Throttling", transient=True), POLICY, T0)
     assert record.attempts == 1 and record.next_attempt_at == T0 + timedelta(seconds=30)
     assert m.next_action(record, POLICY, T0 + timedelta(seconds=10)) is None
     assert m.next_action(record, POLICY, T0 + timedelta(seconds=30)) == m.SweepOrphans()
-    record = m.apply(record, m.Swept(), POLICY, T0 + timedelta(seconds=30))
+    record = transitions.apply(record, m.Swept(), POLICY, T0 + timedelta(seconds=30))
     assert m.next_action(record, POLICY, T0 + timedelta(seconds=30)) == m.Issue()
 
 
 def test_a_crash_while_issuing_is_followed_by_a_sweep() -> None:
     """A record left in `issuing` resumes with an orphan sweep."""
-    record = m.apply(m.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0)
+    record = transitions.apply(transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0)
     assert m.next_action(record, POLICY, T0) == m.SweepOrphans()
 
 
@@ -127,12 +128,12 @@ def test_failed_verification_rolls_back_and_leaves_current_alone() -> None:
     """A new credential that fails verification is revoked; the live one stays."""
     record = rotate(fresh(), 1, T0)
     t1 = T0 + timedelta(days=30)
-    record = m.apply(record, m.Started("r2", "schedule"), POLICY, t1)
-    record = m.apply(m.apply(record, m.IssueBegun(), POLICY, t1), m.Issued(cred(2)), POLICY, t1)
-    record = m.apply(record, m.Failed("verify", "STS rejects it", transient=True), POLICY, t1)
+    record = transitions.apply(record, m.Started("r2", "schedule"), POLICY, t1)
+    record = transitions.apply(transitions.apply(record, m.IssueBegun(), POLICY, t1), m.Issued(cred(2)), POLICY, t1)
+    record = transitions.apply(record, m.Failed("verify", "STS rejects it", transient=True), POLICY, t1)
     assert record.pending and record.pending.phase == "rolling_back"
     assert m.next_action(record, POLICY, t1) == m.RollBack()
-    record = m.apply(record, m.RolledBack(), POLICY, t1)
+    record = transitions.apply(record, m.RolledBack(), POLICY, t1)
     assert record.pending is None and record.current and record.current.key_id == "K1"
     assert record.attempts == 1 and record.next_attempt_at == t1 + timedelta(seconds=30)
     assert record.retiring == []
@@ -142,8 +143,8 @@ def test_failed_verification_rolls_back_and_leaves_current_alone() -> None:
 
 def test_permanent_failure_blocks_until_the_file_changes_or_a_manual_rotation() -> None:
     """A state problem is not retried on a timer."""
-    record = m.apply(m.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0)
-    record = m.apply(record, m.Failed("issue", "LimitExceeded", transient=False), POLICY, T0)
+    record = transitions.apply(transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0)
+    record = transitions.apply(record, m.Failed("issue", "LimitExceeded", transient=False), POLICY, T0)
     assert record.blocked_fingerprint == "f1" and record.next_attempt_at is None
     assert m.next_action(record, POLICY, T0 + timedelta(days=365)) is None
     assert m.next_wake_at(record, POLICY) is None
@@ -158,20 +159,20 @@ def test_failed_revocations_are_retried_with_backoff() -> None:
     now = T0 + timedelta(days=31)
     for attempt in range(1, 12):
         assert m.next_action(record, NO_DEACTIVATION, now) == m.Revoke("K1")
-        record = m.apply(record, m.Failed("revoke", "503", transient=True, key_id="K1"), NO_DEACTIVATION, now)
+        record = transitions.apply(record, m.Failed("revoke", "503", transient=True, key_id="K1"), NO_DEACTIVATION, now)
         entry = record.retiring[0]
         assert entry.attempts == attempt
         assert entry.next_attempt_at is not None
-        assert entry.next_attempt_at - now <= m.BACKOFF_CAP
+        assert entry.next_attempt_at - now <= transitions.BACKOFF_CAP
         now = entry.next_attempt_at
     assert record.retiring[0].attempts == 11
 
 
 def test_backoff_doubles_and_caps_and_honours_retry_after() -> None:
     """30 s, 60 s, 120 s ... never above an hour, never below Retry-After."""
-    assert [m.backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
-    assert m.backoff(40) == m.BACKOFF_CAP
-    assert m.backoff(1, retry_after=600).total_seconds() == 600
+    assert [transitions.backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
+    assert transitions.backoff(40) == transitions.BACKOFF_CAP
+    assert transitions.backoff(1, retry_after=600).total_seconds() == 600
 
 
 def test_a_missed_due_time_rotates_once_not_once_per_period() -> None:
@@ -182,7 +183,7 @@ def test_a_missed_due_time_rotates_once_not_once_per_period() -> None:
     assert m.next_action(record, daily, back) == m.StartRotation("schedule")
     record = rotate(record, 2, back, daily)
     assert m.next_wake_at(record, daily) == back + timedelta(hours=1)  # the grace end of K1
-    record = m.apply(record, m.Revoked("K1"), daily, back + timedelta(hours=1))
+    record = transitions.apply(record, m.Revoked("K1"), daily, back + timedelta(hours=1))
     assert m.next_action(record, daily, back + timedelta(hours=23)) is None
     assert m.next_wake_at(record, daily) == back + DAY
 
@@ -206,16 +207,16 @@ def test_records_round_trip_through_vault_json() -> None:
 
 def test_record_repr_holds_no_secret() -> None:
     """Printing a record can never print a stashed secret."""
-    record = m.apply(m.apply(m.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0), m.Issued(cred(7)), POLICY, T0)
+    record = transitions.apply(transitions.apply(transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0), m.Issued(cred(7)), POLICY, T0)
     assert "s7" not in repr(record) and "s7" not in str(record) and "s7" not in str(record.summary())
 
 
 @pytest.mark.parametrize("phase_outcomes", [[], [m.IssueBegun()], [m.IssueBegun(), m.Issued(cred(5))]])
 def test_manual_request_resumes_a_pending_rotation(phase_outcomes: list) -> None:
     """`rotate NAME` while a rotation is unfinished finishes that one first."""
-    record = m.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0)
+    record = transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0)
     for outcome in phase_outcomes:
-        record = m.apply(record, outcome, POLICY, T0)
+        record = transitions.apply(record, outcome, POLICY, T0)
     action = m.next_action(record, POLICY, T0, m.Request())
     assert not isinstance(action, m.StartRotation)
 
@@ -250,6 +251,6 @@ def test_the_grace_clock_is_the_live_writes() -> None:
     record = rotate(fresh(), 1, T0, a)
     for outcome, policy in ((m.Started("r2", "schedule"), a), (m.IssueBegun(), a), (m.Issued(cred(2)), a), (m.Verified(1), a),
                             (m.LiveWritten(2), a)):
-        record = m.apply(record, outcome, policy, T0 + DAY)
-    record = m.apply(record, m.Promoted(2, 0.0), b, T0 + DAY + timedelta(minutes=5))
+        record = transitions.apply(record, outcome, policy, T0 + DAY)
+    record = transitions.apply(record, m.Promoted(2, 0.0), b, T0 + DAY + timedelta(minutes=5))
     assert record.retiring[0].clock == "boot-a" and record.retiring[0].revoke_after == T0 + DAY + a.grace

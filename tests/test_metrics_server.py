@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from helpers import DaemonProcess
-from rotator.listener import IDLE_TIMEOUT, MAX_CONNECTIONS
+from rotator.daemon.listener import IDLE_TIMEOUT, MAX_CONNECTIONS
 from rotator.sandbox.services import free_port
 
 SLOW = MAX_CONNECTIONS + 8

@@ -24,9 +24,9 @@ import pytest
 
 from aws_world import AwsWorld
 from helpers import write_credential
-from rotator.clock import parse_rfc3339
-from rotator.config import load_directory
-from rotator.provider import load_providers
+from rotator.core.clock import parse_rfc3339
+from rotator.config.loader import load_directory
+from rotator.engine.registry import load_providers
 from rotator.sandbox.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent

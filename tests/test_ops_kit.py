@@ -244,7 +244,8 @@ def test_the_token_expiry_gauge_source_is_inf_for_a_token_that_never_expires_and
     """VaultStore.token_expires_in, which the gauge is set from: None before
     the first lookup, inf for the root token (TTL 0), the TTL left for a
     child token; the alert stays quiet on inf (rotator-rules.test.yaml)."""
-    from rotator.vault import VaultConnection, VaultStore
+    from rotator.config.settings import VaultConnection
+    from rotator.vault.store import VaultStore
 
     root = VaultStore(VaultConnection(url=openbao.addr, token=openbao.token))
     assert root.token_expires_in() is None

@@ -8,14 +8,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from helpers import write_credential
-from rotator import machine as m
-from rotator.app import build_app, load_credentials
-from rotator.clock import FakeClock
-from rotator.config import LoadedCredential, load_file
+from rotator.core import machine as m
+from rotator.core import transitions
+from rotator.wiring import build_app, load_credentials
+from rotator.core.clock import FakeClock
+from rotator.config.spec import LoadedCredential
+from rotator.config.loader import load_file
 from rotator.commands.plan import collect_plan, plan_row
-from rotator.provider import IssuedCredential, load_providers
-from rotator.settings import Settings
-from rotator.state import Pause, StateRecord
+from rotator.core.provider import IssuedCredential
+from rotator.engine.registry import load_providers
+from rotator.config.settings import Settings
+from rotator.core.state import Pause, StateRecord
 
 NOW = datetime(2026, 3, 4, 12, tzinfo=UTC)  # a Wednesday
 
@@ -35,7 +38,7 @@ def rotated(c: LoadedCredential, at: datetime, n: int = 1, record: StateRecord |
     record = record or StateRecord.new("c", "aws.iam_access_key")
     for outcome in (m.Started(f"r{n}", "manual"), m.IssueBegun(), m.Issued(IssuedCredential(key_id=f"K{n}", data={}, handle={})),
                     m.Verified(1), m.Promoted(n, 0.0)):
-        record = m.apply(record, outcome, policy(c), at)
+        record = transitions.apply(record, outcome, policy(c), at)
     return record
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from helpers import parse_events, run_rotator, write_credential
-from rotator.faults import ENV, crash_env
-from rotator.settings import Settings, parse_go_bool
+from rotator.core.crashpoints import ENV, crash_env
+from rotator.config.settings import Settings, parse_go_bool
 
 GO_TRUE = ["1", "t", "T", "TRUE", "true", "True"]
 GO_FALSE = ["0", "f", "F", "FALSE", "false", "False", ""]
@@ -60,8 +60,8 @@ def test_run_and_rotate_turn_core_dumps_off(tmp_path: Path) -> None:
     probe.write_text(
         "import resource, sys\n"
         "from rotator.cli import _configure_logging\n"
-        "from rotator.hardening import is_dumpable\n"
-        "from rotator.settings import Settings\n"
+        "from rotator.daemon.hardening import is_dumpable\n"
+        "from rotator.config.settings import Settings\n"
         "before = (resource.getrlimit(resource.RLIMIT_CORE), is_dumpable())\n"
         "_configure_logging(Settings(log_format='json'))\n"
         "after = (resource.getrlimit(resource.RLIMIT_CORE), is_dumpable())\n"

@@ -24,10 +24,12 @@ import pytest
 import requests
 
 from helpers import DaemonProcess, SecretLedger, names, parse_events, run_rotator, write_credential
-from rotator.errors import CasMismatchError
-from rotator.faults import pause_env
+from rotator.core.errors import CasMismatchError
+from rotator.core.crashpoints import pause_env
 from rotator.sandbox.services import MotoServer, RaftCluster, free_port
-from rotator.vault import ConsistencyIndex, VaultConnection, VaultStore, Versioned, _session_for
+from rotator.vault.session import ConsistencyIndex, _session_for
+from rotator.config.settings import VaultConnection
+from rotator.vault.store import VaultStore, Versioned
 
 
 def index(cluster: str, value: int) -> str:

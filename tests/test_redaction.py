@@ -12,9 +12,9 @@ import string
 
 import pytest
 
-from rotator import audit
-from rotator.fields import secret_lookalike
-from rotator.redaction import MIN_FRAGMENT, REDACTED, SecretRegistry
+from rotator.audit import events as audit
+from rotator.core.validators import secret_lookalike
+from rotator.core.redaction import MIN_FRAGMENT, REDACTED, SecretRegistry
 from rotator.testing.leaks import find_leaks, leak_forms
 
 
@@ -137,9 +137,9 @@ def test_unregistered_lookalikes_are_masked_whole() -> None:
 def test_the_aws_provider_registers_assumed_role_credentials_and_new_keys(aws_env, iam_admin, iam_user: str, unique: str) -> None:  # type: ignore[no-untyped-def]
     """STS session credentials (`role_arn`), the rotator's own AWS secret and each new
     secret access key are registered the moment the provider holds them (moto)."""
-    from providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
-    from rotator.clock import SystemClock
-    from rotator.provider import IssueContext, ProviderContext
+    from rotator_providers.aws_iam import AwsIamAccessKeyProvider, AwsIamParams
+    from rotator.core.clock import SystemClock
+    from rotator.core.provider import IssueContext, ProviderContext
 
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
     role = iam_admin.create_role(RoleName=f"rot-{unique}", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]

@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 
 from fake_provider import WORLDS, FakeParams, FakeProvider, KeyWorld
-from rotator import audit, holder
-from rotator.clock import FakeClock
-from rotator.config import CredentialSpec, LoadedCredential
-from rotator.engine import Engine, EngineOptions
-from rotator.errors import TransientError
-from rotator.machine import Request
-from rotator.vault import VaultStore
+from rotator.audit import events as audit
+from rotator.core import holder
+from rotator.core.clock import FakeClock
+from rotator.config.spec import CredentialSpec, LoadedCredential
+from rotator.engine.reconcile import Engine
+from rotator.engine.results import EngineOptions
+from rotator.core.errors import TransientError
+from rotator.core.actions import Request
+from rotator.vault.store import VaultStore
 
 
 class EventLog:
@@ -63,7 +65,7 @@ class World:
         WORLDS[self.world_id] = self.keys
         self.prefix = f"rotator-test/{unique}"
         self.bao = bao_client
-        from rotator.settings import Settings
+        from rotator.config.settings import Settings
 
         settings = Settings(state_prefix=self.prefix, vault_addr=openbao.addr, vault_token=openbao.token)
         self.store = FaultyStore(settings.vault_connection())
@@ -338,9 +340,9 @@ def test_failed_rollback_logs_an_event(world: World, events: EventLog) -> None:
 
 def test_blocked_credential_costs_no_vault_read_per_tick(world: World) -> None:
     """A blocked credential with nothing to retire is not read on every tick."""
-    from rotator.app import App
-    from rotator.daemon import CredentialView, Daemon
-    from rotator.settings import Settings
+    from rotator.wiring import App
+    from rotator.daemon.loop import CredentialView, Daemon
+    from rotator.config.settings import Settings
 
     world.keys.add_static()
     world.keys.add_static()  # two unmanaged keys: NoCapacity, blocked until the file changes
@@ -379,7 +381,7 @@ def test_malformed_state_record_gives_a_clean_message(rotator_env, config_dir, b
 
 
 def _adopt(world: World, cred: LoadedCredential | None = None):  # type: ignore[no-untyped-def]
-    from rotator.adoption import adopt
+    from rotator.engine.adoption import adopt
 
     return adopt(world.engine, cred or world.cred)
 
@@ -474,9 +476,9 @@ def test_deleted_file_keeps_revoking_superseded_keys_on_schedule(openbao, aws_en
     """Contract §6.9: a removed file's superseded key is still revoked on
     schedule, and its live key is left alone. Real moto, real daemon pass."""
     from helpers import write_credential
-    from rotator.app import App
-    from rotator.daemon import Daemon
-    from rotator.settings import Settings
+    from rotator.wiring import App
+    from rotator.daemon.loop import Daemon
+    from rotator.config.settings import Settings
 
     from datetime import UTC, datetime
 

@@ -24,16 +24,17 @@ import pytest
 import yaml
 
 from helpers import run_rotator
-from providers.github_app import new_ed25519_pair
-from rotator import audit
-from rotator.app import build_app
-from rotator.config import LoadedCredential, load_file
-from rotator.policy import ApiHostRule, TrustRules
-from rotator.fields import secret_lookalike
-from rotator.provider import load_providers
+from rotator_providers.github_app import new_ed25519_pair
+from rotator.audit import events as audit
+from rotator.wiring import build_app
+from rotator.config.spec import LoadedCredential
+from rotator.config.loader import load_file
+from rotator.config.policy import ApiHostRule, TrustRules
+from rotator.core.validators import secret_lookalike
+from rotator.engine.registry import load_providers
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.services import MotoServer, OpenBaoServer
-from rotator.settings import Settings
+from rotator.config.settings import Settings
 from rotator.testing.leaks import assert_no_leaks
 
 REPO = "acme/deploy"

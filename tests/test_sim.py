@@ -22,9 +22,11 @@ from datetime import timedelta
 
 import pytest
 
-from rotator import machine
+from rotator.core import machine
+from rotator.core import transitions
 from rotator.testing.sim import explorer
-from rotator.testing.sim.explorer import Schedule, replay, run, shrink, sweep
+from rotator.testing.sim.explorer import Schedule, replay, run, shrink
+from rotator.testing.sim.sweep import sweep
 from rotator.testing.sim.faults import ALL_FAULTS, CallFault
 from rotator.testing.sim.quiet import quiet_logs
 from rotator.testing.sim.world import World
@@ -151,7 +153,7 @@ def test_a_replay_is_exact() -> None:
 
 def test_the_invariants_catch_a_planted_grace_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine that revokes at once is caught, and the schedule shrinks to a short replay."""
-    real = machine._promoted
+    real = transitions._promoted
 
     def no_grace(record, outcome, policy, now):  # type: ignore[no-untyped-def]
         return real(record, outcome, policy.__class__(policy.schedule, timedelta(0), policy.retire_delay, policy.fingerprint), now)
@@ -202,7 +204,7 @@ def test_a_crash_drops_the_process_and_a_fresh_one_resumes() -> None:
 def test_a_lease_from_another_clock_is_trusted_the_allowance_past_its_expiry() -> None:
     """Sim F11, the lease half: a holder on another host may read its lease
     as running for up to the allowance after our clock says it expired."""
-    from rotator.state import Lease
+    from rotator.core.state import Lease
     from rotator.testing.sim.world import SKEW_ALLOWANCE
 
     world = World("webhook")

@@ -1,5 +1,5 @@
 """The simulation's KV v2 model against the real OpenBao: the same
-operations, through `rotator.vault.VaultStore` and through `KvModel`, give
+operations, through `rotator.vault.store.VaultStore` and through `KvModel`, give
 the same results and the same errors, so the model cannot drift from the
 thing it stands for."""
 
@@ -12,7 +12,8 @@ from typing import Any
 import hvac
 
 from rotator.testing.sim.kv import KvModel
-from rotator.vault import VaultConnection, VaultStore
+from rotator.config.settings import VaultConnection
+from rotator.vault.store import VaultStore
 
 
 class RealOperator:

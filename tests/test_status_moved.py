@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from rotator.compliance.inventory import render_status_table, status_row
-from rotator.state import StateRecord
+from rotator.core.state import StateRecord
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 

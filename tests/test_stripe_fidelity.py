@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from helpers import write_credential
-from providers.stripe_permissions import PERMISSIONS, suggestion
-from rotator.config import load_directory
-from rotator.provider import load_providers
+from rotator_providers.stripe_permissions import PERMISSIONS, suggestion
+from rotator.config.loader import load_directory
+from rotator.engine.registry import load_providers
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "credentials.d" / "payments-api-key.yaml"
@@ -64,10 +64,10 @@ def test_catalogue_names_are_singular_and_suggestions_are_in_it() -> None:
 
 import httpx  # noqa: E402
 
-from providers.stripe_api import StripeManagedApiKeyParams, StripeManagedApiKeyProvider  # noqa: E402
-from rotator.clock import FakeClock  # noqa: E402
-from rotator.errors import TransientError  # noqa: E402
-from rotator.provider import IssueContext, ProviderContext  # noqa: E402
+from rotator_providers.stripe_api import StripeManagedApiKeyParams, StripeManagedApiKeyProvider  # noqa: E402
+from rotator.core.clock import FakeClock  # noqa: E402
+from rotator.core.errors import TransientError  # noqa: E402
+from rotator.core.provider import IssueContext, ProviderContext  # noqa: E402
 from rotator.sandbox.stripe import FakeStripe  # noqa: E402
 
 ACCOUNT = "acct_1RotatorFidelity"
@@ -156,7 +156,7 @@ def test_a_fresh_key_that_gets_401_is_not_live_yet_not_dead() -> None:
 
 def test_sandbox_v2_retry_returns_an_updated_response_without_the_secret(world: World) -> None:
     """Same Idempotency-Key on /v2: one key, and the retry's answer carries no secret (docs: v2 does not replay)."""
-    from providers.stripe_jwe import EphemeralKeyPair
+    from rotator_providers.stripe_jwe import EphemeralKeyPair
 
     pair = EphemeralKeyPair()
     headers = {"Authorization": f"Bearer {world.app_key}", "Stripe-Version": "2026-08-26.preview",
@@ -184,7 +184,7 @@ def test_lost_create_leaves_no_second_key(world: World) -> None:
 
 def test_long_names_fit_stripe_and_stay_unique(world: World) -> None:
     """Prefix 32 + credential 63 + rotation id overflow 100 chars: names are shortened, still unique and parsed."""
-    from providers.stripe_http import KEY_NAME_LIMIT
+    from rotator_providers.stripe_http import KEY_NAME_LIMIT
 
     long_prefix, long_name = "p" * 32, "c" * 63
     provider = StripeManagedApiKeyProvider(

@@ -16,16 +16,16 @@ import stripe
 from joserfc.jwk import RSAKey
 from pydantic import ValidationError
 
-from providers.stripe_api import (
+from rotator_providers.stripe_api import (
     StripeManagedApiKeyParams,
     StripeManagedApiKeyProvider,
     StripeWebhookSecretParams,
     StripeWebhookSecretProvider,
 )
-from providers.stripe_http import parse_mark, resolve_page_url
-from rotator.clock import FakeClock
-from rotator.errors import NotFoundError, PermanentError, RotatorError, TransientError
-from rotator.provider import IssueContext, KeyMark, ProviderContext
+from rotator_providers.stripe_http import parse_mark, resolve_page_url
+from rotator.core.clock import FakeClock
+from rotator.core.errors import NotFoundError, PermanentError, RotatorError, TransientError
+from rotator.core.provider import IssueContext, KeyMark, ProviderContext
 from rotator.sandbox.stripe import FakeStripe
 from rotator.sandbox.stripe_state import JweSettings
 from rotator.testing.conformance import ProviderConformance

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from rotator.config import Schedule
-from rotator.state import StateRecord
-from rotator.timetable import EPOCH, base_due_at, draw_jitter, due_at
+from rotator.core.schedule import Schedule
+from rotator.core.state import StateRecord
+from rotator.core.timetable import EPOCH, base_due_at, draw_jitter, due_at
 
 T0 = datetime(2026, 3, 2, 10, 17, tzinfo=UTC)  # a Monday
 

@@ -25,18 +25,22 @@ import yaml
 
 from helpers import run_rotator, write_credential
 from rotator.compliance import alerts
-from rotator import audit, metrics, usage
+from rotator.audit import events as audit
+from rotator.daemon import metrics
+from rotator.core import usage
 from rotator.commands import plan
-from rotator.app import App, build_app, load_credentials
-from rotator.clock import FakeClock, parse_rfc3339
-from rotator.config import LoadedCredential, Revocation, load_directory, load_file
-from rotator.daemon import Daemon
-from rotator.machine import Request
-from rotator.policy import ApiHostRule, TrustRules
-from rotator.provider import load_providers
+from rotator.wiring import App, build_app, load_credentials
+from rotator.core.clock import FakeClock, parse_rfc3339
+from rotator.config.spec import LoadedCredential
+from rotator.core.schedule import Revocation
+from rotator.config.loader import load_directory, load_file
+from rotator.daemon.loop import Daemon
+from rotator.core.actions import Request
+from rotator.config.policy import ApiHostRule, TrustRules
+from rotator.engine.registry import load_providers
 from rotator.sandbox.github import FakeGitHub
-from rotator.settings import Settings
-from rotator.state import KeyRecord, Retiring
+from rotator.config.settings import Settings
+from rotator.core.state import KeyRecord, Retiring
 from rotator.testing.leaks import assert_no_leaks
 
 
@@ -337,7 +341,7 @@ def test_a_pause_holds_the_schedule_until_its_end_then_the_rotation_logs_the_res
 ) -> None:
     """Paused past the due time: nothing; once `until` passes, the next pass rotates and logs rotation.resumed (by: until)."""
     from rotator.commands.pause import change_pause
-    from rotator.state import Pause
+    from rotator.core.state import Pause
 
     w = aws_use(openbao, moto, aws_env, iam_admin, iam_user, config_dir, unique)
     w.rotate()

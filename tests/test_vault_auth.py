@@ -26,13 +26,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from rotator.app import build_store, load_settings
-from rotator.errors import ConfigError, PermanentError, VaultUnavailableError
+from rotator.wiring import build_store, load_settings
+from rotator.core.errors import ConfigError, PermanentError, VaultUnavailableError
 from rotator.sandbox.services import OpenBaoServer, free_port
-from rotator.settings import Settings
+from rotator.config.settings import Settings
 from rotator.testing.leaks import assert_no_leaks
-from rotator.vault import VaultConnection, VaultStore
-from rotator.vault_auth import TokenLease, TokenSession, VaultDeniedError, is_capped, renew_due_at, retry_delay
+from rotator.config.settings import VaultConnection
+from rotator.vault.store import VaultStore
+from rotator.vault.auth import TokenLease, TokenSession, VaultDeniedError, is_capped, renew_due_at, retry_delay
 
 # -- a fake Vault and clock for the session's decisions ----------------------------
 

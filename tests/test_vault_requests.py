@@ -15,12 +15,13 @@ import pytest
 
 from counting_proxy import CountingProxy, Seen
 from helpers import run_rotator, write_credential
-from rotator.app import App
-from rotator.clock import FakeClock
-from rotator.daemon import Daemon
-from rotator.engine import Engine, EngineOptions
-from rotator.settings import Settings
-from rotator.vault import VaultStore
+from rotator.wiring import App
+from rotator.core.clock import FakeClock
+from rotator.daemon.loop import Daemon
+from rotator.engine.reconcile import Engine
+from rotator.engine.results import EngineOptions
+from rotator.config.settings import Settings
+from rotator.vault.store import VaultStore
 
 SCHEDULED_ROTATION_MAX = 6  # in a running daemon, revocation counted on its own
 REVOKE_NOW_RUN_MAX = 10  # a whole `rotate NAME --revoke-now`, as a fresh process

@@ -8,11 +8,12 @@ import hvac
 import pytest
 
 from policy_token import vault_policy_token
-from rotator.errors import CasMismatchError, NotFoundError, PermanentError, TransientError, VaultUnavailableError
+from rotator.core.errors import CasMismatchError, NotFoundError, PermanentError, TransientError, VaultUnavailableError
 from rotator.sandbox.services import OpenBaoServer, free_port
-from rotator.settings import Settings
+from rotator.config.settings import Settings
 from rotator.testing.leaks import assert_no_leaks
-from rotator.vault import MAX_METADATA_KEYS, VaultConnection, VaultStore, Versioned
+from rotator.vault.store import MAX_METADATA_KEYS, VaultStore, Versioned
+from rotator.config.settings import VaultConnection
 
 
 @pytest.fixture

@@ -17,10 +17,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from openapi_check import problems
-from providers.github_app import DeployKeyParams, GitHubAppInstallationTokenProvider, GitHubDeployKeyProvider, InstallationTokenParams
-from providers.stripe_api import StripeManagedApiKeyParams, StripeManagedApiKeyProvider, StripeWebhookSecretParams, StripeWebhookSecretProvider
-from rotator.clock import FakeClock
-from rotator.provider import IssueContext, ProviderContext
+from rotator_providers.github_app import (
+    DeployKeyParams,
+    GitHubAppInstallationTokenProvider,
+    GitHubDeployKeyProvider,
+    InstallationTokenParams,
+)
+from rotator_providers.stripe_api import (
+    StripeManagedApiKeyParams,
+    StripeManagedApiKeyProvider,
+    StripeWebhookSecretParams,
+    StripeWebhookSecretProvider,
+)
+from rotator.core.clock import FakeClock
+from rotator.core.provider import IssueContext, ProviderContext
 from rotator.sandbox.exchanges import Exchange, observe
 from rotator.sandbox.github import FakeGitHub
 from rotator.sandbox.stripe import FakeStripe

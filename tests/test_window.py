@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from helpers import write_credential
-from rotator import machine as m
-from rotator.config import Schedule, Window, load_directory
-from rotator.provider import IssuedCredential, load_providers
-from rotator.state import Pause, StateRecord
-from rotator.timetable import base_due_at, due_at
+from rotator.core import machine as m
+from rotator.core import transitions
+from rotator.core.schedule import Schedule, Window
+from rotator.config.loader import load_directory
+from rotator.core.provider import IssuedCredential
+from rotator.engine.registry import load_providers
+from rotator.core.state import Pause, StateRecord
+from rotator.core.timetable import base_due_at, due_at
 
 BERLIN = "Europe/Berlin"
 SPRING = datetime(2026, 3, 29, tzinfo=UTC)  # Sunday: 02:00 CET -> 03:00 CEST at 01:00 UTC
@@ -127,7 +130,7 @@ def promoted(now: datetime, n: int = 1, *, record: StateRecord | None = None) ->
     record = record or StateRecord.new("c", "p")
     for phase in (m.Started(f"r{n}", "manual"), m.IssueBegun(),
                   m.Issued(IssuedCredential(key_id=f"K{n}", data={}, handle={})), m.Verified(1), m.Promoted(n, 0.0)):
-        record = m.apply(record, phase, POLICY, now)
+        record = transitions.apply(record, phase, POLICY, now)
     return record
 
 
@@ -164,7 +167,7 @@ def test_a_pause_stops_scheduled_rotations_but_not_due_revocations() -> None:
     paused = two.model_copy(update={"paused": pause})
     later = NIGHT + timedelta(hours=2)
     assert m.next_action(paused, POLICY, later) == m.Revoke("K1")  # the revocation due still happens
-    done = m.apply(paused, m.Revoked("K1"), POLICY, later)
+    done = transitions.apply(paused, m.Revoked("K1"), POLICY, later)
     due = NIGHT + timedelta(days=30)
     assert m.next_action(done, POLICY, due) is None
     assert m.next_action(done, POLICY, due, m.Request()) == m.StartRotation("manual")

@@ -14,7 +14,7 @@ from pathlib import Path
 from aws_world import AwsWorld
 from counting_proxy import CountingProxy, aws_mutations, vault_writes
 from helpers import DaemonProcess, names, run_rotator, write_credential
-from rotator.clock import parse_rfc3339
+from rotator.core.clock import parse_rfc3339
 
 
 def closed_window() -> dict[str, str]:

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from rotator.audit.chain import GENESIS, AuditChainError, Tip, canonical_json, seq_span
 from rotator.audit.writer import AuditFile
-from rotator.clock import Clock, SystemClock, to_rfc3339
-from rotator.errors import CasMismatchError, RotatorError
+from rotator.core.clock import Clock, SystemClock, to_rfc3339
+from rotator.core.errors import CasMismatchError, RotatorError
 
 if TYPE_CHECKING:
-    from rotator.vault import VaultStore  # hvac loads only when an anchor is read or written
+    from rotator.vault.store import VaultStore  # hvac loads only when an anchor is read or written
 
 ANCHOR_INTERVAL_SECONDS = 30.0  # "at least once a minute while it appends"
 SIGNATURE_FIELD = "signature"
@@ -219,7 +219,7 @@ class Anchorer:
     def log(self) -> Any:
         if self._log is not None:
             return self._log()
-        from rotator.audit import get_logger
+        from rotator.audit.events import get_logger
 
         return get_logger()
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rotator.errors import RotatorError
+from rotator.core.errors import RotatorError
 
 GENESIS_HASH = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "hash")
@@ -303,8 +303,6 @@ def commit(fd: int, chain_fd: int, directory: Path, tip: Tip, record: Mapping[st
     if st.st_size == 0:
         fsync_dir(directory)  # a new file's name must survive a crash too
     write_state(chain_fd, ChainState(Tip(record["seq"], record["hash"]), None, chain_id), directory)
-
-
 
 
 def read_first_line(fd: int, limit: int = 1 << 20) -> bytes:

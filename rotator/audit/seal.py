@@ -31,7 +31,7 @@ from rotator.audit.chain import (
     write_state,
 )
 from rotator.audit.verify import TornTail, Walk
-from rotator.clock import Clock, SystemClock, to_rfc3339
+from rotator.core.clock import Clock, SystemClock, to_rfc3339
 
 
 def seal(

@@ -1,4 +1,4 @@
-"""`rotator adopt NAME` on the command line (the logic: rotator.adoption)."""
+"""`rotator adopt NAME` on the command line (the logic: rotator.engine.adoption)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ def adopt(name: str, config_dir: Path | None) -> None:
     next rotation retires it after grace. Logs credential.adopted. Exits 0
     when adopted, 1 on a Vault or provider error (or while a rotation holds
     the lease), 2 when NAME is not a valid credential."""
-    from rotator.adoption import adopt as adopt_live
-    from rotator.app import build_app
     from rotator.cli import EXIT_CONFIG, EXIT_FAILED, _configure_logging, _load_credentials, _log, _settings
-    from rotator.errors import RotatorError
+    from rotator.core.errors import RotatorError
+    from rotator.engine.adoption import adopt as adopt_live
+    from rotator.wiring import build_app
 
     settings = _settings(config_dir)
     _configure_logging(settings)

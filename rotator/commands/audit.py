@@ -17,13 +17,13 @@ import click
 
 from rotator.audit.anchor import AnchorStore, Stored, public_key_pem, signature_problem
 from rotator.audit.chain import AuditChainError, Tip, read_chain_state, seq_span
-from rotator.audit.verify import VerifyResult, declared_chain_id, parse_from, verify
 from rotator.audit.seal import seal
-from rotator.errors import ConfigError, RotatorError
-from rotator.settings import Settings
+from rotator.audit.verify import VerifyResult, declared_chain_id, parse_from, verify
+from rotator.config.settings import Settings
+from rotator.core.errors import ConfigError, RotatorError
 
 if TYPE_CHECKING:
-    from rotator.vault import VaultStore  # hvac loads only for the commands that reach Vault
+    from rotator.vault.store import VaultStore  # hvac loads only for the commands that reach Vault
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
 
@@ -134,7 +134,7 @@ class _Anchor:
 
 
 def _settings() -> Settings:
-    from rotator.app import load_settings
+    from rotator.wiring import load_settings
 
     try:
         return load_settings()
@@ -146,8 +146,8 @@ def _settings() -> Settings:
 
 def _vault(settings: Settings) -> VaultStore:
     """A logged-in store; its log events (a Vault login) go to stderr, as for `status`."""
-    from rotator.app import configure_logging
-    from rotator.vault import VaultStore
+    from rotator.vault.store import VaultStore
+    from rotator.wiring import configure_logging
 
     configure_logging(settings, stream=sys.stderr, with_audit_file=False)
     store = VaultStore(settings.vault_connection())

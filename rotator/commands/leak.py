@@ -1,4 +1,4 @@
-"""`rotator leaked` on the command line (the logic: rotator.leak)."""
+"""`rotator leaked` on the command line (the logic: rotator.engine.leak)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ def leaked(digest: str | None, wait_seconds: float, config_dir: Path | None) -> 
     Exits 0 when the matching credential was rotated, 1 when that failed,
     2 on a usage error (nothing on stdin), 3 when the value matches nothing
     the rotator manages."""
-    from rotator import leak
-    from rotator.app import build_app
-    from rotator.audit import redact_text
+    from rotator.audit.events import redact_text
     from rotator.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _configure_logging, _load_credentials, _log, _settings
-    from rotator.errors import RotatorError
+    from rotator.core.errors import RotatorError
+    from rotator.engine import leak
+    from rotator.wiring import build_app
 
     settings = _settings(config_dir)
     if digest is not None:
@@ -73,7 +73,7 @@ def leaked(digest: str | None, wait_seconds: float, config_dir: Path | None) -> 
 
 
 def _read_value() -> str | None:
-    from rotator.leak import MAX_VALUE_BYTES
+    from rotator.engine.leak import MAX_VALUE_BYTES
 
     if sys.stdin is None:
         return None

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import click
 
-from rotator.clock import parse_rfc3339, to_rfc3339
-from rotator.errors import CasMismatchError, RotatorError
-from rotator.fields import parse_duration, secret_lookalike
-from rotator.state import Pause, StateRecord
+from rotator.core.clock import parse_rfc3339, to_rfc3339
+from rotator.core.errors import CasMismatchError, RotatorError
+from rotator.core.state import Pause, StateRecord
+from rotator.core.validators import parse_duration, secret_lookalike
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_REASON = 500
@@ -94,8 +94,8 @@ def _event_fields(pause: Pause) -> dict[str, object]:
 
 
 def _load(name: str, config_dir: Path | None):  # type: ignore[no-untyped-def]
-    from rotator.app import build_app
     from rotator.cli import _configure_logging, _load_credentials, _log, _settings
+    from rotator.wiring import build_app
 
     settings = _settings(config_dir)
     _configure_logging(settings)

@@ -21,11 +21,11 @@ from typing import Any
 
 import click
 
-from rotator import machine
-from rotator.clock import to_rfc3339
-from rotator.config import LoadedCredential, LoadResult
-from rotator.state import Retiring, StateRecord, StateRecordError
-from rotator.timetable import EPOCH, due_at, scheduled_at
+from rotator.config.spec import LoadedCredential, LoadResult
+from rotator.core import machine
+from rotator.core.clock import to_rfc3339
+from rotator.core.state import Retiring, StateRecord, StateRecordError
+from rotator.core.timetable import EPOCH, due_at, scheduled_at
 
 
 def plan_row(cred: LoadedCredential, record: StateRecord | None, policy: machine.Policy, now: datetime) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def plan_command(as_json: bool, config_dir: Path | None) -> None:
     revocation with the key's last use), paused or blocked. Reads Vault
     only: never calls a provider and never writes. Exits 1 when Vault is
     unreachable."""
-    from rotator.audit import SECRETS, redact_text
+    from rotator.audit.events import SECRETS, redact_text
     from rotator.cli import _read_state
 
     rows = _read_state(config_dir, collect_plan)

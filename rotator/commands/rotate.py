@@ -1,4 +1,4 @@
-"""`rotator rotate` on the command line (the logic: rotator.mass)."""
+"""`rotator rotate` on the command line (the logic: rotator.engine.mass)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def rotate(names: tuple[str, ...], everything: bool, provider_kind: str | None, 
     one. Exits 0 when every selected credential was rotated, 1 when any
     failed, was rolled back or was not started, 2 when the selection names
     no valid credential."""
-    from rotator import mass
-    from rotator.app import build_app
     from rotator.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _configure_logging, _load_credentials, _log, _settings
-    from rotator.errors import RotatorError
+    from rotator.core.errors import RotatorError
+    from rotator.engine import mass
+    from rotator.wiring import build_app
 
     settings = _settings(config_dir)
     err = mass.stderr()
@@ -62,7 +62,7 @@ def rotate(names: tuple[str, ...], everything: bool, provider_kind: str | None, 
     try:
         app = build_app(settings, shutdown=stop)
     except RotatorError as exc:
-        from rotator.audit import redact_text
+        from rotator.audit.events import redact_text
 
         _log().error("rotation.failed", credential=creds[0].spec.name if len(creds) == 1 else None, step="start",
                      error=redact_text(str(exc)), will_retry=False, next_attempt_at=None)
@@ -75,7 +75,7 @@ def rotate(names: tuple[str, ...], everything: bool, provider_kind: str | None, 
     if everything:
         outcomes += mass.invalid_outcomes(loaded)
     if len(outcomes) > 1 or not outcomes[0].is_ok:
-        from rotator.audit import SECRETS
+        from rotator.audit.events import SECRETS
 
         click.echo(SECRETS.scrub(mass.render_summary(outcomes, elapsed=time.monotonic() - started)), err=True, nl=False)
     sys.exit(EXIT_OK if all(o.is_ok for o in outcomes) else EXIT_FAILED)

@@ -2,7 +2,7 @@
 generic JSON webhook and/or a Slack incoming webhook (docs/COMPLIANCE.md).
 
 The dispatcher is a structlog processor placed after redaction (see
-`rotator.audit.configure(alert_sink=...)`), so an alert is built from the
+`rotator.audit.events.configure(alert_sink=...)`), so an alert is built from the
 event exactly as it is logged.
 
 Invariants:
@@ -17,7 +17,7 @@ Invariants:
   bounded, and when it is full the alert is dropped with a logged warning;
 - one alert per (event, credential, key_id) within the dedup window;
 - deliveries run on one background thread, each retried with backoff on
-  transient failures (5xx, 429, network) through `rotator.retry`; a final
+  transient failures (5xx, 429, network) through `rotator.engine.retry`; a final
   failure is logged (`alert.failed`), never raised.
 """
 
@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from rotator import __version__
-from rotator.audit import get_logger, register_secret
-from rotator.clock import Clock, SystemClock
-from rotator.errors import RotatorError, TransientError
-from rotator.retry import RetryPolicy, call_with_retry
-from rotator.webhooks import check_status, drain, shut_down, work_through
+from rotator.audit.events import get_logger, register_secret
+from rotator.core.clock import Clock, SystemClock
+from rotator.core.errors import RotatorError, TransientError
+from rotator.engine.retry import RetryPolicy, call_with_retry
+from rotator.engine.webhooks import check_status, drain, shut_down, work_through
 
 if TYPE_CHECKING:
-    from rotator.settings import Settings
+    from rotator.config.settings import Settings
 
 FINDING_EVENTS = frozenset({"credential.overdue", "credential.unused", "credential.unmanaged"})
 # Usage-aware revocation (contract §6.10): a key still in use past grace, and

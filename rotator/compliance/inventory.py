@@ -7,16 +7,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rotator import machine
-from rotator.audit import redact_text
-from rotator.clock import to_rfc3339
-from rotator.config import LoadResult
-from rotator.fields import format_duration
-from rotator.state import StateRecord
-from rotator.timetable import due_at
+from rotator.audit.events import redact_text
+from rotator.config.spec import LoadResult
+from rotator.core import machine
+from rotator.core.clock import to_rfc3339
+from rotator.core.state import StateRecord
+from rotator.core.timetable import due_at
+from rotator.core.validators import format_duration
 
 if TYPE_CHECKING:  # the composition root, above this layer: its type only
-    from rotator.app import App
+    from rotator.wiring import App
 
 
 def _age(now: datetime, since: datetime | None) -> str | None:

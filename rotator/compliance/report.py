@@ -9,8 +9,8 @@ Invariants:
 - it only reads: Vault state records (through `rotator.compliance.inventory`) and
   provider listings; it never changes a key or a record;
 - no secret value: rows are built from `StateRecord.summary()` (records
-  hold none, see `rotator.records`), key ids and error messages, scrubbed
-  (`rotator.audit.redact_text`); an unexpected exception is named by its
+  hold none, see `rotator.vault.records`), key ids and error messages, scrubbed
+  (`rotator.audit.events.redact_text`); an unexpected exception is named by its
   type only;
 - a provider that cannot list says so ("not listable"); one that fails to
   list says why, and the other rows are unaffected.
@@ -25,19 +25,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rotator import retry
-from rotator.audit import redact_text
-from rotator.clock import to_rfc3339
-from rotator.compliance.scan import Finding, assess, provider_reports_last_use
-from rotator.config import LoadedCredential, LoadResult
-from rotator.errors import RotatorError
-from rotator.fields import format_duration
+from rotator.audit.events import redact_text
 from rotator.compliance.inventory import collect_status
-from rotator.provider import Provider
-from rotator.timetable import EPOCH
+from rotator.compliance.scan import Finding, assess, provider_reports_last_use
+from rotator.config.spec import LoadedCredential, LoadResult
+from rotator.core.clock import to_rfc3339
+from rotator.core.errors import RotatorError
+from rotator.core.provider import Provider
+from rotator.core.timetable import EPOCH
+from rotator.core.validators import format_duration
+from rotator.engine import retry
 
 if TYPE_CHECKING:  # the composition root, above this layer: its type only
-    from rotator.app import App
+    from rotator.wiring import App
 
 FORMATS = ("json", "csv", "markdown", "html")
 NOT_LISTABLE = "not listable"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator.audit.verify import VerifyResult, verify
-from rotator.clock import parse_rfc3339, to_rfc3339
+from rotator.core.clock import parse_rfc3339, to_rfc3339
 
 # One key's life, as the audit events tell it.
 ISSUED, PROMOTED, DEACTIVATED, REVOKED, ROLLED_BACK = (

@@ -35,18 +35,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from rotator import retry
-from rotator.audit import get_logger
-from rotator.clock import to_rfc3339
-from rotator.config import CredentialSpec, LoadedCredential
-from rotator.fields import format_duration
-from rotator.provider import Provider, ProviderKey
-from rotator.state import StateRecord
-from rotator.timetable import due_at
+from rotator.audit.events import get_logger
+from rotator.config.spec import CredentialSpec, LoadedCredential
+from rotator.core.clock import to_rfc3339
+from rotator.core.provider import Provider, ProviderKey
+from rotator.core.state import StateRecord
+from rotator.core.timetable import due_at
+from rotator.core.validators import format_duration
+from rotator.engine import retry
 
 if TYPE_CHECKING:
-    from rotator.app import App
-    from rotator.engine import Engine
+    from rotator.engine.reconcile import Engine
+    from rotator.wiring import App
 
 FindingKind = Literal["unused", "unmanaged", "overdue"]
 # The first scan waits this long (or one scan interval, if shorter) after

@@ -49,7 +49,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from rotator.clock import to_rfc3339
+from rotator.core.clock import to_rfc3339
 from rotator.sandbox.github_state import _LEVELS, TOKEN_LIFETIME, GitHubState, RecordedRequest, _DeployKey, _hash, _key_body, _Token
 from rotator.sandbox.github_wire import (  # noqa: F401 - _Answer is imported by tests
     _Answer,
@@ -97,7 +97,6 @@ class FakeGitHub(GitHubState):
         assert self._server is not None, "start() the fake first"
         host, port = self._server.address
         return f"http://{host}:{port}{self.path_prefix}"
-
 
 
     # -- HTTP ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rotator.clock import Clock, SystemClock, to_rfc3339
+from rotator.core.clock import Clock, SystemClock, to_rfc3339
 from rotator.sandbox.github_wire import _error_body, _HttpError
 from rotator.sandbox.serving import BackgroundServer
 

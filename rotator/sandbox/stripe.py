@@ -47,8 +47,8 @@ from typing import Any
 
 from joserfc import jwe
 from joserfc.jwk import RSAKey
+from rotator_providers.stripe_permissions import PERMISSIONS
 
-from providers.stripe_permissions import PERMISSIONS
 from rotator.sandbox.serving import BackgroundServer
 from rotator.sandbox.stripe_state import MIN_PREVIEW, RecordedRequest, StripeState, _Endpoint, _Fault, _Key, _preview_ok, _Principal, _rand
 from rotator.sandbox.stripe_wire import (  # noqa: F401 - _Request/_Response are imported by tests
@@ -84,7 +84,6 @@ class FakeStripe(StripeState):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
 
 
     # -- request handling --------------------------------------------------------

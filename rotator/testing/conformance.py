@@ -22,8 +22,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rotator.errors import PermanentError, RotatorError, TransientError
-from rotator.provider import IssueContext, IssuedCredential, Provider
+from rotator.core.errors import PermanentError, RotatorError, TransientError
+from rotator.core.provider import IssueContext, IssuedCredential, Provider
 
 
 def verify_eventually(provider: Provider, credential: IssuedCredential, *, seconds: float = 30.0) -> None:

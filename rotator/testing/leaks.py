@@ -2,7 +2,7 @@
 they see minted and assert that none appears in stdout, stderr, logs or
 audit files, neither as itself nor encoded (JSON, URL, base64) nor cut off.
 
-The encodings are computed here independently of `rotator.redaction`, so a
+The encodings are computed here independently of `rotator.core.redaction`, so a
 test does not grade the scrubber with the scrubber's own idea of a copy.
 """
 

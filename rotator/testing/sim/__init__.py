@@ -17,7 +17,8 @@ the provider's world and a `Provider` subclass calling it through
 
 from __future__ import annotations
 
-from rotator.testing.sim.explorer import Schedule, generate, replay, run, shrink, sweep
+from rotator.testing.sim.explorer import Schedule, generate, replay, run, shrink
 from rotator.testing.sim.faults import ALL_FAULTS, CALL_FAULTS, STEP_FAULTS, CallFault, SimCrash
+from rotator.testing.sim.sweep import sweep
 
 __all__ = ["ALL_FAULTS", "CALL_FAULTS", "STEP_FAULTS", "CallFault", "Schedule", "SimCrash", "generate", "replay", "run", "shrink", "sweep"]

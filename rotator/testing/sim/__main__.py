@@ -7,10 +7,10 @@ import json
 import os
 import sys
 
-from rotator.testing.sim.explorer import SweepReport, sweep_parallel
 from rotator.testing.sim.faults import ALL_FAULTS
 from rotator.testing.sim.providers import KINDS
 from rotator.testing.sim.quiet import quiet_logs
+from rotator.testing.sim.sweep import SweepReport, sweep_parallel
 
 
 def main(argv: list[str] | None = None) -> int:

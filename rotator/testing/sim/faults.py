@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rotator.errors import TransientError, VaultUnavailableError
+from rotator.core.errors import TransientError, VaultUnavailableError
 
 CALL_FAULTS = ("lost", "fail", "429", "cas", "crash", "crash_after")
 STEP_FAULTS = (
@@ -58,7 +58,7 @@ def error_for(kind: str, *, vault: bool, op: str, retry_after: float | None = 0.
         return VaultUnavailableError(f"Vault unreachable while {op}: {'ReadTimeout' if kind == 'lost' else 'ConnectionError'} (injected)")
     if kind == "429":
         return TransientError(f"HTTP 429 while {op} (injected)", retry_after=retry_after)
-    from rotator.testing.sim.providers import ResponseLost
+    from rotator.testing.sim.service import ResponseLost
 
     if kind == "lost":
         return ResponseLost(f"no response while {op} (injected)")

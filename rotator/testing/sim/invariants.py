@@ -33,7 +33,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from rotator.testing.sim.providers import AwsIam
+from rotator.testing.sim.aws import AwsIam
 
 if TYPE_CHECKING:
     from rotator.testing.sim.world import World

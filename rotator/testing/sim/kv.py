@@ -1,5 +1,5 @@
 """An in-memory model of OpenBao's KV v2 engine, behind the same methods as
-`rotator.vault.VaultStore` that the engine, the live path and the change
+`rotator.vault.store.VaultStore` that the engine, the live path and the change
 feed use (`read`, `read_data`, `read_many`, `read_version`, `write`,
 `read_metadata`, `merge_custom_metadata`, `destroy`, `list`, `walk`,
 `read_ref`; tests/test_sim_kv.py fails when VaultStore gains a method the
@@ -28,15 +28,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rotator.errors import CasMismatchError, NotFoundError, PermanentError
-from rotator.fields import parse_vault_ref
-from rotator.vault import (
-    MAX_METADATA_KEY_BYTES,
-    MAX_METADATA_KEYS,
-    MAX_METADATA_VALUE_BYTES,
-    LiveMetadata,
-    Versioned,
-)
+from rotator.core.errors import CasMismatchError, NotFoundError, PermanentError
+from rotator.core.validators import parse_vault_ref
+from rotator.vault.store import MAX_METADATA_KEY_BYTES, MAX_METADATA_KEYS, MAX_METADATA_VALUE_BYTES, LiveMetadata, Versioned
 
 T = TypeVar("T")
 DEFAULT_MAX_VERSIONS = 10

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from rotator.audit import SECRETS
+from rotator.audit.events import SECRETS
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """One simulated world: a true clock, one KV v2 model, one provider service,
 the credential files, and the processes (daemon replicas, `rotator rotate`
-runs) that act on them — each a real `rotator.engine.Engine`.
+runs) that act on them — each a real `rotator.engine.reconcile.Engine`.
 
 Everything runs in one thread and is deterministic for a given schedule:
 a process "runs" when a step says so, a pause is another process running
@@ -15,28 +15,29 @@ before each effect.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from rotator.adoption import adopt
-from rotator.config import CredentialSpec, LoadedCredential
-from rotator.engine import Engine, EngineOptions
-from rotator.errors import CasMismatchError, RotatorError
-from rotator.fileless import fileless_credential, has_work
-from rotator.holder import Identity
-from rotator.machine import Request
-from rotator.state import StateRecord
+from rotator.config.spec import CredentialSpec, LoadedCredential
+from rotator.core.actions import Request
+from rotator.core.errors import CasMismatchError, RotatorError
+from rotator.core.holder import Identity
+from rotator.core.state import StateRecord
+from rotator.engine.adoption import adopt
+from rotator.engine.fileless import fileless_credential, has_work
+from rotator.engine.reconcile import Engine
+from rotator.engine.results import EngineOptions
 from rotator.testing.sim import invariants
+from rotator.testing.sim.clocks import ProcessClock, TrueClock
 from rotator.testing.sim.faults import CallFault, SimCrash, error_for
 from rotator.testing.sim.kv import KvModel
-from rotator.testing.sim.providers import KINDS, Service, bind
+from rotator.testing.sim.providers import KINDS
+from rotator.testing.sim.service import Service, bind
 
 T = TypeVar("T")
-START = datetime(2026, 3, 1, tzinfo=UTC)
 MOUNT = "secret"
 STATE_PREFIX = "rotator/state"
 LEASE_SECONDS = 300.0
@@ -45,36 +46,6 @@ LEASE_SECONDS = 300.0
 # guarantee holds for skew up to the allowance (docs/RELIABILITY.md).
 SKEW_ALLOWANCE = 120.0
 SLOTS = ("r0", "r1")
-
-
-class TrueClock:
-    def __init__(self, start: datetime = START) -> None:
-        self._now = start
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += timedelta(seconds=max(0.0, seconds))
-
-
-class ProcessClock:
-    """A process's clock: true time plus its skew. Sleeping lets time pass for all."""
-
-    def __init__(self, true: TrueClock, actor: str, offset: Callable[[], float]) -> None:
-        self.true = true
-        self.actor = actor
-        self._offset = offset
-
-    def now(self) -> datetime:
-        offset = self._offset()
-        return self.true.now() + timedelta(seconds=offset) if offset else self.true.now()
-
-    def sleep(self, seconds: float, *, until: threading.Event | None = None) -> bool:
-        if until is not None and until.is_set():
-            return True
-        self.true.advance(seconds)
-        return False
 
 
 @dataclass
@@ -206,7 +177,7 @@ class World:
     def tick(self, slot: str) -> None:
         """A daemon replica's pass: reconcile every credential it has a file
         for, then the records whose file was removed (as the daemon does
-        after a reload: `rotator.fileless`)."""
+        after a reload: `rotator.engine.fileless`)."""
         proc = self.process(slot)
         for cred in [*self.loaded(), *self.fileless()]:
             if self._run(proc, lambda c=cred: proc.engine.reconcile(c), what=cred.spec.name) is SimCrash:

@@ -1,0 +1,271 @@
+"""Applying an outcome to a state record: `apply(record, outcome, policy, now)` returns the next record, a
+plain value (rotator.core.machine decides the next action from it). Failures back off exponentially,
+honouring Retry-After, up to a cap.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from rotator.core.actions import (
+    Baselined,
+    Deactivated,
+    Failed,
+    Forgotten,
+    IssueBegun,
+    Issued,
+    LiveWritten,
+    Outcome,
+    Policy,
+    Promoted,
+    Recovered,
+    Revoked,
+    RevokeNowMarked,
+    RolledBack,
+    Started,
+    Swept,
+    Verified,
+)
+from rotator.core.machine import is_blocked
+from rotator.core.state import KeyRecord, Pending, Retiring, StateRecord
+
+BACKOFF_BASE = timedelta(seconds=30)
+
+
+BACKOFF_CAP = timedelta(hours=1)
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
+    """Delay before attempt `attempts + 1` across ticks: 30 s doubling, capped at 1 h."""
+    delay = min(BACKOFF_BASE * (2 ** max(0, attempts - 1)), BACKOFF_CAP)
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=retry_after))
+    return delay
+
+
+def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) -> StateRecord:
+    """The record after `outcome`."""
+    match outcome:
+        case Started():
+            return _started(record, outcome, now)
+        case Baselined():
+            known = {e.key.key_id for e in record.retiring}
+            extra = [e for e in outcome.retiring if e.key.key_id not in known]
+            return record.model_copy(update={
+                "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
+                "retiring": [*record.retiring, *extra],
+            })
+        case Recovered():
+            retiring = list(record.retiring)
+            old = record.current
+            if old is not None and old.key_id != (outcome.current.key_id if outcome.current else None) \
+                    and old.key_id not in {e.key.key_id for e in retiring}:
+                # Superseded at a time the restored record does not know: a full grace from now
+                # (none under `--revoke-now`).
+                revoke_now = _pending(record).revoke_now
+                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id,
+                                         revoke_after=now if revoke_now else now + policy.grace, immediate=revoke_now,
+                                         clock=policy.clock))
+            retiring += [e for e in outcome.retiring if e.key.key_id not in {r.key.key_id for r in retiring}]
+            return record.model_copy(update={
+                "current": outcome.current, "live_version": outcome.live_version, "live_path": outcome.live_path,
+                "pending": None, "retiring": retiring, "attempts": 0, "next_attempt_at": None,
+                "last_error": None, "last_error_step": None, "last_error_at": None, "blocked_fingerprint": None,
+            })
+        case Forgotten():
+            known = record.managed_key_ids()
+            return record.model_copy(update={"retiring": [*record.retiring, *(e for e in outcome.retiring if e.key.key_id not in known)]})
+        case IssueBegun():
+            return _with_phase(record, "issuing")
+        case Swept():
+            return _with_phase(record, "intent")
+        case Issued(credential=cred):
+            pending = _pending(record).model_copy(
+                update={
+                    "phase": "issued",
+                    "credential": KeyRecord(
+                        key_id=cred.key_id,
+                        rotation_id=_pending(record).rotation_id,
+                        handle=dict(cred.handle),
+                        issued_at=now,
+                        expires_at=cred.expires_at,
+                    ),
+                    "data": dict(cred.data),
+                }
+            )
+            return record.model_copy(update={"pending": pending})
+        case Verified(attempts=attempts):
+            pending = _pending(record).model_copy(update={"phase": "verified", "verify_attempts": attempts})
+            return record.model_copy(update={"pending": pending})
+        case LiveWritten(live_version=version):
+            pending = _pending(record).model_copy(update={
+                "phase": "promoted", "live_version": version, "live_at": _pending(record).live_at or now,
+                "live_clock": _pending(record).live_clock if _pending(record).live_at else policy.clock,
+                "failed_step": None, "failure_permanent": False,
+            })
+            return record.model_copy(update={"pending": pending, "next_attempt_at": None})
+        case Promoted():
+            return _promoted(record, outcome, policy, now)
+        case RevokeNowMarked():
+            pending = _pending(record).model_copy(update={"revoke_now": True})
+            return record.model_copy(update={"pending": pending, "retiring": _revoke_now(record.retiring, now)})
+        case RolledBack():
+            return _rolled_back(record, outcome, policy, now)
+        case Deactivated(key_id=key_id):
+            return _update_retiring(record, key_id, lambda e: e.model_copy(update={
+                "stage": "deactivated",
+                "delete_after": now if e.immediate else now + (policy.retire_delay or timedelta(0)),
+                "attempts": 0, "next_attempt_at": None, "last_error": None,
+            }))
+        case Revoked(key_id=key_id):
+            return record.model_copy(update={"retiring": [e for e in record.retiring if e.key.key_id != key_id]})
+        case Failed():
+            return _failed(record, outcome, policy, now)
+    raise TypeError(f"unknown outcome {outcome!r}")
+
+
+def _pending(record: StateRecord) -> Pending:
+    if record.pending is None:
+        raise ValueError(f"{record.credential}: no rotation in progress")
+    return record.pending
+
+
+def _with_phase(record: StateRecord, phase: str) -> StateRecord:
+    return record.model_copy(update={"pending": _pending(record).model_copy(update={"phase": phase})})
+
+
+def _started(record: StateRecord, outcome: Started, now: datetime) -> StateRecord:
+    pending = Pending(
+        rotation_id=outcome.rotation_id,
+        reason=outcome.reason,
+        started_at=now,
+        revoke_now=outcome.revoke_now,
+        preexisting_key_ids=list(outcome.preexisting_key_ids),
+        target=outcome.target,
+    )
+    retiring = _revoke_now(record.retiring, now) if outcome.revoke_now else record.retiring
+    update: dict[str, object] = {"pending": pending, "retiring": retiring}
+    if outcome.reason == "manual":
+        update.update(blocked_fingerprint=None, next_attempt_at=None)
+    return record.model_copy(update=update)
+
+
+def _revoke_now(retiring: list[Retiring], now: datetime) -> list[Retiring]:
+    """Incident response: everything older than the live key goes now, a
+    deactivated key waiting for its deletion too."""
+    return [
+        e.model_copy(update={
+            "revoke_after": min(e.revoke_after, now), "immediate": True, "next_attempt_at": None,
+            "delete_after": min(e.delete_after, now) if e.delete_after is not None else None,
+        })
+        for e in retiring
+    ]
+
+
+def _promoted(record: StateRecord, outcome: Promoted, policy: Policy, now: datetime) -> StateRecord:
+    pending = _pending(record)
+    assert pending.credential is not None
+    live_at = pending.live_at or now  # grace runs from the live write
+    live_clock = pending.live_clock if pending.live_at else policy.clock
+    # Keys taken on as superseded before any successor was live (a lost or
+    # renamed record's keys, a moved path's old key): their successor is this
+    # one, and their grace runs from its live write too.
+    retiring = [
+        e.model_copy(update={"superseded_at": live_at, "revoke_after": live_at + policy.grace, "clock": live_clock})
+        if e.superseded_at is None and e.stage == "active" and not e.immediate and e.revoke_after < live_at + policy.grace
+        else e
+        for e in record.retiring
+    ]
+    if record.current is not None:
+        # An older retirement of the key that was live until now (it was live
+        # again: restored by hand, taken on by a renamed file) is over: its
+        # grace runs from this promotion.
+        retiring = [e for e in retiring if e.key.key_id != record.current.key_id]
+        retiring.append(
+            Retiring(
+                key=record.current,
+                superseded_by=pending.rotation_id,
+                revoke_after=now if pending.revoke_now else live_at + policy.grace,
+                immediate=pending.revoke_now,
+                superseded_at=live_at,
+                clock=live_clock,
+            )
+        )
+    return record.model_copy(
+        update={
+            "current": pending.credential,
+            "live_version": outcome.live_version,
+            "live_path": outcome.live_path or record.live_path,
+            "last_rotated_at": now,
+            "jitter_seconds": outcome.jitter_seconds,
+            "rotations": record.rotations + 1,
+            "pending": None,
+            "retiring": retiring,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "last_error": None,
+            "last_error_step": None,
+            "last_error_at": None,
+            "blocked_fingerprint": None,
+        }
+    )
+
+
+def _rolled_back(record: StateRecord, outcome: RolledBack, policy: Policy, now: datetime) -> StateRecord:
+    pending = _pending(record)
+    attempts = record.attempts + 1
+    permanent = pending.failure_permanent
+    retiring = list(record.retiring)
+    if outcome.superseded and pending.credential is not None:
+        retiring.append(Retiring(key=pending.credential, superseded_by=pending.rotation_id, revoke_after=now + policy.grace,
+                                 clock=policy.clock))
+    return record.model_copy(
+        update={
+            "pending": None,
+            "retiring": retiring,
+            "attempts": attempts,
+            "next_attempt_at": None if permanent else now + backoff(attempts),
+            "blocked_fingerprint": policy.fingerprint if permanent else None,
+        }
+    )
+
+
+def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime) -> StateRecord:
+    if outcome.step in {"deactivate", "revoke"} and outcome.key_id is not None:
+        # Revocation is retried until the provider confirms, whatever the error.
+        return _update_retiring(record, outcome.key_id, lambda e: e.model_copy(update={
+            "attempts": e.attempts + 1,
+            "next_attempt_at": now + backoff(e.attempts + 1, outcome.retry_after),
+            "last_error": outcome.error,
+        }))
+    errors = {"last_error": outcome.error, "last_error_step": outcome.step, "last_error_at": now}
+    if outcome.step == "metadata":
+        # The credential is live: retried with backoff until written, never blocked.
+        attempts = record.attempts + 1
+        return record.model_copy(update={"attempts": attempts, "next_attempt_at": now + backoff(attempts, outcome.retry_after), **errors})
+    if outcome.step == "verify" or (outcome.step == "promote" and not outcome.transient):
+        # The new credential cannot go live: revoke it now, count the failure then.
+        pending = _pending(record).model_copy(
+            update={"phase": "rolling_back", "failed_step": outcome.step, "failure_permanent": not outcome.transient}
+        )
+        return record.model_copy(update={"pending": pending, "next_attempt_at": None, **errors})
+    attempts = record.attempts + 1
+    permanent = not outcome.transient and outcome.step != "rollback"
+    update: dict[str, object] = {
+        "attempts": attempts,
+        "next_attempt_at": None if permanent else now + backoff(attempts, outcome.retry_after),
+        "blocked_fingerprint": policy.fingerprint if permanent else record.blocked_fingerprint,
+        **errors,
+    }
+    if outcome.step == "issue" and record.pending is not None:
+        # We cannot know whether the provider minted before failing: sweep first.
+        update["pending"] = _pending(record).model_copy(update={"phase": "issuing"})
+    return record.model_copy(update=update)
+
+
+def will_retry(record: StateRecord, policy: Policy) -> bool:
+    return not is_blocked(record, policy)
+
+
+def _update_retiring(record: StateRecord, key_id: str, change) -> StateRecord:  # type: ignore[no-untyped-def]
+    return record.model_copy(update={"retiring": [change(e) if e.key.key_id == key_id else e for e in record.retiring]})

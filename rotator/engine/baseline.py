@@ -1,0 +1,206 @@
+"""What a credential starts from when its record does not know the live
+path: a first rotation, a lost state record, a renamed file, a changed
+`vault.path`.
+
+Invariants (contract §5, §6.9):
+- a live path holding data the rotator did not write for this credential is
+  never taken over here: that needs `rotator adopt NAME` (rotator.engine.adoption);
+- data the rotator wrote for this credential (a lost record) gives back the
+  key it holds as `current`, and the keys this credential's rotations left
+  at the provider are retired after a full grace from now; with nothing
+  live yet, a record that knows no key still retires them (a lost record
+  whose rotation never reached the live path, or a changed `vault.path`);
+- data the rotator wrote for another credential whose record says it wrote
+  this very path (the file was renamed) carries that record's keys on: the
+  key the live path holds becomes this credential's current key, and the
+  other record's superseded keys keep their schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rotator.core.errors import PermanentError, TransientError
+from rotator.core.provider import Provider, ProviderKey
+from rotator.core.state import KeyRecord, Retiring, StateRecord
+from rotator.vault.livepath import ADOPT_HINT, LiveContent
+
+
+@dataclass(frozen=True)
+class Baseline:
+    current: KeyRecord | None
+    live_version: int
+    live_path: str
+    retiring: tuple[Retiring, ...] = ()
+    moved_from: tuple[str, int] | None = None  # (credential, its record's version): the renamed file's record
+
+
+def needs_baseline(record: StateRecord, live_path: str) -> bool:
+    """The record knows no version of this live path."""
+    if record.live_path is not None and record.live_path != live_path:
+        return True
+    return record.live_version is None
+
+
+def _key_in(content: LiveContent, provider: Provider, *, rotation_id: str, now: datetime) -> KeyRecord | None:
+    """The key the live data holds, if the provider can name it."""
+    if content.data is None:
+        return None
+    named = provider.live_key(content.data)
+    if named is None:
+        return None
+    return KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle), issued_at=named.created_at or now)
+
+
+def find_baseline(
+    record: StateRecord,
+    content: LiveContent,
+    *,
+    name: str,
+    live_path: str,
+    provider: Provider,
+    grace: timedelta,
+    now: datetime,
+    read_other: Callable[[str], tuple[StateRecord | None, int]],
+    clock: str | None = None,
+) -> Baseline | None:
+    """The baseline to start from, None when the path is empty; a
+    `PermanentError` when the path holds someone else's data."""
+    if content.data is None:
+        # Nothing live here yet. A lost record may still have left keys of
+        # this credential's rotations at the provider (minted or stashed
+        # before the first live write, or live at a `vault.path` it left).
+        strays = _strays(record, provider, name=name, keep=set(), grace=grace, now=now,
+                         read_other=read_other, clock=clock) if is_fresh(record) else ()
+        return Baseline(None, content.version, live_path, strays) if strays else None
+    owner = content.owner()
+    meta_key = content.custom_metadata.get("rotator-key-id") or None
+    rotation_id = content.custom_metadata.get("rotator-rotation-id") or "recovered"
+    if owner == name:
+        current = record.current
+        held = _key_in(content, provider, rotation_id=rotation_id, now=now)
+        if held is not None and (current is None or current.key_id != held.key_id):
+            superseded = () if current is None else (_retire(current, "recovered", now + grace, clock),)
+            current = held
+        else:
+            superseded = ()
+        # The key the metadata names is live only if the data holds it: data
+        # written over it by hand (the metadata left as it was) does not.
+        named_live = meta_key if meta_key and not _names_keys(provider) else None
+        strays = _strays(record, provider, name=name, keep={k for k in (named_live, current.key_id if current else None) if k},
+                         grace=grace, now=now, read_other=read_other, clock=clock) if is_fresh(record) else ()
+        return Baseline(current, content.version, live_path, superseded + strays)
+    if owner is not None:
+        other, version = read_other(owner)
+        if other is not None and other.pending is not None and _wrote_here(other, live_path, meta_key):
+            # A renamed file's rotation under way: its record is undone or finished first (rotator.engine.fileless).
+            raise TransientError(f"{live_path} is still under credential {owner}'s unfinished rotation; waiting for it")
+        if other is not None and _wrote_here(other, live_path, meta_key):
+            held = _key_in(content, provider, rotation_id=rotation_id, now=now)
+            current = other.current
+            retiring = list(other.retiring)
+            if held is not None and (current is None or current.key_id != held.key_id):
+                if current is not None:
+                    retiring.append(_retire(current, "renamed", now + grace, clock))
+                current = held
+            return Baseline(current, content.version, live_path, tuple(retiring), moved_from=(owner, version))
+        raise PermanentError(
+            f"{live_path} holds the data of credential {owner}, whose record does not say it wrote this path; "
+            f"the rotator will not overwrite it: " + ADOPT_HINT.format(name=name)
+        )
+    raise PermanentError(
+        f"{live_path} holds data the rotator did not write; it will not overwrite it: " + ADOPT_HINT.format(name=name)
+    )
+
+
+def _names_keys(provider: Provider) -> bool:
+    """The provider can tell the key in live data (`Provider.live_key`)."""
+    return type(provider).live_key is not Provider.live_key
+
+
+def is_fresh(record: StateRecord) -> bool:
+    """A record that knows no key: a first rotation, or a record that was lost."""
+    return record.current is None and record.rotations == 0 and not record.retiring
+
+
+def _wrote_here(other: StateRecord, live_path: str, meta_key: str | None) -> bool:
+    if other.live_path is not None:
+        return other.live_path == live_path
+    # A record from before live_path was kept: its current key is the one named here.
+    return other.current is not None and other.current.key_id == meta_key
+
+
+def _retire(key: KeyRecord, by: str, after: datetime, clock: str | None) -> Retiring:
+    return Retiring(key=key, superseded_by=by, revoke_after=after, clock=clock)
+
+
+def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str], grace: timedelta, now: datetime,
+            read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None) -> tuple[Retiring, ...]:
+    """Keys this credential's rotations made that a lost record forgot:
+    retired after a full grace from now (one may still be in its grace)."""
+    if not provider.can_list:
+        return ()
+    return forgotten_keys(record, provider.list_keys(), name=name, keep=keep, grace=grace, now=now, read_other=read_other, clock=clock,
+                          keeps_inactive=provider.retire_delay() is not None)
+
+
+def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: str, keep: set[str], grace: timedelta,
+                   now: datetime, read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None,
+                   keeps_inactive: bool = True, also: frozenset[str] = frozenset()) -> tuple[Retiring, ...]:
+    """The listed keys marked as this credential's that `record` does not
+    know (nor `keep`), as retiring after a full grace from now. Keys marked
+    with an old name whose record says it moved here (a renamed file,
+    contract §6.9) are this credential's too. `keeps_inactive`: an inactive
+    key still has to be retired (AWS: deactivated, not yet deleted).
+    `also`: more credential names whose keys count as this one's."""
+    known = record.managed_key_ids() | keep
+    moved: dict[str, bool] = {name: True, **dict.fromkeys(also, True)}
+
+    def ours(credential: str) -> bool:
+        if credential not in moved:
+            other, _ = read_other(credential)
+            moved[credential] = other is not None and other.moved_to == name
+        return moved[credential]
+
+    found = []
+    for key in listed:
+        if key.key_id in known or key.mark is None or not ours(key.mark.credential):
+            continue
+        if not key.active and not keeps_inactive:
+            continue  # revoked already (an expired Stripe key stays listed)
+        found.append(_retire(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id, handle=dict(key.handle),
+                                       issued_at=key.created_at or now), "recovered", now + grace, clock))
+    return tuple(found)
+
+
+def live_key_ids(content: LiveContent, provider: Provider) -> set[str]:
+    """The keys the live path holds: the one its data holds, or, where the
+    provider cannot tell keys in data, the one its metadata names."""
+    held = provider.live_key(content.data) if content.data else None
+    if held is not None:
+        return {held.key_id}
+    meta_key = content.custom_metadata.get("rotator-key-id") or None
+    return {meta_key} if meta_key and not _names_keys(provider) else set()
+
+
+def pending_revoke_now(record: StateRecord) -> bool:
+    return record.pending is not None and record.pending.revoke_now
+
+
+def rotation_key_overwritten(content: LiveContent, provider: Provider, held: KeyRecord | None, *, rotation_id: str, name: str,
+                             grace: timedelta, now: datetime, revoke_now: bool, clock: str | None) -> tuple[Retiring, ...]:
+    """A completed rotation found again (machine.Recovered) whose key the live
+    data no longer holds (someone wrote over it, the metadata left as it
+    was): that key, found by its mark, retired after a full grace (at once
+    under `--revoke-now`)."""
+    meta_key = content.custom_metadata.get("rotator-key-id") or None
+    if not meta_key or not _names_keys(provider) or not provider.can_list or (held is not None and held.key_id == meta_key):
+        return ()
+    for key in provider.list_keys():
+        if key.key_id == meta_key and key.mark is not None and key.mark.credential == name and key.mark.rotation_id == rotation_id:
+            record = KeyRecord(key_id=key.key_id, rotation_id=rotation_id, handle=dict(key.handle), issued_at=key.created_at or now)
+            return (Retiring(key=record, superseded_by="overwritten", revoke_after=now if revoke_now else now + grace,
+                             immediate=revoke_now, clock=clock),)
+    return ()

@@ -1,0 +1,304 @@
+"""The steps up to a minted credential: start a rotation, sweep orphans, issue (with room made, the
+credential stashed in Vault before it is used), each of them safe to re-run after a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from rotator.audit.events import register_secret
+from rotator.core import machine, transitions
+from rotator.core.clock import to_rfc3339
+from rotator.core.crashpoints import crashpoint
+from rotator.core.errors import RotatorError, TransientError
+from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError
+from rotator.core.state import KeyRecord, StateRecord, with_value_hashes
+from rotator.engine.baseline import Baseline, find_baseline, needs_baseline, pending_revoke_now, rotation_key_overwritten
+from rotator.engine.results import _MayHaveActed, new_rotation_id
+
+
+class IssueSteps:
+    """The steps up to a minted credential: start a rotation, sweep orphans, issue (with room made, the
+    credential stashed in Vault before it is used), each of them safe to re-run after a crash.
+
+    A part of _Run (rotator.engine.run): it uses the run's attributes and methods.
+    """
+
+    def _start(self, action: machine.StartRotation) -> None:
+        now = self.engine.clock.now()
+        try:
+            found = self._baseline() if needs_baseline(self.record, str(self._live)) else None
+        except RotatorError as exc:
+            self._fail("start", exc)
+            return
+        preexisting: tuple[str, ...] = ()
+        if self.provider.can_list and not self.provider.is_marking_atomic:
+            try:
+                preexisting = tuple(self._call(self.provider.list_key_ids))
+            except RotatorError as exc:
+                self._fail("issue", exc)
+                return
+        rotation_id = new_rotation_id(now)
+        self._bind_rotation(rotation_id)
+        record = self._end_expired_pause(self.record, now)
+        if found is not None:
+            record = transitions.apply(record, machine.Baselined(found.current, found.live_version, found.live_path, found.retiring), self.policy, now)
+        started = transitions.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting, str(self._live)), self.policy, now)
+        self._started_here = rotation_id
+        self.request = None
+        self._started_monotonic = time.monotonic()
+
+        def announce() -> None:
+            self.emit("rotation.started", reason=action.reason)
+            crashpoint("after-intent")
+
+        self._durable.append(announce)  # logged once the intent is in Vault
+        if found is None:
+            self._defer(started)  # written with `issuing`: until then nothing happened at the provider
+            return
+        self.persist(started)
+        if found.moved_from is not None:
+            self.engine.mark_moved(*found.moved_from, to=self.cred.spec.name)
+
+    def _end_expired_pause(self, record: StateRecord, now: datetime) -> StateRecord:
+        """A pause whose `until` passed ends with the first scheduled rotation after it, audited."""
+        paused = record.paused
+        if paused is None or paused.is_active(now):
+            return record
+        self.emit("rotation.resumed", reason=paused.reason, until=to_rfc3339(paused.until) if paused.until else None,
+                  by="until", paused_by=paused.by)
+        return record.model_copy(update={"paused": None})
+
+    def _sweep(self) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        revoked: list[str] = []
+        if self.provider.can_list:
+            try:
+                orphans = [key for key in self._call(self.provider.list_keys) if self._is_orphan(key, pending)]
+                revoked = self._revoke_orphans(orphans)
+            except RotatorError as exc:
+                self._fail("sweep", exc)
+                return
+        try:
+            revoked += self._sweep_stash(revoked)
+        except RotatorError as exc:
+            self._fail("sweep", exc)
+            return
+        self._apply(machine.Swept(tuple(revoked)))
+        crashpoint("after-sweep")
+
+    def _revoke_orphans(self, orphans: list[Any]) -> list[str]:
+        """Revoke keys this credential's rotations left behind, each only
+        while our lease still holds and nothing names it as live."""
+        revoked: list[str] = []
+        for key in orphans:
+            if key.key_id in self.record.managed_key_ids() or self._is_named_live(key.key_id):
+                continue
+            # Renewed after the reads, right before the call: a holder that stalled reading stops here.
+            self.persist(self.record)  # renews the lease, or raises LeaseLostError: a stale holder stops here
+            self._call(lambda k=key: self.provider.revoke(k.handle))
+            revoked.append(key.key_id)
+            self.emit("orphan.revoked", key_id=key.key_id)
+        return revoked
+
+    def _baseline(self) -> Baseline | None:
+        content = self._call(self._live.read)
+        return find_baseline(
+            self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
+            grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record, clock=self.policy.clock,
+        )
+
+    def _sweep_stash(self, revoked: list[str]) -> list[str]:
+        """A credential stashed but never recorded (a crash between the two
+        writes): revoked from its stash entry, which lists can't (GitHub
+        tokens), under the same rules as `_revoke_orphans`."""
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
+        if found is None:
+            return []
+        path, entry = found
+        if entry.key_id in revoked:
+            self.engine.records.forget(path)
+            return []
+        if entry.key_id in self.record.managed_key_ids() or self._is_named_live(entry.key_id):
+            return []
+        self.persist(self.record)  # renews the lease right before the call, or raises LeaseLostError
+        self._call(lambda: self.provider.revoke(entry.handle))
+        self.emit("orphan.revoked", key_id=entry.key_id)
+        self.engine.records.forget(path)
+        return [entry.key_id]
+
+    def _is_orphan(self, key: Any, pending: Any) -> bool:
+        """Made by this very rotation (its mark, or unmarked and new since it
+        began) and unknown to the record. Keys of older rotations are never
+        swept: one may be in its grace under a record that was lost."""
+        if key.key_id in self.record.managed_key_ids():
+            return False
+        if key.mark is not None:
+            return key.mark.credential == self.cred.spec.name and key.mark.rotation_id == pending.rotation_id
+        if self.provider.is_marking_atomic or key.key_id in pending.preexisting_key_ids or key.created_at is None:
+            return False
+        # An unmarked key made since this rotation began, on a scope the
+        # rotator manages: the crash fell between "create" and "mark".
+        return key.created_at >= pending.started_at - timedelta(seconds=5)
+
+    def _issue(self) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        try:
+            # A rotation started by this very run cannot have completed before.
+            if pending.rotation_id != self._started_here and self._already_completed(pending.rotation_id):
+                return
+        except RotatorError as exc:
+            self._fail("issue", exc)
+            return
+        self._apply(machine.IssueBegun())
+        crashpoint("after-issuing-marker")
+        ctx = IssueContext(credential=self.cred.spec.name, rotation_id=pending.rotation_id, managed_key_ids=frozenset(self.record.managed_key_ids()))
+        try:
+            credential = self._issue_with_room(ctx)
+        except RotatorError as exc:
+            self._fail("issue", exc)
+            return
+        register_secret(*self.provider.secret_values(credential.data, credential.handle))
+        crashpoint("after-issue")
+        try:
+            # The record keeps the SHA-256 of each secret value, never the value (leak response, rotator.engine.leak).
+            issued = transitions.apply(self.record, machine.Issued(credential), self.policy, self.engine.clock.now())
+            issued = with_value_hashes(issued, self.provider.secret_values(credential.data, credential.handle))
+            # The stash now; the record names it with the verification's
+            # outcome: a crash before that leaves `issuing`, whose sweep
+            # revokes this key from its stash entry.
+            self._defer(self.engine.records.stash(issued, secret_fields=self.provider.secret_fields))
+        except RotatorError:
+            if not self._stash_landed(credential):
+                self._discard(credential)
+            raise
+        self.emit("credential.issued", key_id=credential.key_id)
+        crashpoint("after-stash")
+
+    def _already_completed(self, rotation_id: str) -> bool:
+        """A record restored from before this rotation's promotion: the live
+        path says it completed. Minting again could delete the live key (a
+        retry-safe create removes what "its" lost create left)."""
+        content = self._call(self._live.read)
+        if content.owner() != self.cred.spec.name or content.custom_metadata.get("rotator-rotation-id") != rotation_id:
+            return self._live_write_landed(content)
+        named = self.provider.live_key(content.data) if content.data else None
+        current = None
+        if named is not None:
+            current = KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle),
+                                issued_at=named.created_at or self.engine.clock.now())
+        # Data written over the rotation's key since (the metadata still names it): that key is retired.
+        overwritten = self._call(lambda: rotation_key_overwritten(
+            content, self.provider, current, rotation_id=rotation_id, name=self.cred.spec.name, grace=self.policy.grace,
+            now=self.engine.clock.now(), revoke_now=pending_revoke_now(self.record), clock=self.policy.clock))
+        self._apply(machine.Recovered(current, content.version, str(self._live), overwritten))
+        self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version)
+        self.status = "completed"
+        if self.request is not None and self.request.revoke_now:
+            return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
+        self.request = None
+        return True
+
+    def _live_write_landed(self, content: Any) -> bool:
+        """The live path holds exactly what this rotation stashed, though the
+        record says it never got that far (restored from an older version, or
+        a crash between the live write and its metadata): it went live.
+        Minting again would revoke it (a retry-safe create removes what "its"
+        lost create left), so the promotion is finished instead (sim F17)."""
+        named = self.provider.live_key(content.data) if content.data else None
+        current = self.record.current
+        if content.data is None or (named is not None and current is not None and named.key_id == current.key_id):
+            return False  # the live path holds the current key: the usual case, no stash read
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
+        if found is None or found[1].data != content.data:
+            return False
+        _, entry = found
+        issued = IssuedCredential(key_id=entry.key_id, data=dict(entry.data or {}), handle=dict(entry.handle))
+        self._apply(machine.Issued(issued))
+        self._apply(machine.LiveWritten(content.version))
+        self.log.warning("rotation.live_write_recovered", key_id=entry.key_id, vault_version=content.version)
+        return True
+
+    def _mint(self, ctx: IssueContext) -> IssuedCredential:
+        # A create that is not idempotent is repeated inside the step only
+        # when the provider refused it before acting (a rate limit with
+        # Retry-After); any other transient failure may have minted, so the
+        # step fails and the next one sweeps first.
+        if self.provider.is_issue_retry_safe:
+            return self._call(lambda: self.provider.issue(ctx))
+
+        def attempt() -> IssuedCredential:
+            try:
+                return self.provider.issue(ctx)
+            except TransientError as exc:
+                if exc.retry_after is None:
+                    raise _MayHaveActed(exc) from None
+                raise
+
+        try:
+            return self._call(attempt)
+        except _MayHaveActed as wrapped:
+            raise wrapped.error from None
+
+    def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential:
+        try:
+            return self._mint(ctx)
+        except NoCapacityError as exc:
+            live = {self.record.current.key_id} if self.record.current else set()
+            in_the_way = exc.blocking_key_ids - live
+            pending = self.record.pending
+            if not in_the_way:
+                raise
+            if pending is not None and self.provider.can_list:
+                # A key one of our own rotations left (a lost create) is in the way.
+                orphans = [k for k in self._call(self.provider.list_keys) if k.key_id in in_the_way and self._is_orphan(k, pending)]
+                in_the_way -= set(self._revoke_orphans(orphans))
+            # Room can be made only from our own keys already past grace.
+            now = self.engine.clock.now()
+            ours = {e.key.key_id for e in self.record.retiring if now >= machine.grace_ends(e, self.policy)}
+            if not in_the_way <= ours:
+                waiting = [machine.grace_ends(e, self.policy) for e in self.record.retiring if e.key.key_id in in_the_way - ours]
+                if in_the_way <= ours | {e.key.key_id for e in self.record.retiring}:
+                    # Only our own keys, some still in grace: room comes by itself when it ends.
+                    raise TransientError(f"{exc}; retrying when the grace ends",
+                                         retry_after=max(1.0, (min(waiting) - now).total_seconds())) from None
+                raise
+            for key_id in sorted(in_the_way):
+                self._retire(key_id, deactivate=False)
+            still = sorted(in_the_way & {e.key.key_id for e in self.record.retiring})
+            if still:
+                raise TransientError(f"no room for a new key yet: revoking {', '.join(still)} failed; will retry") from None
+            return self._mint(ctx)
+
+    def _stash_landed(self, credential: IssuedCredential) -> bool:
+        """After a failed stash write: did it apply all the same (a lost
+        response)? Unsure counts as yes: a key left unstashed is swept (it
+        carries this rotation's mark), a key revoked under a stash is not."""
+        pending = self.record.pending
+        assert pending is not None
+        try:
+            return self.engine.records.is_stashed(self.cred.spec.name, pending.rotation_id, credential.key_id)
+        except RotatorError:
+            return True
+
+    def _discard(self, credential: IssuedCredential) -> None:
+        """The stash failed: revoke the new credential rather than orphan it."""
+        try:
+            self._call(lambda: self.provider.revoke(credential.handle))
+            self.emit("orphan.revoked", key_id=credential.key_id)
+        except RotatorError as exc:
+            self.log.error("orphan.revoke_failed", key_id=credential.key_id, error=str(exc))
+
+    def _pending_credential(self) -> IssuedCredential:
+        pending = self.record.pending
+        assert pending is not None and pending.credential is not None
+        return IssuedCredential(
+            key_id=pending.credential.key_id,
+            data=dict(pending.data or {}),
+            handle=dict(pending.credential.handle),
+            expires_at=pending.credential.expires_at,
+        )

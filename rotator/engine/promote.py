@@ -1,0 +1,175 @@
+"""The steps from a minted credential to the live one: verify it at the provider, promote it to the live
+path with check-and-set, describe it in the path's metadata, or roll back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rotator.core import machine, transitions
+from rotator.core.crashpoints import crashpoint
+from rotator.core.errors import RotatorError, TransientError
+from rotator.core.provider import IssuedCredential
+from rotator.core.timetable import draw_jitter
+from rotator.engine import retry
+from rotator.vault.livepath import LivePath
+
+
+class PromoteSteps:
+    """The steps from a minted credential to the live one: verify it at the provider, promote it to the live
+    path with check-and-set, describe it in the path's metadata, or roll back.
+
+    A part of _Run (rotator.engine.run): it uses the run's attributes and methods.
+    """
+
+    def _verify(self) -> None:
+        credential = self._pending_credential()
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            self.provider.verify(credential)
+
+        try:
+            # SIGTERM finishes this step: verification runs out its (bounded)
+            # budget rather than turn a shutdown into a rollback.
+            self._call(attempt, retry.VERIFY, max_seconds=self.provider.verify_budget.total_seconds(), watch_shutdown=False)
+        except RotatorError as exc:
+            self._fail("verify", exc)
+            return
+        self._apply(machine.Verified(attempts))
+        self._verified_here = True
+        self.emit("credential.verified", key_id=credential.key_id, attempts=attempts)
+        crashpoint("after-verify")
+
+    def _is_named_live(self, key_id: str) -> bool:
+        if self._described_key is not None and key_id != self._described_key:
+            # This run's own metadata write (under its lease) just named
+            # another key as live, after its check-and-set live write.
+            return False
+
+        def key_in(data: Any) -> str | None:
+            named = self.provider.live_key(data)
+            return named.key_id if named else None
+
+        # Every path this credential may have made live: its file's, the one
+        # its record last wrote, and the one its rotation in flight writes.
+        pending = self.record.pending
+        paths = {str(self._live), self.record.live_path, pending.target if pending else None}
+        lives = [self._live] + [LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(paths - {str(self._live), None}) if "/" in p]
+        return any(live.names_as_live(key_id, key_in=key_in) for live in lives)
+
+    @property
+    def _live(self) -> LivePath:
+        return LivePath(self.engine.store, self.cred.spec.vault.mount, self.cred.spec.vault.path)
+
+    def _promote(self) -> None:
+        credential = self._pending_credential()
+        pending = self.record.pending
+        assert pending is not None
+        here = str(self._live)
+        last_written = self.record.live_version if self.record.live_path in (None, here) else None
+        expired = credential.expires_at is not None and credential.expires_at <= self.engine.clock.now()
+        if not self._verified_here and not expired:
+            # Verified by another run (a crash since, or a record restored from
+            # an older version): it may have been revoked meanwhile. Verified
+            # again before it goes live (sim F25). One that has simply outlived
+            # its own expiry (a token's hour) is not: undoing it here would let
+            # a writer stalled past its lease land it on a path left unwritten.
+            try:
+                self._call(lambda: self.provider.verify(credential), retry.VERIFY,
+                           max_seconds=self.provider.verify_budget.total_seconds(), watch_shutdown=False)
+            except RotatorError as exc:
+                self._fail("verify", exc)
+                return
+            self._verified_here = True
+        try:
+            self.ensure_lease()
+            version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name))
+        except RotatorError as exc:
+            self._fail("promote", exc)
+            return
+        crashpoint("after-live-write")
+        # Not written on its own: after a crash here the record says
+        # `verified`, and the next promotion finds the version already there.
+        self._apply(machine.LiveWritten(version), defer=True)
+
+    def _describe_live(self) -> None:
+        """The promotion's second half: until the metadata names the new
+        key, the old one is not superseded (its revocation would be refused)."""
+        credential = self._pending_credential()
+        pending = self.record.pending
+        assert pending is not None and pending.live_version is not None
+        try:
+            self.ensure_lease()
+            self._call(lambda: self._live.describe(
+                credential=self.cred.spec.name, provider=self.cred.spec.provider, key_id=credential.key_id,
+                rotation_id=pending.rotation_id, rotated_at=pending.live_at or self.engine.clock.now(), expires_at=credential.expires_at,
+            ))
+        except RotatorError as exc:
+            # The credential is live already: never roll it back for metadata.
+            self.log.error("vault.metadata_failed", vault_path=str(self._live), error=str(exc))
+            self._fail("metadata", exc)
+            return
+        self._described_key = credential.key_id
+        crashpoint("after-metadata")
+        self._finish_promotion(credential, pending.live_version)
+        crashpoint("after-promote")
+
+    def _finish_promotion(self, credential: IssuedCredential, version: int) -> None:
+        # Logged before the record says so: after a crash in between, the
+        # recovery logs it again (at least once), never not at all.
+        self.emit("credential.promoted", key_id=credential.key_id, vault_path=str(self._live), vault_version=version)
+        rotation_id = self.record.pending.rotation_id if self.record.pending else ""
+        revoke_now = bool(self.record.pending and self.record.pending.revoke_now)
+        self.request = None
+        promoted = transitions.apply(self.record, machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)),
+                                 self.policy, self.engine.clock.now())
+        self._defer(promoted)
+        self._retire_forgotten(revoke_now=revoke_now)  # reads only, or writes what it found with the promotion
+        if self._dirty and not self._next_is_retirement():
+            # Otherwise written with the retirement's outcome (`--revoke-now`):
+            # after a crash before it the promotion is found done and redone.
+            self._write_outcome()
+        if self._started_monotonic is not None:
+            self.duration_seconds = time.monotonic() - self._started_monotonic
+        duration_ms = int(self.duration_seconds * 1000) if self.duration_seconds is not None else None
+        self.emit("rotation.completed", duration_ms=duration_ms)
+        self.engine.notices.promoted(self.cred.spec, key_id=credential.key_id, vault_version=version, rotation_id=rotation_id,
+                                     at=self.engine.clock.now())
+        self.status = "completed"
+        self.log = self.log.unbind("rotation_id")
+
+    def _roll_back(self) -> None:
+        pending = self.record.pending
+        assert pending is not None
+        superseded = False
+        if pending.credential is not None:
+            credential = self._pending_credential()
+            try:
+                live_version = self._call(lambda: self._live.version_holding(pending.data)) if pending.data else None
+                if live_version is not None:
+                    # It reached the live path after all: it is live, keep it.
+                    self._apply(machine.LiveWritten(live_version))
+                    return
+                since = (self.record.live_version or 0) if self.record.live_path in (None, str(self._live)) else 0
+                # Live once and superseded since (another record took the path on): a grace, not a revoke (sim F21).
+                superseded = bool(pending.data) and self._call(lambda: self._live.held_before(pending.data, since=since))
+                if not superseded:
+                    if self._is_named_live(credential.key_id):
+                        raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")
+                    self.ensure_lease()  # after the reads: a holder that stalled in them stops here
+                    self._call(lambda: self.provider.revoke(credential.handle))
+                    crashpoint("after-rollback-call")
+            except RotatorError as exc:
+                self._fail("rollback", exc)
+                return
+        failed_step, error = pending.failed_step or "verify", self.record.last_error or "verification failed"
+        if not self.policy.has_file:
+            failed_step, error = "removed", "its credential file was removed: the unfinished rotation is undone"
+        if pending.credential is not None:
+            self.emit("rotation.rolled_back", "warning", key_id=pending.credential.key_id, **({"superseded": True} if superseded else {}))
+        self._apply(machine.RolledBack(superseded=superseded))
+        self._report_failure(failed_step, error)

@@ -1,0 +1,89 @@
+"""Retiring superseded keys: deactivate, then revoke once grace has passed and, where the provider
+reports use, once the key is quiet (held up to max_wait); revocation is confirmed at the provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rotator.core import machine, usage
+from rotator.core.clock import to_rfc3339
+from rotator.core.crashpoints import crashpoint
+from rotator.core.errors import PermanentError, RotatorError, TransientError
+from rotator.core.state import Retiring
+from rotator.engine import retry
+
+
+class RetireSteps:
+    """Retiring superseded keys: deactivate, then revoke once grace has passed and, where the provider
+    reports use, once the key is quiet (held up to max_wait); revocation is confirmed at the provider.
+
+    A part of _Run (rotator.engine.run): it uses the run's attributes and methods.
+    """
+
+    def _retire(self, key_id: str, *, deactivate: bool) -> None:
+        entry = next(e for e in self.record.retiring if e.key.key_id == key_id)
+        log, self.log = self.log, self.log.bind(rotation_id=entry.superseded_by)
+        step = "deactivate" if deactivate else "revoke"
+        if not self._may_retire_for_use(entry, step):
+            self.log = log
+            return
+        try:
+            if self._is_named_live(key_id):
+                raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
+            self.ensure_lease()  # after the reads, right before the call: a holder that stalled in them stops here
+            if deactivate:
+                self._call(lambda: self.provider.deactivate(entry.key.handle))
+            else:
+                self._call(lambda: self.provider.revoke(entry.key.handle))
+                crashpoint("after-revoke-call")
+                confirm_seconds = self.provider.confirm_budget.total_seconds()
+                if not self._call(lambda: self._confirm_revoked(entry.key.handle), retry.CONFIRM, max_seconds=confirm_seconds):
+                    raise TransientError(f"{self.provider.kind} has not yet confirmed the revocation of {key_id}")
+        except RotatorError as exc:
+            self._fail(step, exc, key_id=key_id)
+            self.log = log
+            return
+        self.emit(f"credential.{'deactivated' if deactivate else 'revoked'}", key_id=key_id)
+        if deactivate:
+            # A revocation due at once carries it: redone after a crash, deactivating twice is harmless.
+            self._apply(machine.Deactivated(key_id), defer=True)
+            if not self._next_is_retirement():
+                self._write_outcome()
+        else:
+            self._apply(machine.Revoked(key_id))
+        self.log = log
+        crashpoint(f"after-{step}")
+
+    def _may_retire_for_use(self, entry: Retiring, step: str) -> bool:
+        """Usage-aware revocation (contract §6.10, rotator.core.usage): a key the
+        provider reports in use is held, and checked again with backoff."""
+        revocation = self.policy.revocation
+        if not usage.should_check(entry, revocation, reports_use=self.provider.reports_key_use):
+            return True
+        key_id, now = entry.key.key_id, self.engine.clock.now()
+        deadline = usage.max_wait_until(entry, revocation)
+        try:
+            last_used = self._call(lambda: self.provider.last_used(entry.key.handle))
+        except RotatorError as exc:
+            if now < deadline:
+                self._fail(step, exc, key_id=key_id)
+                return False
+            last_used = entry.last_used_at  # past max_wait: retire it whatever the provider says
+        decision = usage.decide(entry, last_used, revocation, grace=self.policy.grace, now=now)
+        used = to_rfc3339(last_used) if last_used else None
+        if decision.verdict == "held":
+            self.persist(usage.held(self.record, key_id, decision, now))
+            assert decision.retry_at is not None
+            self.emit("revocation.held", "warning", key_id=key_id, last_used=used, retry_at=to_rfc3339(decision.retry_at),
+                      max_wait_until=to_rfc3339(deadline))
+            return False
+        if decision.verdict == "forced":
+            self.emit("revocation.forced", "error", key_id=key_id, last_used=used, max_wait_until=to_rfc3339(deadline),
+                      held_since=to_rfc3339(entry.held_since) if entry.held_since else None)
+        return True
+
+    def _confirm_revoked(self, handle: Any) -> bool:
+        if not self.provider.is_revoked(handle):
+            raise TransientError("not yet revoked")
+        return True
