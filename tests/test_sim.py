@@ -22,7 +22,6 @@ from datetime import timedelta
 
 import pytest
 
-from rotator.core import machine
 from rotator.core import transitions
 from rotator.testing.sim import explorer
 from rotator.testing.sim.explorer import Schedule, replay, run, shrink
@@ -158,7 +157,7 @@ def test_the_invariants_catch_a_planted_grace_bug(monkeypatch: pytest.MonkeyPatc
     def no_grace(record, outcome, policy, now):  # type: ignore[no-untyped-def]
         return real(record, outcome, policy.__class__(policy.schedule, timedelta(0), policy.retire_delay, policy.fingerprint), now)
 
-    monkeypatch.setattr(machine, "_promoted", no_grace)
+    monkeypatch.setattr(transitions, "_promoted", no_grace)
     schedule = explorer.generate(3, kinds=["deploy_key"], faults=[])
     result = run(schedule)
     assert result.violations and result.violations[0].invariant == "grace"

@@ -106,10 +106,12 @@ class IssueSteps:
 
     def _baseline(self) -> Baseline | None:
         content = self._call(self._live.read)
-        return find_baseline(
+        # Only reads (other records, the provider's key list): retried as any
+        # read is, so a 429 with Retry-After on the listing is waited out.
+        return self._call(lambda: find_baseline(
             self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
             grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record, clock=self.policy.clock,
-        )
+        ))
 
     def _sweep_stash(self, revoked: list[str]) -> list[str]:
         """A credential stashed but never recorded (a crash between the two
