@@ -54,9 +54,6 @@ from rotator.audit.chain import (
 )
 
 
-
-
-
 @dataclass(frozen=True)
 class Position:
     """Where the next append goes: after `tip`, in chain `chain_id`;

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rotator.audit.events import redact_text
 from rotator.core.errors import CasMismatchError, LeaseLostError, RotatorError
 from rotator.core.state import Lease, StateRecord
-
-if TYPE_CHECKING:
-    from rotator.engine.reconcile import _StaleRecordError
+from rotator.engine.results import _StaleRecordError
 
 
 class Persistence:

@@ -36,16 +36,11 @@ from rotator.core.schedule import Revocation
 from rotator.core.state import Lease, StateRecord
 from rotator.engine.fileless import FilelessCredential
 from rotator.engine.notify import Notifier
-from rotator.engine.results import EngineOptions, ReconcileResult
+from rotator.engine.results import EngineOptions, ReconcileResult, _StaleRecordError
 from rotator.engine.run import _Run
 from rotator.vault.changes import ChangeFeed
 from rotator.vault.records import RecordStore, default_stash_prefix, has_inline_secrets
 from rotator.vault.store import VaultStore
-
-
-class _StaleRecordError(Exception):
-    """The first write of a reconcile started from a remembered record lost
-    its check-and-set: the record changed since; read it and start again."""
 
 
 class Engine:

@@ -53,3 +53,8 @@ class ReconcileResult:
 
 def new_rotation_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+class _StaleRecordError(Exception):
+    """The first write of a reconcile started from a remembered record lost
+    its check-and-set: the record changed since; read it and start again."""

@@ -13,7 +13,6 @@ from typing import Any
 
 import requests
 
-
 POOL_SIZE = 64  # keep-alive connections to Vault, across all threads
 INDEX_HEADER = "X-Vault-Index"
 
