@@ -367,7 +367,9 @@ def test_rotate_caught_without_a_leader_fails_and_run_again_finishes_the_same_ro
     one comes back. The command cannot write the record and exits 1, its
     lease left behind. With a leader again, `rotate` run again sees the
     holder is gone, resumes the same rotation and completes it: one key
-    minted, one live version, no orphan."""
+    minted live, one live version, no orphan. (The record says `issued` only
+    with `verified`, docs/STATE.md: the key stashed before the outage is
+    found by its stash entry and revoked, then a new one is minted.)"""
     raft = healed
     prefix = f"rotator-test/{unique}"
     live_path = f"apps/{iam_user}"
@@ -396,7 +398,8 @@ def test_rotate_caught_without_a_leader_fails_and_run_again_finishes_the_same_ro
     raft.restart(other)
     raft.wait_for_active(timeout=30)
     state = state_of(raft, prefix, iam_user)
-    assert state["pending"]["phase"] == "issued" and state["lease"] is not None
+    assert state["pending"]["phase"] == "issuing" and state["lease"] is not None
+    stashed_key = next(e["key_id"] for e in parse_events("".join(lines)) if e["event"] == "credential.issued")
     rerun_at = time.monotonic()
     again = run_rotator(["rotate", iam_user], env)
     print(f"\nRAFT rotate without a leader: exit {first.returncode} {failed_after:.1f}s after the kill "
@@ -412,6 +415,7 @@ def test_rotate_caught_without_a_leader_fails_and_run_again_finishes_the_same_ro
     state = state_of(raft, prefix, iam_user)
     assert state["pending"] is None and state["rotations"] == 1 and state["current"]["key_id"] == data["access_key_id"]
     assert keys_at_moto(iam_admin, iam_user) == {data["access_key_id"]} == {meta["custom_metadata"]["rotator-key-id"]}
+    assert [e["key_id"] for e in events if e["event"] == "orphan.revoked"] == [stashed_key] != [data["access_key_id"]]
     ledger = SecretLedger()
     ledger.add(data["secret_access_key"])
     ledger.capture("first rotate", "".join(lines) + out + err)
