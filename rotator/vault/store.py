@@ -72,7 +72,38 @@ class LiveMetadata:
     custom_metadata: dict[str, str]
 
 
-class VaultStore:
+class FolderAndRefReads:
+    """What is built on `list` and `read` alone, shared by VaultStore and the
+    simulation's KV model (rotator.testing.sim.kv), so the two cannot differ."""
+
+    def list(self, mount: str, path: str) -> list[str]:
+        raise NotImplementedError
+
+    def read(self, mount: str, path: str) -> Versioned:
+        raise NotImplementedError
+
+    def walk(self, mount: str, path: str) -> Iterator[str]:
+        """Every leaf key below a folder, as paths relative to it."""
+        for key in self.list(mount, path):
+            if key.endswith("/"):
+                for sub in self.walk(mount, f"{path}/{key.rstrip('/')}"):
+                    yield f"{key}{sub}"
+            else:
+                yield key
+
+    def read_ref(self, ref: str) -> str:
+        """The value of a `MOUNT/PATH#FIELD` reference (never logged)."""
+        mount, path, field = parse_vault_ref(ref)
+        current = self.read(mount, path)
+        if current.data is None or field not in current.data:
+            raise NotFoundError(f"Vault reference {ref} does not exist (no field {field!r} at {mount}/{path})")
+        value = current.data[field]
+        if not isinstance(value, str) or not value:
+            raise PermanentError(f"Vault reference {ref} is not a non-empty string")
+        return value
+
+
+class VaultStore(FolderAndRefReads):
     """KV v2 reads and check-and-set writes, secret references, health."""
 
     def __init__(
@@ -338,27 +369,6 @@ class VaultStore:
             return []
         return list(response["data"]["keys"])
 
-    def walk(self, mount: str, path: str) -> Iterator[str]:
-        """Every leaf key below a folder, as paths relative to it."""
-        for key in self.list(mount, path):
-            if key.endswith("/"):
-                for sub in self.walk(mount, f"{path}/{key.rstrip('/')}"):
-                    yield f"{key}{sub}"
-            else:
-                yield key
-
-    # -- references ----------------------------------------------------------
-
-    def read_ref(self, ref: str) -> str:
-        """The value of a `MOUNT/PATH#FIELD` reference (never logged)."""
-        mount, path, field = parse_vault_ref(ref)
-        current = self.read(mount, path)
-        if current.data is None or field not in current.data:
-            raise NotFoundError(f"Vault reference {ref} does not exist (no field {field!r} at {mount}/{path})")
-        value = current.data[field]
-        if not isinstance(value, str) or not value:
-            raise PermanentError(f"Vault reference {ref} is not a non-empty string")
-        return value
 
     # -- audit anchors: Transit signatures (rotator.auditanchor) ---------------
 

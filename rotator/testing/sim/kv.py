@@ -24,13 +24,19 @@ it just applies the effect.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from rotator.core.errors import CasMismatchError, NotFoundError, PermanentError
-from rotator.core.validators import parse_vault_ref
-from rotator.vault.store import MAX_METADATA_KEY_BYTES, MAX_METADATA_KEYS, MAX_METADATA_VALUE_BYTES, LiveMetadata, Versioned
+from rotator.vault.store import (
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_BYTES,
+    FolderAndRefReads,
+    LiveMetadata,
+    Versioned,
+)
 
 T = TypeVar("T")
 DEFAULT_MAX_VERSIONS = 10
@@ -63,7 +69,7 @@ class _Entry:
     cas_required: bool = False
 
 
-class KvModel:
+class KvModel(FolderAndRefReads):
     """KV v2 mounts in memory. `boundary` wraps every call (see module doc)."""
 
     def __init__(self, *, boundary: Boundary | None = None) -> None:
@@ -147,24 +153,6 @@ class KvModel:
 
     def list(self, mount: str, path: str) -> list[str]:
         return self._call("list", mount, path, lambda: self._list(mount, path))
-
-    def walk(self, mount: str, path: str) -> Iterator[str]:
-        for key in self.list(mount, path):
-            if key.endswith("/"):
-                for sub in self.walk(mount, f"{path}/{key.rstrip('/')}"):
-                    yield f"{key}{sub}"
-            else:
-                yield key
-
-    def read_ref(self, ref: str) -> str:
-        mount, path, fld = parse_vault_ref(ref)
-        current = self.read(mount, path)
-        if current.data is None or fld not in current.data:
-            raise NotFoundError(f"Vault reference {ref} does not exist (no field {fld!r} at {mount}/{path})")
-        value = current.data[fld]
-        if not isinstance(value, str) or not value:
-            raise PermanentError(f"Vault reference {ref} is not a non-empty string")
-        return value
 
     # VaultStore's session plumbing, as no-ops.
     def login(self) -> None:
