@@ -90,6 +90,7 @@ class GitHubAppInstallationTokenProvider(_GitHubAppProvider):
     """Installation access tokens: they live one hour and cannot be listed."""
 
     kind = "github.app_installation_token"
+    retires_by_id = False  # DELETE /installation/token authenticates with the token itself
     params_model = InstallationTokenParams
     scope_params: ClassVar[Mapping[str, str]] = {"installation_id": "github_installations", "repositories": "github_repository_names"}
     live_fields = ("token", "expires_at")

@@ -76,10 +76,7 @@ F53 = "F53 revoke-now-gave-forgotten-keys-their-grace"
 F54 = "F54 sim-quiescence-ignored-removed-files-work"
 F90 = "F90 record-restored-to-an-earlier-rotations-issuing"
 
-KNOWN_OPEN: dict[tuple[str, str], str] = {
-    ("aws", "state_older"): F90,
-    ("others", "state_older"): F90,
-}
+KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
 TOTAL = int(os.environ.get("ROTATOR_SIM_SCHEDULES", "2000"))
 PASSING = [(g, f) for g in GROUPS for f in ("none", *ALL_FAULTS) if (g, f) not in KNOWN_OPEN]
@@ -308,7 +305,7 @@ FINDINGS = [
     (F90, "aws", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()),
                   ("rotate", False, ()), ("state", "older")]),
 ]
-OPEN_FINDINGS: set[str] = {F26, F90}
+OPEN_FINDINGS: set[str] = {F26}
 # Cases of an open finding that no longer reproduce (none open now).
 FIXED_CASES: set[tuple[str, str]] = set()
 

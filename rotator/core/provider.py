@@ -128,6 +128,11 @@ class Provider(ABC):
     confirm_budget: ClassVar[timedelta] = timedelta(seconds=30)
     # False where the API cannot list credentials (GitHub installation tokens).
     can_list: ClassVar[bool] = True
+    # True where `revoke`, `deactivate` and `is_revoked` work from the handle's
+    # non-secret fields alone (ids), when its stashed secret parts are lost.
+    # False where they need the secret (an installation token revokes itself):
+    # such a key is then done with once it has expired by itself.
+    retires_by_id: ClassVar[bool] = True
     # True where the mark is set in the same call that creates the key (a
     # title, a name). False where it is a second call (AWS user tags): then a
     # crash between the two leaves an unmarked key, found by creation time.

@@ -15,7 +15,15 @@ from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import RotatorError, TransientError
 from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError
 from rotator.core.state import KeyRecord, StateRecord, with_value_hashes
-from rotator.engine.baseline import Baseline, find_baseline, needs_baseline, pending_revoke_now, rotation_key_overwritten
+from rotator.engine.baseline import (
+    Baseline,
+    find_baseline,
+    forgotten_keys,
+    live_key_ids,
+    needs_baseline,
+    pending_revoke_now,
+    rotation_key_overwritten,
+)
 from rotator.engine.results import _MayHaveActed, new_rotation_id
 
 
@@ -75,6 +83,15 @@ class IssueSteps:
         pending = self.record.pending
         assert pending is not None
         revoked: list[str] = []
+        if pending.rotation_id != self._started_here:
+            # Resumed from Vault: the record may be behind the live path (restored from an older version),
+            # and then "this rotation's" keys went live since and one may be in its grace (sim F90).
+            try:
+                if self._recover_if_behind(self._call(self._live.read)):
+                    return
+            except RotatorError as exc:
+                self._fail("sweep", exc)
+                return
         if self.provider.can_list:
             try:
                 orphans = [key for key in self._call(self.provider.list_keys) if self._is_orphan(key, pending)]
@@ -186,6 +203,8 @@ class IssueSteps:
         path says it completed. Minting again could delete the live key (a
         retry-safe create removes what "its" lost create left)."""
         content = self._call(self._live.read)
+        if self._recover_if_behind(content):
+            return True
         if content.owner() != self.cred.spec.name or content.custom_metadata.get("rotator-rotation-id") != rotation_id:
             return self._live_write_landed(content)
         named = self.provider.live_key(content.data) if content.data else None
@@ -203,6 +222,42 @@ class IssueSteps:
         if self.request is not None and self.request.revoke_now:
             return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
         self.request = None
+        return True
+
+    def _recover_if_behind(self, content: Any) -> bool:
+        """The live path holds a later rotation of this credential than the
+        record knows: the record was restored from an older version, and the
+        rotation it has pending completed long ago, as did at least one after
+        it. Sweeping or re-issuing "its" keys would revoke keys that went live
+        since, one perhaps in its grace. The record takes the live key back as
+        current (as for a lost record), the pending rotation is dropped, and
+        every key of this credential the record does not know is retired
+        after a full grace from now (at once under `--revoke-now`)."""
+        pending = self.record.pending
+        assert pending is not None
+        live_rotation = content.custom_metadata.get("rotator-rotation-id") or None
+        known = {pending.rotation_id, *(k.rotation_id for k in (self.record.current, pending.credential) if k is not None),
+                 *(e.key.rotation_id for e in self.record.retiring)}
+        if content.data is None or content.owner() != self.cred.spec.name or live_rotation is None or live_rotation in known:
+            return False
+        now = self.engine.clock.now()
+        named = self.provider.live_key(content.data)
+        current = None if named is None else KeyRecord(
+            key_id=named.key_id, rotation_id=live_rotation, handle=dict(named.handle), issued_at=named.created_at or now)
+        revoke_now = pending.revoke_now
+        self._apply(machine.Recovered(current, content.version, str(self._live)))
+        if self.provider.can_list:
+            live = live_key_ids(content, self.provider)
+            found = tuple(e for e in self._call(lambda: forgotten_keys(
+                self.record, self.provider.list_keys(), name=self.cred.spec.name, keep=live, grace=self.policy.grace, now=now,
+                read_other=self.engine.read_record, clock=self.policy.clock, keeps_inactive=self.policy.retire_delay is not None)))
+            if found and revoke_now:
+                found = tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found)
+            if found:
+                self._apply(machine.Forgotten(found))
+        self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id, live_rotation_id=live_rotation,
+                         key_id=current.key_id if current else None, vault_version=content.version)
+        self.status = "completed"  # a manual request (self.request) still gets a rotation of its own
         return True
 
     def _live_write_landed(self, content: Any) -> bool:

@@ -28,6 +28,9 @@ class RetireSteps:
         if not self._may_retire_for_use(entry, step):
             self.log = log
             return
+        if entry.key.lacks_secrets() and self._retired_without_secrets(entry, step):
+            self.log = log
+            return
         try:
             if self._is_named_live(key_id):
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
@@ -54,6 +57,26 @@ class RetireSteps:
             self._apply(machine.Revoked(key_id))
         self.log = log
         crashpoint(f"after-{step}")
+
+    def _retired_without_secrets(self, entry: Retiring, step: str) -> bool:
+        """Its stash entry is gone (`RecordStore.hydrate`): only the handle's
+        ids are known. Providers that retire by id do so; one that needs the
+        secret (an installation token revokes itself) cannot, and the key is
+        done with once it has expired by itself. True when handled here."""
+        missing = sorted(set(entry.key.stashed_fields) - set(entry.key.handle))
+        needs_secret = any(f in self.provider.secret_fields for f in missing) and not self.provider.retires_by_id
+        if not needs_secret:
+            return False
+        key_id, now = entry.key.key_id, self.engine.clock.now()
+        expires = entry.key.expires_at
+        if expires is not None and expires <= now:
+            self.log.warning("credential.expired_unrevoked", key_id=key_id, expired_at=to_rfc3339(expires),
+                             reason="its stash entry is gone; it expired by itself")
+            self._apply(machine.Revoked(key_id))
+            return True
+        self._fail(step, TransientError(f"the stash entry of {key_id} is gone and {self.provider.kind} needs its secret to "
+                                        "revoke it; waiting for it to expire"), key_id=key_id)
+        return True
 
     def _may_retire_for_use(self, entry: Retiring, step: str) -> bool:
         """Usage-aware revocation (contract §6.10, rotator.core.usage): a key the

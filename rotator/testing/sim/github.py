@@ -116,6 +116,7 @@ class GitHubApp(Service):
 
 class SimGitHubAppInstallationTokenProvider(_SimProvider):
     kind = "github.app_installation_token"
+    retires_by_id = False  # DELETE /installation/token authenticates with the token itself
     params_model = InstallationTokenParams
     live_fields = ("token", "expires_at")
     can_list = False
