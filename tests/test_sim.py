@@ -74,6 +74,7 @@ F51 = "F51 first-rotation-of-a-removed-file-never-undone"
 F52 = "F52 adopting-a-renamed-files-path-after-its-record-was-lost-orphans-the-old-names-keys"
 F53 = "F53 revoke-now-gave-forgotten-keys-their-grace"
 F54 = "F54 sim-quiescence-ignored-removed-files-work"
+F60 = "F60 adopted-over-key-regraced-by-the-next-promotion"
 F90 = "F90 record-restored-to-an-earlier-rotations-issuing"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -298,6 +299,12 @@ FINDINGS = [
     (F53, "deploy_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(15, "crash"),)), ("state", "soft"),
                          ("rotate", True, ())]),
     (F54, "deploy_key", [("tick", "r0", ()), ("foreign", "garbage"), ("edit", "rename"), ("tick", "r1", ()), ("edit", "delete")]),
+    # Found by the mixed sweep without state-record faults (helper combo3): a key written over by hand, adopted
+    # (its retirement a grace from the adoption), then graced again by the next promotion as if never superseded.
+    (F60, "deploy_key", [("rotate", False, ()), ("advance", 3600), ("foreign", "garbage"), ("advance", 10800), ("advance", 25200),
+                         ("advance", 10800), ("advance", 3600), ("rotate", False, ()), ("advance", 10800)]),
+    (F60, "webhook", [("tick", "r1", ()), ("rotate", True, ()), ("advance", 25200), ("advance", 10800), ("foreign", "restore"),
+                      ("advance", 10800), ("advance", 25200), ("rotate", True, ())]),
     # A record restored to a version of an earlier rotation than the live path's: reached by the sweeps once a
     # rotation writes its record 3-4 times, not 9 (issue 15), so that the fault's "older version" spans rotations.
     # Restoring the `issuing` record of the rotation before the last breaks main before that change too.

@@ -112,13 +112,18 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
                                 issued_at=named.created_at or now)
     # The adopted key is live again: whatever retirement it was on ends here.
     retiring = [e for e in base.retiring if current is None or e.key.key_id != current.key_id]
+    # What the adoption retires was superseded by the adopted data, live now:
+    # its grace runs from now (`superseded_at`), and the next promotion does
+    # not start it over as it does for keys whose successor was not yet live
+    # (sim F60: an adopted-over key kept up to two graces).
     replaced = base.current
     if replaced is not None and replaced.key_id != (current.key_id if current else None):
         if replaced.key_id not in {e.key.key_id for e in retiring}:
             retiring.append(Retiring(key=replaced, superseded_by=f"adopted-v{content.version}", revoke_after=now + spec.grace,
-                                     clock=engine.identity.boot_id))
-    retiring += _left_behind(engine, spec.name, base.model_copy(update={"current": current, "retiring": retiring}), content, listed,
-                             grace=spec.grace, now=now)
+                                     superseded_at=now, clock=engine.identity.boot_id))
+    left = _left_behind(engine, spec.name, base.model_copy(update={"current": current, "retiring": retiring}), content, listed,
+                        grace=spec.grace, now=now)
+    retiring += [e.model_copy(update={"superseded_at": now}) for e in left]
     # Take the lease first (check-and-set), so that no rotation starts between
     # the metadata written below and the record that matches it.
     version = _take_lease(engine, spec.name, base, version, now)
