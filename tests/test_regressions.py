@@ -509,3 +509,51 @@ def test_deleted_file_keeps_revoking_superseded_keys_on_schedule(openbao, aws_en
     daemon.run_pass()
     assert keys() == {second: "Active"}, "the removed file's live key is left alone"
     daemon.close()
+
+
+def test_a_deleted_record_of_a_removed_file_is_revived_and_its_superseded_key_revoked(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Sim F92: the record's latest version deleted by hand (`bao kv delete`)
+    and the file removed: nothing else names the superseded key. The daemon's
+    scan for file-less records writes back the newest readable version, and the
+    key is revoked on schedule. Real OpenBao, real moto, real daemon pass."""
+    from helpers import write_credential
+    from rotator.wiring import App
+    from rotator.daemon.loop import Daemon
+    from rotator.config.settings import Settings
+
+    from datetime import UTC, datetime
+
+    clock = FakeClock(datetime.now(UTC))
+    settings = Settings(config_dir=config_dir, state_prefix=f"rotator-test/{unique}", vault_addr=openbao.addr, vault_token=openbao.token)
+    store = VaultStore(settings.vault_connection())
+    engine = Engine(store, options=EngineOptions(state_prefix=settings.state_prefix), clock=clock)
+    file = write_credential(config_dir, iam_user, params={"user_name": iam_user, "delete_after_deactivation": "0s"}, every="30d", grace="1h")
+    daemon = Daemon(App(settings, store, engine))
+    keys = lambda: {k["AccessKeyId"]: k["Status"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}  # noqa: E731
+    live = lambda: store.read("secret", f"apps/{iam_user}").data["access_key_id"]  # noqa: E731
+    daemon.load()
+    daemon.preload_state()
+    assert daemon.run_pass().completed == 1
+    first = live()
+    clock.advance(timedelta(days=31))
+    assert daemon.run_pass().completed == 1
+    second = live()
+    assert set(keys()) == {first, second}
+    record_path = engine.state_path(iam_user)
+    import hvac
+
+    kv = hvac.Client(url=openbao.addr, token=openbao.token).secrets.kv.v2
+    kv.delete_latest_version_of_secret(path=record_path, mount_point="secret")
+    assert store.read("secret", record_path).data is None
+    file.unlink()
+    daemon.load()
+    daemon.preload_state()
+    revived = store.read("secret", record_path)
+    assert revived.data is not None and revived.data["credential"] == iam_user  # its newest readable version, written back
+    daemon.run_pass()  # the revived version's rotation is finished; its grace runs from now (no earlier live write is known)
+    assert set(keys()) == {first, second} and live() == second
+    clock.advance(timedelta(hours=2))
+    daemon.run_pass()
+    assert keys() == {second: "Active"}, "the superseded key of the revived record must be revoked at the end of grace"
+    assert live() == second
+    daemon.close()

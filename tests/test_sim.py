@@ -76,6 +76,10 @@ F53 = "F53 revoke-now-gave-forgotten-keys-their-grace"
 F54 = "F54 sim-quiescence-ignored-removed-files-work"
 F60 = "F60 adopted-over-key-regraced-by-the-next-promotion"
 F90 = "F90 record-restored-to-an-earlier-rotations-issuing"
+F91 = "F91 renamed-twice-then-lost-record-orphans-the-first-names-keys"
+F92 = "F92 deleted-record-of-a-removed-file-orphans-its-superseded-key"
+F93 = "F93 data-written-over-by-hand-kept-the-old-key-live-by-metadata"
+F94 = "F94 sim-key-written-over-by-hand-had-no-successor"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -311,6 +315,18 @@ FINDINGS = [
     (F90, "deploy_key", [("tick", "r1", ()), ("rotate", False, ()), ("rotate", False, ()), ("state", "older")]),
     (F90, "aws", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()),
                   ("rotate", False, ()), ("state", "older")]),
+    # A record lost after two renames: adopt (the metadata names the middle name) retires keys marked with the
+    # first name too, whose record says it moved to the middle one (the chain of moved_to is followed).
+    (F91, "stripe_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r0", ()), ("state", "lost"), ("edit", "rename")]),
+    # The record's latest version deleted by hand and its file removed: the daemon's scan for file-less records
+    # writes back its newest readable version, whose superseded key is then revoked on schedule.
+    (F92, "stripe_key", [("tick", "r0", ()), ("rotate", False, ()), ("state", "soft"), ("edit", "delete"), ("advance", 86400)]),
+    (F92, "aws", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "soft"), ("edit", "delete")]),
+    # The live data written over by hand (no key in it): the metadata still names the old key, but none of the
+    # key's secret values is in the data, so it is not live and its retirement goes ahead.
+    (F93, "aws", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "soft"), ("edit", "delete")]),
+    # Simulation: a key written over by hand is superseded by the rotator's next write there (its grace runs from it).
+    (F94, "aws", [("rotate", True, ()), ("rotate", False, ()), ("foreign", "garbage"), ("state", "soft")]),
 ]
 OPEN_FINDINGS: set[str] = {F26}
 # Cases of an open finding that no longer reproduce (none open now).

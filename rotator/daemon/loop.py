@@ -184,6 +184,20 @@ class Daemon:
         except RotatorError as exc:
             self.log.warning("state.fileless_scan_failed", error=str(exc))
             return
+        for name in names:
+            path = self.engine.state_path(name)
+            if path in found and found[path].data is not None:
+                continue
+            # Listed but unreadable: its latest version deleted by hand. With no
+            # file, nothing else names the keys it retires (contract §6.9).
+            try:
+                revived = self.engine.records.revive(name)
+            except (RotatorError, ValueError) as exc:
+                self.log.warning("state.revive_failed", credential=name, error=str(exc))
+                continue
+            if revived is not None:
+                self.log.warning("state.record_revived", credential=name, vault_version=revived.version)
+                found[path] = revived
         stems = {Path(f).stem for f in failed}
         fileless: dict[str, CredentialView] = {}
         for current in found.values():

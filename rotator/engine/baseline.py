@@ -152,17 +152,26 @@ def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: 
     """The listed keys marked as this credential's that `record` does not
     know (nor `keep`), as retiring after a full grace from now. Keys marked
     with an old name whose record says it moved here (a renamed file,
-    contract §6.9) are this credential's too. `keeps_inactive`: an inactive
+    contract §6.9), directly or along a chain of renames, are this
+    credential's too. `keeps_inactive`: an inactive
     key still has to be retired (AWS: deactivated, not yet deleted).
     `also`: more credential names whose keys count as this one's."""
     known = record.managed_key_ids() | keep
     moved: dict[str, bool] = {name: True, **dict.fromkeys(also, True)}
 
     def ours(credential: str) -> bool:
-        if credential not in moved:
+        # Followed along a chain of renames (a -> b -> this one), each hop by its record's moved_to.
+        chain: list[str] = []
+        while credential not in moved and credential not in chain and len(chain) < 32:
+            chain.append(credential)
             other, _ = read_other(credential)
-            moved[credential] = other is not None and other.moved_to == name
-        return moved[credential]
+            if other is None or other.moved_to is None:
+                break
+            credential = other.moved_to
+        verdict = moved.get(credential, False)
+        for hop in chain:
+            moved[hop] = verdict
+        return verdict
 
     found = []
     for key in listed:

@@ -59,7 +59,12 @@ class PromoteSteps:
         pending = self.record.pending
         paths = {str(self._live), self.record.live_path, pending.target if pending else None}
         lives = [self._live] + [LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(paths - {str(self._live), None}) if "/" in p]
-        return any(live.names_as_live(key_id, key_in=key_in) for live in lives)
+        # What the record knows of the key's values: data written over it by hand that holds none of them does not hold it.
+        known = next((k for k in (self.record.current, pending.credential if pending else None, *(e.key for e in self.record.retiring))
+                      if k is not None and k.key_id == key_id), None)
+        hashes = known.value_sha256 if known is not None else ()
+        secrets = self.provider.secret_values(known.handle) if known is not None else []
+        return any(live.names_as_live(key_id, key_in=key_in, value_sha256=hashes, secrets=secrets) for live in lives)
 
     @property
     def _live(self) -> LivePath:

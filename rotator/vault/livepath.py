@@ -17,12 +17,13 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from rotator.core.clock import to_rfc3339
 from rotator.core.errors import CasMismatchError, PermanentError
+from rotator.core.state import sha256_hex
 from rotator.vault.store import VaultStore
 
 ADOPT_HINT = "run `rotator adopt {name}` to accept what it holds (docs/GETTING_STARTED.md)"
@@ -133,7 +134,8 @@ class LivePath:
             metadata["rotator-expires-at"] = to_rfc3339(expires_at)
         self.store.merge_custom_metadata(self.mount, self.path, metadata)
 
-    def names_as_live(self, key_id: str, *, key_in: Callable[[Mapping[str, str]], str | None] | None = None) -> bool:
+    def names_as_live(self, key_id: str, *, key_in: Callable[[Mapping[str, str]], str | None] | None = None,
+                      value_sha256: Collection[str] = (), secrets: Collection[str] = ()) -> bool:
         """Whether the path says `key_id` is the live credential. Its latest
         data is the truth wherever it names a key (an id field such as
         `access_key_id`; or, with `key_in`, the id the provider derives from
@@ -141,7 +143,13 @@ class LivePath:
         counts only where the data names none (deleted, or not a credential
         the provider can name). Metadata is merged without check-and-set,
         so a writer that stalled past its lease may have left it naming a
-        key the data no longer holds: consumers read the data."""
+        key the data no longer holds: consumers read the data.
+
+        Data that names no key (written over by hand) still holds `key_id`
+        when one of its values is one of the key's secret values, by
+        `value_sha256` (the record's hashes) or found in it (`secrets`, the
+        values themselves, never logged). Knowing either and finding neither,
+        the data does not hold the key, whatever the metadata says."""
         meta = self.store.read_metadata(self.mount, self.path)
         if meta is None:
             return False
@@ -153,4 +161,6 @@ class LivePath:
             named = key_in(values) if key_in is not None else None
             if named is not None:
                 return named == key_id  # the data names its key
+            if value_sha256 or secrets:
+                return any(sha256_hex(v) in value_sha256 or any(x and x in v for x in secrets) for v in values.values())
         return meta.custom_metadata.get("rotator-key-id") == key_id

@@ -38,7 +38,7 @@ from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import CasMismatchError, LeaseLostError, NotFoundError, PermanentError, RotatorError
 from rotator.core.redaction import register_secret
 from rotator.core.state import SCHEMA_VERSION, KeyRecord, StateRecord
-from rotator.vault.store import VaultStore
+from rotator.vault.store import VaultStore, Versioned
 
 STASH_SUFFIX = "-stash"  # the default stash prefix: ROTATOR_STATE_PREFIX + this
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]{0,127}$")
@@ -159,6 +159,27 @@ class RecordStore:
             return None, current.version
         where = f"the state record of {name} ({self.mount}/{self.record_path(name)})"
         return StateRecord.from_vault(current.data, where=where), current.version
+
+    def revive(self, name: str, *, back: int = 10) -> Versioned | None:
+        """A record whose latest version was deleted (`bao kv delete`; the
+        rotator never deletes its records): its newest readable earlier
+        version is written back as the latest (check-and-set), and returned.
+        None when there is none among the last `back` versions, or when the
+        path holds a record or nothing at all. For records with no file: the
+        keys they retire have nobody else to name them (contract §6.9); the
+        engine treats what comes back as a record restored from an older
+        version. Returns the data written back and its new version."""
+        path = self.record_path(name)
+        current = self.store.read(self.mount, path)
+        if current.data is not None or current.version == 0:
+            return None
+        for version in range(current.version - 1, max(0, current.version - 1 - back), -1):
+            data = self.store.read_version(self.mount, path, version)
+            if data is None:
+                continue
+            StateRecord.from_vault(data, where=f"the state record of {name} ({self.mount}/{path}) version {version}")
+            return Versioned(data, self.store.write(self.mount, path, data, cas=current.version))
+        return None
 
     def save(
         self, record: StateRecord, *, cas: int, previous: StateRecord | None, secret_fields: frozenset[str],

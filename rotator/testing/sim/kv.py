@@ -214,6 +214,11 @@ class KvModel(FolderAndRefReads):
         entry = self._entry(mount, path)
         return None if entry is None else {"max_versions": entry.max_versions, "cas_required": entry.cas_required}
 
+    def deleted_under(self, mount: str, prefix: str) -> list[str]:
+        """(Inspection) Names right under `prefix` whose latest version is deleted or destroyed."""
+        return [name for name in self._list(mount, prefix) if not name.endswith("/")
+                and self.peek(mount, f"{prefix}/{name}") is None and self.current_version(mount, f"{prefix}/{name}") > 0]
+
     def versions_of(self, mount: str, path: str) -> list[int]:
         """Version numbers still kept (readable or deleted), oldest first."""
         entry = self._entry(mount, path)

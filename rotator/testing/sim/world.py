@@ -70,6 +70,7 @@ class Tracking:
     promoted: bool = False  # the rotator wrote it at least once
     foreign: bool = False  # someone else wrote it since the rotator last did
     retired: bool = False  # no file names it any more (vault.path changed): consumers moved
+    last_key: str | None = None  # the key the rotator's last write here held
 
 
 @dataclass
@@ -179,6 +180,12 @@ class World:
         for, then the records whose file was removed (as the daemon does
         after a reload: `rotator.engine.fileless`)."""
         proc = self.process(slot)
+        stems = {spec.stem for spec in self.files.values()}
+        for name in (n for n in self.kv.deleted_under(MOUNT, STATE_PREFIX) if n not in stems and not n.startswith("_")):
+            # The daemon's scan for file-less records revives one whose latest version was deleted (RecordStore.revive).
+            if self._run(proc, lambda n=name: proc.engine.records.revive(n), what=f"reviving {name}") is SimCrash:
+                self.procs.pop(slot, None)
+                return
         for cred in [*self.loaded(), *self.fileless()]:
             if self._run(proc, lambda c=cred: proc.engine.reconcile(c), what=cred.spec.name) is SimCrash:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
@@ -365,6 +372,10 @@ class World:
     def _after_live_write(self, path: str, before: dict[str, str | None]) -> None:
         new_key = self.service.key_of(self.kv.peek(MOUNT, path))
         now = self.clock.now()
+        last = self.tracked[path].last_key if path in self.tracked else None
+        if before.get(path) is None and last not in (None, new_key):
+            # Written over by hand (no key) since the rotator wrote `last` here: this write is its successor (§6.3).
+            self.superseded_at.setdefault(last, now)
         for where, key in before.items():
             if key is None or key == new_key:
                 continue
@@ -374,7 +385,7 @@ class World:
                 # Held at another path (one no file names now, or another file's): this write
                 # supersedes it only if nothing had yet (a moved path's first write).
                 self.superseded_at.setdefault(key, now)
-        self.tracked[path] = Tracking(promoted=True, foreign=False)
+        self.tracked[path] = Tracking(promoted=True, foreign=False, last_key=new_key)
 
     def records(self) -> dict[str, StateRecord]:
         """Every readable state record, by credential name (parsed once per change of the store)."""
