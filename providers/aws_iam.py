@@ -16,14 +16,21 @@ Invariants:
   (`InvalidClientTokenId`), not by ListAccessKeys: a deleted key works for
   seconds after the delete;
 - boto3 honours `AWS_ENDPOINT_URL` by itself; `role_arn` is assumed first;
+- a create is made first: the 2-key limit is AWS's to check
+  (`LimitExceeded`), and only then are the user's keys listed, to name the
+  ones in the way (`NoCapacityError`);
 - clients are made without reading anything from disk on the hot path: IAM
-  clients are shared per identity, and the per-key STS clients (verify,
-  is_revoked) come from one shared botocore session whose loader keeps the
-  service models in memory; no lock is held across a network call.
+  clients are shared per identity; the per-key STS checks (verify,
+  is_revoked) are one GetCallerIdentity each, signed with the key itself
+  (SigV4) and sent through the HTTP session of one STS client per region and
+  endpoint settings, which also resolved the endpoint (`AWS_ENDPOINT_URL`,
+  the AWS config): no botocore client per key; no lock is held across a
+  network call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -50,12 +57,21 @@ _IDENTITY_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_RO
 _CLIENTS: dict[tuple[str | None, ...], tuple[Any, datetime | None]] = {}
 _CLIENTS_LOCK = threading.Lock()  # guards the dict only, never held across a call to AWS
 _CLIENT_MAKERS: dict[tuple[str | None, ...], threading.Lock] = {}  # one maker per identity: no stampede at start
-# Per-key STS clients: a fresh boto3 Session per client re-reads the service
-# models and endpoint rules from disk (most of a rotation's CPU, issue 15);
-# one botocore session loads them once. Making a client from a shared
-# session is not thread-safe, so that (CPU only, no I/O) is serialised.
+# Per-key STS checks: a botocore client per key costs 5-25 ms of CPU (a fresh
+# boto3 Session's even re-reads the service models from disk: most of a
+# rotation's CPU before issue 15). One STS client per region and endpoint
+# settings (made once, from one botocore session, under a lock: making
+# clients from a shared session is not thread-safe; CPU only, no I/O)
+# resolves the endpoint and lends its pooled HTTP session; each check signs
+# its one request with the key it checks.
 _STS_SESSION: Any = None  # a botocore.session.Session, made on first use
 _STS_LOCK = threading.Lock()
+# What picks the STS endpoint and how it is reached: part of the template's cache key.
+_STS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+            "AWS_CONFIG_FILE", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_CA_BUNDLE",
+            "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
+_STS_TEMPLATES: dict[tuple[str | None, ...], Any] = {}  # guarded by _STS_LOCK
+_GET_CALLER_IDENTITY = b"Action=GetCallerIdentity&Version=2011-06-15"
 
 
 @functools.cache
@@ -190,10 +206,27 @@ class AwsIamAccessKeyProvider(Provider):
     # -- the provider interface -----------------------------------------------
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
+        import botocore.exceptions
+
         user = self.params.user_name
         iam = self.iam
-        keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
-        if len(keys) >= 2:
+
+        def create() -> Any:
+            try:
+                return iam.create_access_key(UserName=user)["AccessKey"]
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "LimitExceeded":
+                    return None  # refused before acting: the user has its 2 keys
+                raise
+
+        # Create first: a listing before every create would cost a call per
+        # rotation for what AWS checks anyway. A lost response is the
+        # engine's to handle (not retried: the next step sweeps).
+        created = _aws(f"creating an access key for {user}", create)
+        if created is None:
+            keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
+            if len(keys) < 2:  # one went meanwhile: AWS's answer stands, as any refusal would
+                raise PermanentError(f"AWS LimitExceeded while creating an access key for {user}")
             ids = frozenset(k["AccessKeyId"] for k in keys)
             unmanaged = sorted(ids - ctx.managed_key_ids)
             detail = (
@@ -201,7 +234,6 @@ class AwsIamAccessKeyProvider(Provider):
                 if unmanaged else "both are the rotator's and the older one is still in its grace period"
             )
             raise NoCapacityError(f"IAM user {user} already has 2 access keys (AWS's limit): {detail}", blocking_key_ids=ids)
-        created = _aws(f"creating an access key for {user}", lambda: iam.create_access_key(UserName=user)["AccessKey"])
         key_id, secret = created["AccessKeyId"], created["SecretAccessKey"]
         self.context.register_secret(secret)
         crashpoint("aws-after-create")  # tests: a crash between "create" and "mark"
@@ -222,26 +254,55 @@ class AwsIamAccessKeyProvider(Provider):
             handle={"user_name": user, "access_key_id": key_id, "secret_access_key": secret},
         )
 
-    def _sts_as(self, access_key_id: str, secret_access_key: str) -> Any:
-        """An STS client that signs with the given key (not the rotator's own
-        identity), from the shared botocore session: nothing is read from disk."""
+    def _sts_template(self) -> Any:
+        """The STS client of this region and endpoint settings: made once, it
+        resolved the endpoint and holds the pooled HTTP session; it never
+        signs (each check signs with its own key). CPU only under the lock."""
         global _STS_SESSION
         import botocore.session
 
+        key = (self.params.region, *(os.environ.get(v) for v in _STS_ENV))
         with _STS_LOCK:
-            if _STS_SESSION is None:
-                _STS_SESSION = botocore.session.get_session()
-            return _STS_SESSION.create_client(
-                "sts", region_name=self.params.region, aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-                config=_boto_config(),
-            )
+            template = _STS_TEMPLATES.get(key)
+            if template is None:
+                if _STS_SESSION is None:
+                    _STS_SESSION = botocore.session.get_session()
+                # Explicit (unused) credentials: no credential chain is looked up for a client that never signs.
+                template = _STS_SESSION.create_client("sts", region_name=self.params.region, aws_access_key_id="unused",
+                                                      aws_secret_access_key="unused", config=_boto_config())
+                _STS_TEMPLATES[key] = template
+            return template
+
+    def _caller_identity(self, access_key_id: str, secret_access_key: str) -> dict[str, Any]:
+        """One GetCallerIdentity signed with the given key (not the rotator's
+        own identity). Raises botocore's ClientError for an error answer, as a
+        client would."""
+        import botocore.exceptions
+        import botocore.parsers
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        template = self._sts_template()
+        url = template.meta.endpoint_url
+        # The legacy global endpoint (AWS_STS_REGIONAL_ENDPOINTS=legacy) signs for us-east-1.
+        region = "us-east-1" if url.rstrip("/").endswith("://sts.amazonaws.com") else template.meta.region_name
+        request = AWSRequest(method="POST", url=url.rstrip("/") + "/", data=_GET_CALLER_IDENTITY,
+                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+        SigV4Auth(Credentials(access_key_id, secret_access_key), "sts", region).add_auth(request)
+        response = template._endpoint.http_session.send(request.prepare())  # the template's pool, proxies and CA bundle
+        operation = template.meta.service_model.operation_model("GetCallerIdentity")
+        parsed = botocore.parsers.create_parser("query").parse(
+            {"status_code": response.status_code, "headers": response.headers, "body": response.content}, operation.output_shape)
+        if response.status_code >= 300:
+            raise botocore.exceptions.ClientError(parsed, "GetCallerIdentity")
+        return parsed
 
     def verify(self, credential: IssuedCredential) -> None:
         import botocore.exceptions
 
-        sts = self._sts_as(credential.data["access_key_id"], credential.data["secret_access_key"])
         try:
-            identity = sts.get_caller_identity()
+            identity = self._caller_identity(credential.data["access_key_id"], credential.data["secret_access_key"])
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"InvalidClientTokenId", "SignatureDoesNotMatch", "AccessDenied"}:
@@ -290,7 +351,7 @@ class AwsIamAccessKeyProvider(Provider):
         key_id, secret = handle["access_key_id"], handle.get("secret_access_key")
         if secret:
             try:
-                self._sts_as(key_id, secret).get_caller_identity()
+                self._caller_identity(key_id, secret)
             except botocore.exceptions.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code in {"InvalidClientTokenId", "SignatureDoesNotMatch"}:
@@ -325,24 +386,23 @@ class AwsIamAccessKeyProvider(Provider):
         keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
         return [key["AccessKeyId"] for key in keys]
 
-    def list_keys(self) -> list[ProviderKey]:
+    def list_keys_without_use(self) -> list[ProviderKey]:
+        """ListAccessKeys + ListUserTags: no GetAccessKeyLastUsed per key."""
         user = self.params.user_name
         iam = self.iam
         keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
         tags = _aws(f"listing tags of {user}", lambda: iam.list_user_tags(UserName=user)["Tags"])
         marks = {t["Key"]: _parse_mark(t["Value"]) for t in tags}
+        return [
+            ProviderKey(key_id=key["AccessKeyId"], handle={"user_name": user, "access_key_id": key["AccessKeyId"]},
+                        created_at=key.get("CreateDate"), active=key.get("Status") == "Active", mark=marks.get(key["AccessKeyId"]))
+            for key in keys
+        ]
+
+    def list_keys(self) -> list[ProviderKey]:
+        iam = self.iam
         out = []
-        for key in keys:
-            key_id = key["AccessKeyId"]
-            used = _aws(f"reading last use of {key_id}", lambda k=key_id: iam.get_access_key_last_used(AccessKeyId=k))
-            out.append(
-                ProviderKey(
-                    key_id=key_id,
-                    handle={"user_name": user, "access_key_id": key_id},
-                    created_at=key.get("CreateDate"),
-                    active=key.get("Status") == "Active",
-                    last_used_at=used.get("AccessKeyLastUsed", {}).get("LastUsedDate"),
-                    mark=marks.get(key_id),
-                )
-            )
+        for key in self.list_keys_without_use():
+            used = _aws(f"reading last use of {key.key_id}", lambda k=key.key_id: iam.get_access_key_last_used(AccessKeyId=k))
+            out.append(dataclasses.replace(key, last_used_at=used.get("AccessKeyLastUsed", {}).get("LastUsedDate")))
         return out

@@ -13,6 +13,7 @@ from rotator.core.clock import SystemClock
 from rotator.core.errors import PermanentError
 from rotator.core.provider import IssueContext, NoCapacityError, ProviderContext
 from rotator.testing.conformance import ProviderConformance, verify_eventually
+from counting_proxy import CountingProxy
 
 
 def make_provider(user: str) -> AwsIamAccessKeyProvider:
@@ -99,3 +100,103 @@ def test_revocation_is_confirmed_with_the_old_key_itself(aws_env: dict[str, str]
     assert provider.is_revoked(credential.handle)
     legacy = {k: v for k, v in credential.handle.items() if k != "secret_access_key"}
     assert provider.is_revoked(legacy), "a handle without the secret falls back to ListAccessKeys"
+
+
+# -- the calls each operation makes (issue 15: a rotation's cost is its calls) -------------
+
+
+@pytest.fixture
+def aws_calls(aws_env: dict[str, str], moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingProxy]:  # type: ignore[no-untyped-def]
+    """Every AWS call (IAM and STS) of this test, through a recording proxy in front of moto."""
+    with CountingProxy(moto.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # part of the IAM client's cache key: a new client
+        yield proxy
+
+
+def actions(proxy: CountingProxy) -> list[str | None]:
+    return [seen.action for seen in proxy.requests()]
+
+
+def test_issue_with_room_creates_and_marks_and_lists_nothing(aws_calls: CountingProxy, iam_user: str, iam_admin) -> None:  # type: ignore[no-untyped-def]
+    """Create first: the 2-key limit is AWS's to check (LimitExceeded), not a listing before every create."""
+    provider = make_provider(iam_user)
+    credential = provider.issue(IssueContext("ci", "r1"))
+    assert actions(aws_calls) == ["CreateAccessKey", "TagUser"]
+    keys = {k["AccessKeyId"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}
+    assert keys == {credential.key_id}
+
+
+def test_a_full_user_is_listed_only_after_aws_refused_the_create(aws_calls: CountingProxy, iam_user: str, iam_admin) -> None:  # type: ignore[no-untyped-def]
+    """LimitExceeded: one listing names the keys in the way (NoCapacityError, as before); nothing is made or deleted."""
+    first = iam_admin.create_access_key(UserName=iam_user)["AccessKey"]["AccessKeyId"]
+    second = iam_admin.create_access_key(UserName=iam_user)["AccessKey"]["AccessKeyId"]
+    provider = make_provider(iam_user)
+    with pytest.raises(NoCapacityError, match="both are the rotator's") as caught:
+        provider.issue(IssueContext("ci", "r1", managed_key_ids=frozenset({first, second})))
+    assert caught.value.blocking_key_ids == {first, second}
+    assert actions(aws_calls) == ["CreateAccessKey", "ListAccessKeys"]
+    keys = {k["AccessKeyId"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}
+    assert keys == {first, second}
+
+
+def test_listing_without_last_use_makes_two_calls_whatever_the_number_of_keys(aws_calls: CountingProxy, iam_user: str,
+                                                                               iam_admin) -> None:  # type: ignore[no-untyped-def]
+    """`list_keys_without_use`: ids, marks, status and creation times, without a GetAccessKeyLastUsed per key."""
+    manual = iam_admin.create_access_key(UserName=iam_user)["AccessKey"]["AccessKeyId"]
+    provider = make_provider(iam_user)
+    credential = provider.issue(IssueContext("ci", "r9"))
+    before = len(aws_calls.requests())
+    keys = {k.key_id: k for k in provider.list_keys_without_use()}
+    assert actions(aws_calls)[before:] == ["ListAccessKeys", "ListUserTags"]
+    assert keys[manual].mark is None and keys[manual].created_at is not None and keys[manual].active
+    assert keys[credential.key_id].mark is not None and keys[credential.key_id].mark.rotation_id == "r9"
+    assert all(k.last_used_at is None for k in keys.values())
+    full = {k.key_id: k for k in provider.list_keys()}
+    assert {k: (v.mark, v.created_at, v.active) for k, v in full.items()} == {k: (v.mark, v.created_at, v.active) for k, v in keys.items()}
+
+
+def test_sts_checks_are_one_signed_request_each_and_make_no_client(aws_calls: CountingProxy, iam_user: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify and is_revoked send one GetCallerIdentity signed with the key itself, to the endpoint boto
+    would use (here AWS_ENDPOINT_URL, the proxy), and build no botocore client per key (issue 15)."""
+    import botocore.session
+
+    provider = make_provider(iam_user)
+    warm = provider.issue(IssueContext("ci", "r0"))
+    verify_eventually(provider, warm)  # the first check may set up what every later one shares
+    provider.revoke(warm.handle)
+    made: list[str] = []
+    original = botocore.session.Session.create_client
+
+    def counting(self, service_name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(service_name)
+        return original(self, service_name, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", counting)
+    credential = provider.issue(IssueContext("ci", "r1"))
+    before = len(aws_calls.requests())
+    provider.verify(credential)
+    assert not provider.is_revoked(credential.handle)
+    provider.revoke(credential.handle)
+    assert provider.is_revoked(credential.handle)
+    assert actions(aws_calls)[before:] == ["GetCallerIdentity", "GetCallerIdentity", "DeleteAccessKey", "UntagUser",
+                                           "GetCallerIdentity"]
+    assert made == [], f"botocore clients made per key: {made}"
+
+
+def test_sts_errors_keep_their_meaning(aws_env: dict[str, str], iam_user: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key STS does not know is not accepted (yet) for verify and rejected for is_revoked; no STS at all is transient."""
+    from rotator.core.errors import TransientError
+    from rotator.core.provider import IssuedCredential
+
+    provider = make_provider(iam_user)
+    unknown = IssuedCredential(key_id="AKIAUNKNOWNUNKNOWN01", data={"access_key_id": "AKIAUNKNOWNUNKNOWN01", "secret_access_key": "x" * 40},
+                               handle={"user_name": iam_user, "access_key_id": "AKIAUNKNOWNUNKNOWN01", "secret_access_key": "x" * 40})
+    with pytest.raises(TransientError, match="does not accept key AKIAUNKNOWNUNKNOWN01 yet"):
+        provider.verify(unknown)
+    assert provider.is_revoked(unknown.handle)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: connection refused
+    with pytest.raises(TransientError, match="unreachable"):
+        provider.verify(unknown)
+    with pytest.raises(TransientError, match="unreachable"):
+        provider.is_revoked(unknown.handle)

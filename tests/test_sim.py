@@ -225,7 +225,7 @@ def test_a_lease_from_another_clock_is_trusted_the_allowance_past_its_expiry() -
 SAFETY = ("never-revoke-live", "live-works", "grace", "one-lease-holder")
 FINDINGS = [
     (F1, "deploy_key", [("tick", "r1", (CallFault(4, "lost"),))]),
-    (F1, "aws", [("tick", "r1", (CallFault(7, "lost"),))]),
+    (F1, "aws", [("tick", "r1", (CallFault(6, "lost"),))]),  # call 6: create_access_key
     (F2, "aws", [("tick", "r0", ()), ("state", "older")]),
     (F3, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("state", "lost"), ("tick", "r0", ()), ("rotate", False, ())]),
     (F4, "aws", [("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()), ("advance", 25200)]),
@@ -258,7 +258,7 @@ FINDINGS = [
     (F19, "deploy_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "older"), ("edit", "delete")]),
     (F20, "aws", [("pause", "r1", 6, 900.0, "cli"), ("advance", 86400)]),
     (F22, "stripe_key", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("pause", "r0", 3, 900.0, "r1")]),
-    (F23, "aws", [("tick", "r1", ()), ("state", "lost"), ("edit", "path"), ("tick", "r0", (CallFault(16, "crash_after"),))]),
+    (F23, "aws", [("tick", "r1", ()), ("state", "lost"), ("edit", "path"), ("tick", "r0", (CallFault(13, "crash_after"),))]),
     (F24, "webhook", [("rotate", False, ()), ("rotate", False, ()), ("foreign", "restore"), ("advance", 25200), ("edit", "rename")]),
     (F25, "webhook", [("tick", "r1", ()), ("foreign", "garbage"), ("advance", 86400), ("tick", "r0", (CallFault(4, "lost"), CallFault(24, "crash"))),
                       ("edit", "path"), ("state", "older"), ("advance", 25200), ("tick", "r1", (CallFault(4, "crash_after"),)),
@@ -270,7 +270,7 @@ FINDINGS = [
     (F21, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(18, "crash_after"),)), ("edit", "rename")]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
-    (F40, "aws", [("tick", "r0", (CallFault(18, "crash"),)), ("state", "soft")]),
+    (F40, "aws", [("tick", "r0", (CallFault(16, "crash"),)), ("state", "soft")]),
     (F40, "stripe_key", [("tick", "r1", (CallFault(12, "crash_after"),)), ("state", "lost")]),
     (F40, "deploy_key", [("tick", "r1", ()), ("edit", "path"), ("state", "soft"), ("rotate", True, ())]),
     (F40, "deploy_key", [("tick", "r0", ()), ("state", "lost"), ("edit", "path"), ("rotate", True, ())]),
@@ -279,7 +279,7 @@ FINDINGS = [
     (F41, "webhook", [("pause", "r0", 0, 3600.0, "r1"), ("foreign", "garbage"), ("state", "lost")]),
     (F41, "aws", [("tick", "r1", ()), ("rotate", True, ()), ("foreign", "restore"), ("state", "soft")]),
     (F41, "deploy_key", [("rotate", False, ()), ("foreign", "garbage"), ("state", "soft"), ("rotate", True, ())]),
-    (F42, "aws", [("tick", "r0", (CallFault(12, "429", 1.0), CallFault(13, "429", 1.0)))]),
+    (F42, "aws", [("tick", "r0", (CallFault(10, "429", 1.0), CallFault(11, "429", 1.0)))]),
     (F43, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", ()), ("state", "older"), ("advance", 86400),
                       ("rotate", True, ())]),
     (F44, "aws", [("foreign", "garbage")]),

@@ -203,6 +203,13 @@ class Provider(ABC):
         """Every key in this credential's scope at the provider (user, repo, account)."""
         raise NotImplementedError(f"{self.kind} cannot list its credentials")
 
+    def list_keys_without_use(self) -> list[ProviderKey]:
+        """`list_keys` where `last_used_at` may be left None: what the engine's
+        inventories read (ids, marks, creation times, `active`), not the usage
+        checks. Override it where last use costs a call per key (AWS
+        GetAccessKeyLastUsed); by default it is `list_keys`."""
+        return self.list_keys()
+
     def list_key_ids(self) -> list[str]:
         """The ids of `list_keys`, only (a provider may get them with fewer calls)."""
         return [key.key_id for key in self.list_keys()]

@@ -15,7 +15,7 @@ from rotator.core import machine, transitions
 from rotator.core.actions import Policy, Request
 from rotator.core.clock import to_rfc3339
 from rotator.core.errors import CasMismatchError, LeaseLostError, PermanentError, RotatorError, TransientError
-from rotator.core.provider import Provider
+from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import StateRecord
 from rotator.engine import retry
 from rotator.engine.baseline import forgotten_keys, live_key_ids
@@ -237,7 +237,7 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
             return
         now = self.engine.clock.now()
         try:
-            found = forgotten_keys(self.record, self._call(self.provider.list_keys), name=self.cred.spec.name, keep=set(),
+            found = forgotten_keys(self.record, self._inventory(), name=self.cred.spec.name, keep=set(),
                                    grace=self.policy.grace, now=now, read_other=self.engine.read_record, clock=self.policy.clock,
                                    keeps_inactive=self.policy.retire_delay is not None)
             if found:
@@ -251,6 +251,17 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
         if found:
             self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
             self._apply(machine.Forgotten(found))
+
+
+    def _inventory(self) -> list[ProviderKey]:
+        """The provider's keys as `forgotten_keys` reads them (marks, not last
+        use). Where the ids alone cost less (AWS: one ListAccessKeys, not
+        that + ListUserTags), they come first: keys the record all knows
+        leave nothing to find, and no mark is read (issue 15)."""
+        if type(self.provider).list_key_ids is not Provider.list_key_ids:
+            if set(self._call(self.provider.list_key_ids)) <= self.record.managed_key_ids():
+                return []
+        return self._call(self.provider.list_keys_without_use)
 
 
 def _register_record_secrets(record: StateRecord, provider: Provider) -> None:

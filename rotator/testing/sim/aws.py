@@ -1,7 +1,14 @@
 """Simulated AWS IAM access keys (two per user, deactivate before delete).
+
+The provider makes the calls providers/aws_iam.py makes, in its order (the
+named replays in tests/test_sim.py point at calls by index): create first,
+the keys listed only when AWS refused it (LimitExceeded); ids alone where
+the engine asks for ids; no last use where it asks for none.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -13,6 +20,10 @@ from rotator_providers.aws_iam import AwsIamParams
 from rotator.core.errors import NotFoundError, PermanentError, TransientError
 from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError, ProviderKey
 from rotator.testing.sim.service import Boundary, Service, SimKey, _SimProvider, mark_text, parse_mark
+
+
+class LimitExceeded(PermanentError):
+    """AWS refused a create before acting: the user has its 2 keys."""
 
 
 class AwsIam(Service):
@@ -34,7 +45,7 @@ class AwsIam(Service):
 
     def create(self, actor: str) -> SimKey:
         if len(self.user_keys()) >= self.LIMIT:
-            raise PermanentError("AWS LimitExceeded while creating an access key")
+            raise LimitExceeded("AWS LimitExceeded while creating an access key")
         key_id = self.new_id("AKIASIM")
         key = SimKey(key_id, f"aws-secret-{key_id}", self.now(), minted_by=actor)
         self.keys[key_id] = key
@@ -71,11 +82,14 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
         iam = self.service
-        keys = self._call("list_access_keys", lambda: [k.key_id for k in iam.user_keys()])
-        if len(keys) >= 2:
-            ids = frozenset(keys)
-            raise NoCapacityError(f"IAM user {self.params.user_name} already has 2 access keys (AWS's limit)", blocking_key_ids=ids)
-        key = self._call("create_access_key", lambda: iam.create(self.actor), mutating=True)
+        try:
+            key = self._call("create_access_key", lambda: iam.create(self.actor), mutating=True)
+        except LimitExceeded:
+            keys = self._call("list_access_keys", lambda: [k.key_id for k in iam.user_keys()])
+            if len(keys) < 2:
+                raise PermanentError(f"AWS LimitExceeded while creating an access key for {self.params.user_name}") from None
+            raise NoCapacityError(f"IAM user {self.params.user_name} already has 2 access keys (AWS's limit)",
+                                  blocking_key_ids=frozenset(keys)) from None
         mark = mark_text(ctx.credential, ctx.rotation_id)
         try:
             self._call("tag_user", lambda: iam.tags.__setitem__(key.key_id, mark), target=key.key_id, mutating=True)
@@ -141,14 +155,21 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
         key = self.service.keys.get(handle["access_key_id"])
         return self._call("get_access_key_last_used", lambda: key.last_used_at if key is not None and key.deleted_at is None else None)
 
-    def list_keys(self) -> list[ProviderKey]:
+    def list_key_ids(self) -> list[str]:
+        return self._call("list_access_keys", lambda: [k.key_id for k in self.service.user_keys()])
+
+    def list_keys_without_use(self) -> list[ProviderKey]:
         iam = self.service
         user = self.params.user_name
         keys = self._call("list_access_keys", lambda: [(k.key_id, k.created_at, k.active) for k in iam.user_keys()])
         tags = self._call("list_user_tags", lambda: dict(iam.tags))
+        return [ProviderKey(key_id=key_id, handle={"user_name": user, "access_key_id": key_id}, created_at=created,
+                            active=active, mark=parse_mark(tags.get(key_id))) for key_id, created, active in keys]
+
+    def list_keys(self) -> list[ProviderKey]:
+        iam = self.service
         out = []
-        for key_id, created, active in keys:
-            used = self._call("get_access_key_last_used", lambda k=key_id: iam.keys[k].last_used_at)
-            out.append(ProviderKey(key_id=key_id, handle={"user_name": user, "access_key_id": key_id}, created_at=created,
-                                   active=active, last_used_at=used, mark=parse_mark(tags.get(key_id))))
+        for key in self.list_keys_without_use():
+            used = self._call("get_access_key_last_used", lambda k=key.key_id: iam.keys[k].last_used_at)
+            out.append(dataclasses.replace(key, last_used_at=used))
         return out
