@@ -5,11 +5,12 @@ no orphaned key left at the provider, and the live path works throughout."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from aws_world import AwsWorld
-from helpers import names
+from helpers import names, write_credential
 from rotator.core.crashpoints import crash_env
 
 ROTATION_POINTS = [
@@ -79,6 +80,9 @@ def test_crash_during_rotation_converges(aws_world: AwsWorld, point: str) -> Non
 def test_crash_during_revocation_converges(aws_world: AwsWorld, point: str) -> None:
     """Killed while retiring the old key, the rotator finishes revoking it."""
     w = aws_world
+    if point == "after-deactivate":  # a key is deactivated only when its deletion waits (issue 15): 1 s here, not 0
+        write_credential(Path(w.env["ROTATOR_CONFIG_DIR"]), w.name, params={"user_name": w.user, "delete_after_deactivation": "1s"},
+                         grace="2s", every="30d", path=w.live_path)
     assert w.cli("rotate", w.name)[0] == 0
     old, _ = w.live()
     assert w.cli("rotate", w.name)[0] == 0

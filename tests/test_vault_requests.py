@@ -96,3 +96,32 @@ def test_a_record_changed_behind_the_daemons_back_is_read_again_not_overwritten(
     after = bao_client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
     assert after["rotations"] == 8, "the other writer's change is kept: the rotation started from the record read again"
     assert os.environ["AWS_ENDPOINT_URL"]  # the provider went through the proxy
+
+
+# The AWS calls of one `rotate NAME --revoke-now` after the first key, and the contract clause each one serves
+# (docs/PERFORMANCE.md lists them with the bench's "contract minimum" loop).
+REVOKE_NOW_AWS_CALLS = [
+    "ListAccessKeys",     # the keys before this rotation: an unmarked key made since is its own (crash between create and tag, §6.4)
+    "CreateAccessKey",    # the new key (LimitExceeded alone would make it list the keys in the way)
+    "TagUser",            # its mark: a crash or a lost response leaves a key the sweep can find (§6.4, §6.8)
+    "GetCallerIdentity",  # verified as itself before it goes live (§6.2)
+    "ListAccessKeys",     # after the promotion: no key of this credential the record forgot (F50); all known, no tags read
+    "DeleteAccessKey",    # --revoke-now: the old key goes at once; no deactivation first, which a zero delay makes pointless
+    "UntagUser",          # its mark goes with it
+    "GetCallerIdentity",  # revoked means the provider rejects it: STS, with the old key itself (§6.3)
+]
+
+
+def test_rotate_revoke_now_makes_only_the_aws_calls_the_contract_needs(openbao, moto, iam_user, config_dir: Path, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """`rotate NAME --revoke-now` of an AWS key: exactly REVOKE_NOW_AWS_CALLS, in order (issue 15)."""
+    write_credential(config_dir, iam_user, params={"user_name": iam_user, "delete_after_deactivation": "0s"}, grace="1h")
+    with CountingProxy(openbao.addr) as vault, CountingProxy(moto.endpoint) as aws:
+        env = {**moto.env(), "AWS_ENDPOINT_URL": aws.url, "VAULT_ADDR": vault.url, "VAULT_TOKEN": openbao.token,
+               "ROTATOR_STATE_PREFIX": f"rotator-test/{unique}", "ROTATOR_CONFIG_DIR": str(config_dir), "ROTATOR_LOG_FORMAT": "json"}
+        assert run_rotator(["rotate", iam_user], env).returncode == 0  # the first key: not what is counted
+        before = len(aws.requests())
+        result = run_rotator(["rotate", iam_user, "--revoke-now"], env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        calls = [s.action for s in aws.requests()[before:]]
+    assert '"credential.revoked"' in result.stdout and '"credential.deactivated"' not in result.stdout
+    assert calls == REVOKE_NOW_AWS_CALLS

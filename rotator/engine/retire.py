@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rotator.core import machine, usage
+from rotator.core import machine, transitions, usage
 from rotator.core.clock import to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import PermanentError, RotatorError, TransientError
@@ -24,6 +24,11 @@ class RetireSteps:
     def _retire(self, key_id: str, *, deactivate: bool) -> None:
         entry = next(e for e in self.record.retiring if e.key.key_id == key_id)
         log, self.log = self.log, self.log.bind(rotation_id=entry.superseded_by)
+        if deactivate and self._deletion_follows(key_id):
+            # A deletion due the moment the key is deactivated (--revoke-now,
+            # `delete_after_deactivation: 0s`): the deactivation would be a call
+            # for nothing; the key is deleted instead (docs/CONTRACT-NOTES.md, issue 15).
+            deactivate = False
         step = "deactivate" if deactivate else "revoke"
         if not self._may_retire_for_use(entry, step):
             self.log = log
@@ -77,6 +82,12 @@ class RetireSteps:
         self._fail(step, TransientError(f"the stash entry of {key_id} is gone and {self.provider.kind} needs its secret to "
                                         "revoke it; waiting for it to expire"), key_id=key_id)
         return True
+
+    def _deletion_follows(self, key_id: str) -> bool:
+        """Deactivating `key_id` now would make its revocation the next action at once."""
+        now = self.engine.clock.now()
+        deactivated = transitions.apply(self.record, machine.Deactivated(key_id), self.policy, now)
+        return machine.next_action(deactivated, self.policy, now, None) == machine.Revoke(key_id)
 
     def _may_retire_for_use(self, entry: Retiring, step: str) -> bool:
         """Usage-aware revocation (contract §6.10, rotator.core.usage): a key the
