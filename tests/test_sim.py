@@ -80,6 +80,7 @@ F91 = "F91 renamed-twice-then-lost-record-orphans-the-first-names-keys"
 F92 = "F92 deleted-record-of-a-removed-file-orphans-its-superseded-key"
 F93 = "F93 data-written-over-by-hand-kept-the-old-key-live-by-metadata"
 F94 = "F94 sim-key-written-over-by-hand-had-no-successor"
+F95 = "F95 record-restored-to-a-revoked-pending-credential-stuck-on-its-stash"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -327,6 +328,9 @@ FINDINGS = [
     (F93, "aws", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "soft"), ("edit", "delete")]),
     # Simulation: a key written over by hand is superseded by the rotator's next write there (its grace runs from it).
     (F94, "aws", [("rotate", True, ()), ("rotate", False, ()), ("foreign", "garbage"), ("state", "soft")]),
+    # A record restored to the first rotation's `verified`, whose key was revoked (and its stash entry destroyed)
+    # since: every reconcile failed reading that entry. A resumed rotation is first compared with the live path.
+    (F95, "deploy_key", [("pause", "r0", 6, 421.0, "cli"), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage")]),
 ]
 OPEN_FINDINGS: set[str] = {F26}
 # Cases of an open finding that no longer reproduce (none open now).

@@ -14,7 +14,7 @@ from rotator.core.clock import to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import RotatorError, TransientError
 from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError
-from rotator.core.state import KeyRecord, StateRecord, with_value_hashes
+from rotator.core.state import KeyRecord, Retiring, StateRecord, with_value_hashes
 from rotator.engine.baseline import (
     Baseline,
     find_baseline,
@@ -83,7 +83,7 @@ class IssueSteps:
         pending = self.record.pending
         assert pending is not None
         revoked: list[str] = []
-        if pending.rotation_id != self._started_here:
+        if pending.rotation_id != self._started_here and not self._behind_checked:
             # Resumed from Vault: the record may be behind the live path (restored from an older version),
             # and then "this rotation's" keys went live since and one may be in its grace (sim F90).
             try:
@@ -203,7 +203,7 @@ class IssueSteps:
         path says it completed. Minting again could delete the live key (a
         retry-safe create removes what "its" lost create left)."""
         content = self._call(self._live.read)
-        if self._recover_if_behind(content):
+        if not self._behind_checked and self._recover_if_behind(content):
             return True
         if content.owner() != self.cred.spec.name or content.custom_metadata.get("rotator-rotation-id") != rotation_id:
             return self._live_write_landed(content)
@@ -223,6 +223,18 @@ class IssueSteps:
             return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
         self.request = None
         return True
+
+    def _check_behind_live(self) -> None:
+        """A rotation resumed from Vault, in any phase: is the record behind
+        the live path? (One live read, only when a reconcile starts with a
+        rotation pending.) A record restored to an older version may name a
+        pending credential revoked since, whose stash entry is gone: it must
+        not be verified, promoted or rolled back from memory it lacks."""
+        self._behind_checked = True
+        try:
+            self._recover_if_behind(self._call(self._live.read))
+        except RotatorError as exc:
+            self._fail("recover", exc)
 
     def _recover_if_behind(self, content: Any) -> bool:
         """The live path holds a later rotation of this credential than the
@@ -245,16 +257,20 @@ class IssueSteps:
         current = None if named is None else KeyRecord(
             key_id=named.key_id, rotation_id=live_rotation, handle=dict(named.handle), issued_at=named.created_at or now)
         revoke_now = pending.revoke_now
+        live = live_key_ids(content, self.provider)
+        listed = self._call(self.provider.list_keys) if self.provider.can_list else []
         self._apply(machine.Recovered(current, content.version, str(self._live)))
-        if self.provider.can_list:
-            live = live_key_ids(content, self.provider)
-            found = tuple(e for e in self._call(lambda: forgotten_keys(
-                self.record, self.provider.list_keys(), name=self.cred.spec.name, keep=live, grace=self.policy.grace, now=now,
-                read_other=self.engine.read_record, clock=self.policy.clock, keeps_inactive=self.policy.retire_delay is not None)))
-            if found and revoke_now:
-                found = tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found)
-            if found:
-                self._apply(machine.Forgotten(found))
+        found = list(forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=live, grace=self.policy.grace, now=now,
+                                    read_other=self.engine.read_record, clock=self.policy.clock,
+                                    keeps_inactive=self.policy.retire_delay is not None))
+        minted = pending.credential
+        if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
+            # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
+            found.append(Retiring(key=minted, superseded_by="recovered", revoke_after=now + self.policy.grace, clock=self.policy.clock))
+        if found and revoke_now:
+            found = [e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found]
+        if found:
+            self._apply(machine.Forgotten(tuple(found)))
         self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id, live_rotation_id=live_rotation,
                          key_id=current.key_id if current else None, vault_version=content.version)
         self.status = "completed"  # a manual request (self.request) still gets a rotation of its own

@@ -63,6 +63,7 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
         self._durable: list[Callable[[], None]] = []
         self._started_here: str | None = None  # the rotation this run started
         self._described_key: str | None = None  # the key this run's metadata write named as live
+        self._behind_checked = False  # whether this run compared a resumed rotation with the live path
         self._initial = record
         _register_record_secrets(record, provider)
 
@@ -86,6 +87,7 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
                 if pending.credential is not None:
                     # A crash may have fallen between the stash and its event.
                     self.emit("credential.issued", key_id=pending.credential.key_id, recovered=True)
+                self._check_behind_live()
             for _ in range(MAX_STEPS_PER_RECONCILE):
                 if self.engine.shutdown.is_set():
                     break  # finish the step in flight, start no new one

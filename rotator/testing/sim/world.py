@@ -2,15 +2,13 @@
 the credential files, and the processes (daemon replicas, `rotator rotate`
 runs) that act on them — each a real `rotator.engine.reconcile.Engine`.
 
-Everything runs in one thread and is deterministic for a given schedule:
-a process "runs" when a step says so, a pause is another process running
-inside one call of the first, and time moves only when a step advances it
-or a process sleeps (retries sleep on the injected clock).
+Everything runs in one thread and is deterministic for a given schedule: a process "runs" when a
+step says so, a pause is another process running inside one call of the first, and time moves only
+when a step advances it or a process sleeps (retries sleep on the injected clock).
 
-Every Vault and provider call passes through `_kv_boundary` or
-`_provider_boundary`: the step's fault plan is applied there, and the
-call-time invariants (`rotator.testing.sim.invariants`) are checked just
-before each effect.
+Every Vault and provider call passes through `_kv_boundary` or `_provider_boundary`: the step's fault
+plan is applied there, and the call-time invariants (`rotator.testing.sim.invariants`) are checked
+just before each effect.
 """
 
 from __future__ import annotations
@@ -176,9 +174,8 @@ class World:
         return proc
 
     def tick(self, slot: str) -> None:
-        """A daemon replica's pass: reconcile every credential it has a file
-        for, then the records whose file was removed (as the daemon does
-        after a reload: `rotator.engine.fileless`)."""
+        """A daemon replica's pass: every credential it has a file for, then the records whose file
+        was removed (as the daemon does after a reload: `rotator.engine.fileless`)."""
         proc = self.process(slot)
         stems = {spec.stem for spec in self.files.values()}
         for name in (n for n in self.kv.deleted_under(MOUNT, STATE_PREFIX) if n not in stems and not n.startswith("_")):
@@ -229,8 +226,7 @@ class World:
         return status
 
     def adopt(self, name: str) -> str:
-        """`rotator adopt NAME`, once, as a process of its own (the operator
-        following the hint that `status` shows for the credential)."""
+        """`rotator adopt NAME`, once, as its own process (the operator following the hint `status` shows)."""
         cred = next((c for c in self.loaded() if c.spec.name == name), None)
         if cred is None:
             return "unknown"
@@ -239,6 +235,10 @@ class World:
         result = self._run(proc, lambda: adopt(proc.engine, cred), what="adopt")
         if result is None or result is SimCrash:
             return "failed"
+        # Accepting what someone wrote over the rotator's last key is that key's successor going live (§6.3).
+        tracking = self.tracked.get(cred.spec.vault.path)
+        if tracking is not None and tracking.last_key not in (None, self.service.key_of(self.kv.peek(MOUNT, cred.spec.vault.path))):
+            self.superseded_at.setdefault(tracking.last_key, self.clock.now())  # type: ignore[arg-type]
         return "adopted"  # the path stays excused from live-works until the rotator writes it again
 
     def needs_adoption(self) -> list[str]:
