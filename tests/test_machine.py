@@ -175,6 +175,11 @@ def test_backoff_doubles_and_caps_and_honours_retry_after() -> None:
     assert transitions.backoff(1, retry_after=600).total_seconds() == 600
 
 
+def test_backoff_after_thousands_of_failures_is_the_cap_not_an_overflow() -> None:
+    """A key refused as live for weeks fails its retirement hourly: 30 s * 2**n overflowed timedelta at n ~ 45."""
+    assert [transitions.backoff(n) for n in (46, 1_000, 10**6)] == [transitions.BACKOFF_CAP] * 3
+
+
 def test_a_missed_due_time_rotates_once_not_once_per_period() -> None:
     """After a week down with daily rotation, one rotation, then the normal cadence."""
     daily = m.Policy(Schedule(every=DAY), timedelta(hours=1), None, "d")

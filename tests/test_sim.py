@@ -81,6 +81,8 @@ F92 = "F92 deleted-record-of-a-removed-file-orphans-its-superseded-key"
 F93 = "F93 data-written-over-by-hand-kept-the-old-key-live-by-metadata"
 F94 = "F94 sim-key-written-over-by-hand-had-no-successor"
 F95 = "F95 record-restored-to-a-revoked-pending-credential-stuck-on-its-stash"
+F96 = "F96 sim-quiescence-ended-before-a-restored-record-next-acted"
+F97 = "F97 removed-files-unrecorded-rotation-had-completed-under-data-written-by-hand"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -331,6 +333,14 @@ FINDINGS = [
     # A record restored to the first rotation's `verified`, whose key was revoked (and its stash entry destroyed)
     # since: every reconcile failed reading that entry. A resumed rotation is first compared with the live path.
     (F95, "deploy_key", [("pause", "r0", 6, 421.0, "cli"), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage")]),
+    # Simulation: an idle credential costs no Vault request, so a record restored to an older version is compared
+    # with the live path when the credential next acts; quiescence runs past each credential's next rotation.
+    (F96, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage")]),
+    (F96, "stripe_key", [("tick", "r1", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage")]),
+    # A record restored to its first rotation's `issuing`, the live data then written over by hand, the file removed:
+    # undoing the rotation found it completed (the metadata names it) and retires its key, which the data no longer
+    # holds (the provider names keys in data; this data names none), instead of keeping it live by the metadata.
+    (F97, "webhook", [("tick", "r0", ()), ("state", "older"), ("foreign", "garbage"), ("edit", "delete")]),
 ]
 OPEN_FINDINGS: set[str] = {F26}
 # Cases of an open finding that no longer reproduce (none open now).

@@ -37,7 +37,9 @@ BACKOFF_CAP = timedelta(hours=1)
 
 def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
     """Delay before attempt `attempts + 1` across ticks: 30 s doubling, capped at 1 h."""
-    delay = min(BACKOFF_BASE * (2 ** max(0, attempts - 1)), BACKOFF_CAP)
+    # The exponent is bounded: past the cap it changes nothing, and 30 s * 2**n overflows timedelta at n ~ 45
+    # (a key refused as live for days would crash every later reconcile).
+    delay = min(BACKOFF_BASE * (2 ** min(max(0, attempts - 1), 16)), BACKOFF_CAP)
     if retry_after is not None:
         delay = max(delay, timedelta(seconds=retry_after))
     return delay

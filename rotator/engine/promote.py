@@ -10,7 +10,7 @@ from typing import Any
 from rotator.core import machine, transitions
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import RotatorError, TransientError
-from rotator.core.provider import IssuedCredential
+from rotator.core.provider import IssuedCredential, Provider
 from rotator.core.timetable import draw_jitter
 from rotator.engine import retry
 from rotator.vault.livepath import LivePath
@@ -64,7 +64,9 @@ class PromoteSteps:
                       if k is not None and k.key_id == key_id), None)
         hashes = known.value_sha256 if known is not None else ()
         secrets = self.provider.secret_values(known.handle) if known is not None else []
-        return any(live.names_as_live(key_id, key_in=key_in, value_sha256=hashes, secrets=secrets) for live in lives)
+        reads_keys = type(self.provider).live_key is not Provider.live_key  # whether the provider names keys in data
+        return any(live.names_as_live(key_id, key_in=key_in if reads_keys else None, value_sha256=hashes, secrets=secrets)
+                   for live in lives)
 
     @property
     def _live(self) -> LivePath:
@@ -151,6 +153,19 @@ class PromoteSteps:
         pending = self.record.pending
         assert pending is not None
         superseded = False
+        if pending.credential is None:
+            # Undone before its credential was recorded: it may have completed all the same (a record restored
+            # from before its promotion), or left a key at the provider (a crash right after the mint).
+            try:
+                if self._already_completed(pending.rotation_id):
+                    return
+            except RotatorError as exc:
+                self._fail("rollback", exc)
+                return
+            if pending.phase == "issuing":
+                self._sweep()
+                if self.record.pending is not None and self.record.pending.phase == "issuing":
+                    return  # the sweep failed: tried again later
         if pending.credential is not None:
             credential = self._pending_credential()
             try:

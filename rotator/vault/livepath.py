@@ -146,10 +146,13 @@ class LivePath:
         key the data no longer holds: consumers read the data.
 
         Data that names no key (written over by hand) still holds `key_id`
-        when one of its values is one of the key's secret values, by
-        `value_sha256` (the record's hashes) or found in it (`secrets`, the
-        values themselves, never logged). Knowing either and finding neither,
-        the data does not hold the key, whatever the metadata says."""
+        when one of its values is the id itself or one of the key's secret
+        values, by `value_sha256` (the record's hashes) or found in it
+        (`secrets`, the values themselves, never logged). Otherwise, with
+        `key_in` (the provider names keys in its data), the data holds no
+        credential and so not this one, whatever the metadata says; the
+        metadata decides only for providers that cannot name keys in data,
+        and where the data is deleted."""
         meta = self.store.read_metadata(self.mount, self.path)
         if meta is None:
             return False
@@ -163,4 +166,6 @@ class LivePath:
                 return named == key_id  # the data names its key
             if value_sha256 or secrets:
                 return any(sha256_hex(v) in value_sha256 or any(x and x in v for x in secrets) for v in values.values())
+            if key_in is not None:
+                return False  # the provider names keys in data, and this data (written by hand) names none
         return meta.custom_metadata.get("rotator-key-id") == key_id

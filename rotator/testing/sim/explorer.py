@@ -238,7 +238,11 @@ def quiesce(world: World) -> None:
     """Faults stop; time runs past grace, deactivation delays, backoff caps and leases."""
     start = world.clock.now()
     settle = world.grace + timedelta(hours=2) + BACKOFF_CAP + timedelta(seconds=LEASE_SECONDS + 2 * SKEW_ALLOWANCE) + timedelta(minutes=30)
-    horizon = start + settle
+    # And past each credential's next scheduled rotation: an idle credential costs no Vault request, so a
+    # record restored by hand to an older version is compared with the live path when it next acts (§6.4).
+    names = {spec.stem for spec in world.files.values()}
+    due = [r.last_rotated_at + world.every for n, r in world.records().items() if n in names and r.last_rotated_at is not None]
+    horizon = max([start, *due]) + settle
     checkpoint = start + invariants.REVOKE_NOW_WINDOW
     checked = False
     adopted: Counter[str] = Counter()
