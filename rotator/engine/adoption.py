@@ -20,7 +20,10 @@ Invariants:
   over our key) is kept for a full grace, then revoked like any other; so
   are keys no record knows any more: this credential's (a lost record) and
   those of the credential the adopted data was written for, when its record
-  is gone or says it moved here (a renamed file whose record was lost).
+  is gone or says it moved here (a renamed file whose record was lost);
+- a renamed file whose old name's record still holds this path (someone
+  else wrote the path, so the rename was refused until adopt) carries that
+  record's keys on, and the old record is marked `moved_to` this one.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from rotator.vault.livepath import LiveContent, LivePath
 
 
 def _left_behind(engine: Engine, name: str, record: StateRecord, content: LiveContent, listed: list[ProviderKey], *,
-                 grace: timedelta, now: datetime) -> tuple[Retiring, ...]:
+                 grace: timedelta, now: datetime, carried: bool = False) -> tuple[Retiring, ...]:
     """Keys the rotator made for this path that no record knows any more:
     this credential's (a lost record), and, where the data adopted was
     written by the rotator for another credential whose record is gone or
@@ -50,10 +53,26 @@ def _left_behind(engine: Engine, name: str, record: StateRecord, content: LiveCo
     also: frozenset[str] = frozenset()
     if owner is not None and owner != name:
         other, _ = engine.read_record(owner)
-        if other is None or other.moved_to == name:
+        if carried or other is None or other.moved_to == name:
             also = frozenset({owner})
     return forgotten_keys(record, listed, name=name, keep=set(), grace=grace, now=now, read_other=engine.read_record,
                           clock=engine.identity.boot_id, also=also)
+
+
+def _renamed_from(engine: Engine, name: str, live: LivePath, content: LiveContent, now: datetime) -> tuple[str, StateRecord, int] | None:
+    """The record of the credential the adopted data was written for, when
+    that record says it wrote this very path and moved nowhere: a file
+    renamed after someone else wrote its path (sim F63). Its keys are
+    carried on, as a rename's are (contract §6.9), and it is marked moved."""
+    owner = content.owner()
+    if owner is None or owner == name:
+        return None
+    other, version = engine.read_record(owner)
+    if other is None or other.moved_to is not None or other.live_path != str(live):
+        return None
+    if other.pending is not None or (other.lease is not None and engine.lease_held_by_other(other.lease, now)):
+        raise LeaseHeldError(f"{live} is still under credential {owner}'s unfinished rotation; try again when it is done")
+    return owner, other, version
 
 
 def _take_lease(engine: Engine, name: str, base: StateRecord, version: int, now: datetime) -> int:
@@ -95,6 +114,7 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
         raise LeaseHeldError(f"{spec.name}: {base.lease.holder} holds the lease; try again when it is done")
     if base.pending is not None and base.pending.phase == "promoted":
         raise LeaseHeldError(f"{spec.name}: a rotation is finishing its promotion; try again when it is done")
+    renamed = _renamed_from(engine, spec.name, live, content, now)
     provider = engine.provider_for(cred)
     register_secret(*provider.secret_values(content.data))
     named = provider.live_key(content.data)
@@ -111,19 +131,21 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
             current = KeyRecord(key_id=named.key_id, rotation_id=f"adopted-v{content.version}", handle=dict(named.handle),
                                 issued_at=named.created_at or now)
     # The adopted key is live again: whatever retirement it was on ends here.
-    retiring = [e for e in base.retiring if current is None or e.key.key_id != current.key_id]
-    # What the adoption retires was superseded by the adopted data, live now:
-    # its grace runs from now (`superseded_at`), and the next promotion does
-    # not start it over as it does for keys whose successor was not yet live
-    # (sim F60: an adopted-over key kept up to two graces).
-    replaced = base.current
-    if replaced is not None and replaced.key_id != (current.key_id if current else None):
+    # A renamed file's old record carries on here: its superseded keys keep their schedule.
+    carried = list(renamed[1].retiring) if renamed else []
+    retiring = [e for i, e in enumerate([*base.retiring, *carried])
+                if (current is None or e.key.key_id != current.key_id) and e.key.key_id not in {o.key.key_id for o in base.retiring[:i]}]
+    # What the adopted data replaced keeps a full grace from now, and from the
+    # next promotion if that comes sooner (its successor, the first new
+    # credential after the adoption; rotator.core.transitions).
+    for replaced in (base.current, renamed[1].current if renamed else None):
+        if replaced is None or replaced.key_id == (current.key_id if current else None):
+            continue
         if replaced.key_id not in {e.key.key_id for e in retiring}:
             retiring.append(Retiring(key=replaced, superseded_by=f"adopted-v{content.version}", revoke_after=now + spec.grace,
-                                     superseded_at=now, clock=engine.identity.boot_id))
-    left = _left_behind(engine, spec.name, base.model_copy(update={"current": current, "retiring": retiring}), content, listed,
-                        grace=spec.grace, now=now)
-    retiring += [e.model_copy(update={"superseded_at": now}) for e in left]
+                                     clock=engine.identity.boot_id))
+    retiring += _left_behind(engine, spec.name, base.model_copy(update={"current": current, "retiring": retiring}), content, listed,
+                             grace=spec.grace, now=now, carried=renamed is not None)
     # Take the lease first (check-and-set), so that no rotation starts between
     # the metadata written below and the record that matches it.
     version = _take_lease(engine, spec.name, base, version, now)
@@ -147,6 +169,8 @@ def adopt(engine: Engine, cred: LoadedCredential) -> Adopted:
         engine.store.write(engine.options.state_mount, engine.state_path(spec.name), adopted.to_vault(), cas=version)
     except CasMismatchError:
         raise LeaseHeldError(f"{spec.name}: its state record changed while adopting; try again") from None
+    if renamed is not None:
+        engine.mark_moved(renamed[0], renamed[2], to=spec.name)
     engine.changes.record(spec.name)
     key_id = current.key_id if current else None
     get_logger(credential=spec.name, provider=spec.provider).info(

@@ -93,12 +93,22 @@ def find_baseline(
                          grace=grace, now=now, read_other=read_other, clock=clock) if is_fresh(record) else ()
         return Baseline(current, content.version, live_path, superseded + strays)
     if owner is not None:
-        other, version = read_other(owner)
+        owner, other, version = _moved_on(owner, *read_other(owner), name=name, live_path=live_path, read_other=read_other)
         if other is not None and other.pending is not None and _wrote_here(other, live_path, meta_key):
             # A renamed file's rotation under way: its record is undone or finished first (rotator.engine.fileless).
             raise TransientError(f"{live_path} is still under credential {owner}'s unfinished rotation; waiting for it")
         if other is not None and _wrote_here(other, live_path, meta_key):
             held = _key_in(content, provider, rotation_id=rotation_id, now=now)
+            # Written since by someone else (data over it, a restore): a rename does not make that
+            # the rotator's own (§2, §5); the same as without the rename (sim F63). A record that
+            # recorded no write here (its rotation undone) vouches only for data holding its keys.
+            unrecorded_own = other.live_version is None and held is not None and held.key_id in other.managed_key_ids()
+            if other.live_version != content.version and not unrecorded_own:
+                wrote = f"last wrote version {other.live_version}" if other.live_version is not None else "recorded no write"
+                raise PermanentError(
+                    f"{live_path} is at version {content.version} but the rotator {wrote} there for credential {owner}: "
+                    "someone else wrote the live path; the rotator will not overwrite it: " + ADOPT_HINT.format(name=name)
+                )
             current = other.current
             retiring = list(other.retiring)
             if held is not None and (current is None or current.key_id != held.key_id):
@@ -113,6 +123,24 @@ def find_baseline(
     raise PermanentError(
         f"{live_path} holds data the rotator did not write; it will not overwrite it: " + ADOPT_HINT.format(name=name)
     )
+
+
+def _moved_on(owner: str, other: StateRecord | None, version: int, *, name: str, live_path: str,
+              read_other: Callable[[str], tuple[StateRecord | None, int]]) -> tuple[str, StateRecord | None, int]:
+    """The record that carries `owner`'s credentials now: a file renamed
+    again before its new name wrote the path leaves the metadata naming the
+    first name, whose record says `moved_to` the second (sim F62). Followed
+    while each record says it wrote this path; otherwise `owner`'s own."""
+    seen = {owner, name}
+    found = (owner, other, version)
+    while other is not None and other.moved_to is not None and other.moved_to not in seen and len(seen) < 10:
+        nxt = other.moved_to
+        seen.add(nxt)
+        other, version = read_other(nxt)
+        if other is None or other.live_path != live_path:
+            break
+        found = (nxt, other, version)
+    return found
 
 
 def _names_keys(provider: Provider) -> bool:

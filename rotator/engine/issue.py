@@ -160,8 +160,10 @@ class IssueSteps:
         if self.provider.is_marking_atomic or key.key_id in pending.preexisting_key_ids or key.created_at is None:
             return False
         # An unmarked key made since this rotation began, on a scope the
-        # rotator manages: the crash fell between "create" and "mark".
-        return key.created_at >= pending.started_at - timedelta(seconds=5)
+        # rotator manages: the crash fell between "create" and "mark". The
+        # provider stamps it by its own clock, which may run behind the one
+        # that read `started_at` by up to the skew allowance (sim F64).
+        return key.created_at >= pending.started_at - max(timedelta(seconds=5), self.policy.skew_allowance)
 
     def _issue(self) -> None:
         pending = self.record.pending

@@ -246,10 +246,15 @@ def quiesce(world: World) -> None:
     checkpoint = start + invariants.REVOKE_NOW_WINDOW
     checked = False
     adopted: Counter[str] = Counter()
+    writes_at_adoption: int | None = None
     for _ in range(80):
         for slot in SLOTS:
             world.tick(slot)
         invariants.check_step(world)
+        if writes_at_adoption is not None and world.live_writes > writes_at_adoption:
+            # §6.3: what adopt replaced stays valid at least a grace after its successor, the first new
+            # credential written since (F60: the rotator keeps it a grace from that promotion).
+            horizon, writes_at_adoption = max(horizon, world.clock.now() + settle), None
         # The operator does what `status` tells them: a credential refusing a
         # live path someone else wrote says "run `rotator adopt NAME`" (§2, §5).
         for name in world.needs_adoption():
@@ -258,6 +263,7 @@ def quiesce(world: World) -> None:
                 world.adopt(name)
                 invariants.check_step(world)
                 horizon = max(horizon, world.clock.now() + settle)  # what adopt replaced gets its grace from now
+                writes_at_adoption = world.live_writes
         if world.violations:
             return
         now = world.clock.now()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -30,8 +30,10 @@ from rotator.engine.reconcile import Engine
 from rotator.engine.results import EngineOptions
 from rotator.testing.sim import invariants
 from rotator.testing.sim.clocks import ProcessClock, TrueClock
+from rotator.testing.sim.facts import RevokeNow, RunResult, Tracking, Violation
 from rotator.testing.sim.faults import CallFault, SimCrash, error_for
 from rotator.testing.sim.kv import KvModel
+from rotator.testing.sim.lineage import Lineage
 from rotator.testing.sim.providers import KINDS
 from rotator.testing.sim.service import Service, bind
 
@@ -61,33 +63,6 @@ class FileSpec:
     params: dict[str, Any]
 
 
-@dataclass
-class Tracking:
-    """What the invariants remember of one live path."""
-
-    promoted: bool = False  # the rotator wrote it at least once
-    foreign: bool = False  # someone else wrote it since the rotator last did
-    retired: bool = False  # no file names it any more (vault.path changed): consumers moved
-    last_key: str | None = None  # the key the rotator's last write here held
-
-
-@dataclass
-class RevokeNow:
-    started_at: datetime
-    completed_at: datetime | None = None
-    targets: frozenset[str] = frozenset()  # rotator-made keys that existed when it was asked
-
-
-@dataclass
-class Violation:
-    invariant: str
-    detail: str
-    step: int
-
-    def __str__(self) -> str:
-        return f"step {self.step}: {self.invariant}: {self.detail}"
-
-
 class World:
     def __init__(self, kind: str) -> None:
         self.kind = KINDS[kind]
@@ -113,6 +88,8 @@ class World:
         self.revoke_now: list[RevokeNow] = []
         self.renames = 0
         self.adoptions = 0
+        self.lines = Lineage()  # whose each key is, for revoke-now's targets
+        self.live_writes = 0  # rotator writes that landed on a live path
         self._loaded: dict[tuple[str, str, str], LoadedCredential] = {}
         self._records: dict[str, StateRecord | None] = {}
         self._records_now: dict[str, StateRecord] = {}
@@ -177,6 +154,7 @@ class World:
         """A daemon replica's pass: every credential it has a file for, then the records whose file
         was removed (as the daemon does after a reload: `rotator.engine.fileless`)."""
         proc = self.process(slot)
+        self.lines.observe({spec.stem: spec.path for spec in self.files.values()})
         stems = {spec.stem for spec in self.files.values()}
         for name in (n for n in self.kv.deleted_under(MOUNT, STATE_PREFIX) if n not in stems and not n.startswith("_")):
             # The daemon's scan for file-less records revives one whose latest version was deleted (RecordStore.revive).
@@ -184,6 +162,7 @@ class World:
                 self.procs.pop(slot, None)
                 return
         for cred in [*self.loaded(), *self.fileless()]:
+            self.lines.acting_for[proc.actor] = cred.spec.name
             if self._run(proc, lambda c=cred: proc.engine.reconcile(c), what=cred.spec.name) is SimCrash:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
@@ -208,6 +187,8 @@ class World:
         if not creds:
             return "unknown"
         proc = self._new_process("cli")
+        self.lines.observe({spec.stem: spec.path for spec in self.files.values()})
+        self.lines.acting_for[proc.actor] = name = creds[0].spec.name
         started = self.clock.now()
         request = None
         if revoke_now:
@@ -217,12 +198,8 @@ class World:
         status = "crashed" if result is SimCrash else getattr(result, "status", "error")
         if request is not None and status == "completed":
             request.completed_at = self.clock.now()
-            # The key it made live (perhaps another process's pending one) is the new credential, not a target;
-            # nor is another credential's live key: a removed file's is "left alone" (§6.9), e.g. the old
-            # name's after a rename that also moved vault.path (F47).
-            name = creds[0].spec.name
-            others = {r.current.key_id for n, r in self.records().items() if n != name and r.current is not None and r.moved_to is None}
-            request.targets = request.targets - set(self._live_keys().values()) - others
+            # Its own credential's previous keys only, less the key it made live (rotator.testing.sim.lineage).
+            request.targets = self.lines.targets(request.targets, name, proc.actor, self.records(), set(self._live_keys().values()))
         return status
 
     def adopt(self, name: str) -> str:
@@ -231,6 +208,8 @@ class World:
         if cred is None:
             return "unknown"
         proc = self._new_process("cli")
+        self.lines.observe({spec.stem: spec.path for spec in self.files.values()})
+        self.lines.acting_for[proc.actor] = name
         self.adoptions += 1
         result = self._run(proc, lambda: adopt(proc.engine, cred), what="adopt")
         if result is None or result is SimCrash:
@@ -320,6 +299,8 @@ class World:
             invariants.check_acting_holder(self, actor, f"{op} of {path}", kind="live-write" if op == "write" else "metadata")
         if live and op == "write":
             self._after_live_write(path, before or {})
+        if live and op == "merge_metadata" and self.service.key_of(self.kv.peek(MOUNT, path)) is None:  # over hand-written data
+            self.lines.described_over.setdefault(actor, set()).add(self.kv.peek_metadata(MOUNT, path).get("rotator-key-id") or "")
         if fault is not None and fault.kind == "lost":
             raise error_for("lost", vault=True, op=f"{op} {mount}/{path}")
         if fault is not None and fault.kind == "crash_after":
@@ -339,7 +320,10 @@ class World:
                 raise SimCrash(f"{actor} crashed before {op}")
         if mutating:
             invariants.before_provider_effect(self, actor, op, target)
+        known = set(self.service.keys) if op in invariants.CREATE_OPS else None
         result = effect()
+        if known is not None:
+            self.lines.minted(actor, set(self.service.keys) - known)
         if mutating:
             invariants.after_provider_effect(self, op)
         if fault is not None and fault.kind == "lost":
@@ -386,6 +370,7 @@ class World:
                 # supersedes it only if nothing had yet (a moved path's first write).
                 self.superseded_at.setdefault(key, now)
         self.tracked[path] = Tracking(promoted=True, foreign=False, last_key=new_key)
+        self.live_writes += 1
 
     def records(self) -> dict[str, StateRecord]:
         """Every readable state record, by credential name (parsed once per change of the store)."""
@@ -411,10 +396,3 @@ class World:
 
     def violate(self, invariant: str, detail: str) -> None:
         self.violations.append(Violation(invariant, detail, self.step_index))
-
-
-@dataclass
-class RunResult:
-    steps: int = 0
-    violations: list[Violation] = field(default_factory=list)
-    faults: Counter[str] = field(default_factory=Counter)
