@@ -88,6 +88,7 @@ F94 = "F94 sim-key-written-over-by-hand-had-no-successor"
 F95 = "F95 record-restored-to-a-revoked-pending-credential-stuck-on-its-stash"
 F96 = "F96 sim-quiescence-ended-before-a-restored-record-next-acted"
 F97 = "F97 removed-files-unrecorded-rotation-had-completed-under-data-written-by-hand"
+F98 = "F98 stalled-holder-minted-after-its-lease-expired"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -420,6 +421,12 @@ FINDINGS = [
     # undoing the rotation found it completed (the metadata names it) and retires its key, which the data no longer
     # holds (the provider names keys in data; this data names none), instead of keeping it live by the metadata.
     (F97, "webhook", [("tick", "r0", ()), ("state", "older"), ("foreign", "garbage"), ("edit", "delete")]),
+    # A replica stalled 15 min between its last record write and the mint (AWS now creates without a listing
+    # first): the other replica took the lease and rotated; the stalled one minted on resuming. The lease is
+    # checked (renewed when short) right before every mint.
+    (F98, "aws", [("tick", "r0", ()), ("advance", 86400), ("tick", "r0", ()), ("advance", 86400), ("pause", "r0", 10, 900.0, "r1")]),
+    (F98, "aws", [("tick", "r1", ()), ("advance", 86400), ("pause", "r1", 9, 900.0, "cli"), ("advance", 86400),
+                  ("pause", "r0", 10, 3600.0, "r1")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -303,6 +303,8 @@ class IssueSteps:
         # when the provider refused it before acting (a rate limit with
         # Retry-After); any other transient failure may have minted, so the
         # step fails and the next one sweeps first.
+        # A holder that stalled since its last write (past its lease, which another may have taken) stops here.
+        self.ensure_lease()
         if self.provider.is_issue_retry_safe:
             return self._call(lambda: self.provider.issue(ctx))
 

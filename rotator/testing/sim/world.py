@@ -214,10 +214,6 @@ class World:
         result = self._run(proc, lambda: adopt(proc.engine, cred), what="adopt")
         if result is None or result is SimCrash:
             return "failed"
-        # Accepting what someone wrote over the rotator's last key is that key's successor going live (§6.3).
-        tracking = self.tracked.get(cred.spec.vault.path)
-        if tracking is not None and tracking.last_key not in (None, self.service.key_of(self.kv.peek(MOUNT, cred.spec.vault.path))):
-            self.superseded_at.setdefault(tracking.last_key, self.clock.now())  # type: ignore[arg-type]
         return "adopted"  # the path stays excused from live-works until the rotator writes it again
 
     def needs_adoption(self) -> list[str]:
