@@ -89,6 +89,7 @@ F95 = "F95 record-restored-to-a-revoked-pending-credential-stuck-on-its-stash"
 F96 = "F96 sim-quiescence-ended-before-a-restored-record-next-acted"
 F97 = "F97 removed-files-unrecorded-rotation-had-completed-under-data-written-by-hand"
 F98 = "F98 stalled-holder-minted-after-its-lease-expired"
+F100 = "F100 deleted-record-of-a-credential-with-a-file-forgot-its-rotation-in-flight"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -427,6 +428,10 @@ FINDINGS = [
     (F98, "aws", [("tick", "r0", ()), ("advance", 86400), ("tick", "r0", ()), ("advance", 86400), ("pause", "r0", 10, 900.0, "r1")]),
     (F98, "aws", [("tick", "r1", ()), ("advance", 86400), ("pause", "r1", 9, 900.0, "cli"), ("advance", 86400),
                   ("pause", "r0", 10, 3600.0, "r1")]),
+    # The record's latest version deleted by hand while its file stays: it is written back from its newest
+    # readable version (RecordStore.revive), so the rotation it had in flight (a create whose answer was lost)
+    # is swept, not forgotten.
+    (F100, "aws", [("tick", "r1", (CallFault(6, "lost"),)), ("state", "soft")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).
@@ -455,3 +460,24 @@ def test_schedule_text_replays() -> None:
     text = schedule.replay_text()
     again = eval(text, {"replay": lambda kind, steps, seed: Schedule(kind, tuple(steps), seed), "CallFault": CallFault})  # noqa: S307
     assert again == schedule
+
+
+def test_keys_nothing_names_any_more_are_counted_not_hidden() -> None:
+    """A credential's file removed and its state record deleted with every version: nothing the rotator reads
+    names it, and its provider params were only there. Its superseded key is excused from no-orphans, and counted
+    in `world.unrecoverable`; with the record kept (only the file removed), the same key must be revoked."""
+    steps = [("tick", "r0", ()), ("rotate", False, ()), ("state", "lost"), ("advance", 25200), ("edit", "delete")]
+    world = World("stripe_key")
+    for index, step in enumerate(steps):
+        world.step_index = index
+        explorer.apply_step(world, step)
+    explorer.quiesce(world)
+    assert world.violations == [] and len(world.unrecoverable) == 1
+    kept = World("stripe_key")
+    for index, step in enumerate([s for s in steps if s[0] != "state"]):
+        kept.step_index = index
+        explorer.apply_step(kept, step)
+    explorer.quiesce(kept)
+    assert kept.violations == [] and kept.unrecoverable == set()
+    assert not any(kept.service.is_accepted(k) for k in world.unrecoverable if k in kept.service.keys)
+

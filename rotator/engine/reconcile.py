@@ -78,6 +78,15 @@ class Engine:
         """The record as readers see it: no secret value (those are in the stash)."""
         return self.records.read(name)
 
+    def _revive(self, name: str, version: int) -> tuple[StateRecord | None, int]:
+        """A record whose latest version was deleted by hand: its newest
+        readable version comes back (RecordStore.revive), or none."""
+        revived = self.records.revive(name)
+        if revived is None or revived.data is None:
+            return None, version
+        get_logger().warning("state.record_revived", credential=name, vault_version=revived.version)
+        return StateRecord.from_vault(revived.data), revived.version
+
     def _read_secret(self, ref: str) -> str:
         value = self.store.read_ref(ref)
         register_secret(value)
@@ -162,6 +171,8 @@ class Engine:
             known = None  # a schema 1 record: read it as Vault has it
         while True:
             record, version = known if known is not None else self.read_record(spec.name)
+            if record is None and version > 0 and known is None:
+                record, version = self._revive(spec.name, version)
             base = record or StateRecord.new(spec.name, spec.provider)
             now = self.clock.now()
             first = machine.next_action(base, policy, now, request)

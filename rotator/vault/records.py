@@ -165,10 +165,10 @@ class RecordStore:
         rotator never deletes its records): its newest readable earlier
         version is written back as the latest (check-and-set), and returned.
         None when there is none among the last `back` versions, or when the
-        path holds a record or nothing at all. For records with no file: the
-        keys they retire have nobody else to name them (contract §6.9); the
-        engine treats what comes back as a record restored from an older
-        version. Returns the data written back and its new version."""
+        path holds a record or nothing at all. The engine treats what comes
+        back as a record restored from an older version; only the record
+        knows what a rotation in flight had minted, and, with no file, the
+        keys it retires have nobody else to name them (contract §6.9). Returns the data written back and its new version."""
         path = self.record_path(name)
         current = self.store.read(self.mount, path)
         if current.data is not None or current.version == 0:
@@ -177,7 +177,10 @@ class RecordStore:
             data = self.store.read_version(self.mount, path, version)
             if data is None:
                 continue
-            StateRecord.from_vault(data, where=f"the state record of {name} ({self.mount}/{path}) version {version}")
+            try:
+                StateRecord.from_vault(data, where=f"the state record of {name} ({self.mount}/{path}) version {version}")
+            except ValueError:
+                continue  # malformed (perhaps why it was deleted): an older one
             return Versioned(data, self.store.write(self.mount, path, data, cas=current.version))
         return None
 

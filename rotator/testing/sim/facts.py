@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
+MOUNT = "secret"
+STATE_PREFIX = "rotator/state"
+
 @dataclass
 class Tracking:
     """What the invariants remember of one live path."""

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from rotator.testing.sim.aws import AwsIam
+from rotator.testing.sim.facts import MOUNT, STATE_PREFIX
 
 if TYPE_CHECKING:
     from rotator.testing.sim.world import World
@@ -128,6 +129,27 @@ def check_orphans(world: World, *, graced_at: datetime | None = None) -> None:
         if now < at + world.grace:
             allowed.add(key_id)
     for key in world.service.rotator_made():
-        if key.key_id not in allowed and world.service.is_accepted(key.key_id):
+        if key.key_id not in allowed and world.service.is_accepted(key.key_id) and not _forgotten_by_all(world, key.key_id):
             why = "never stashed" if key.key_id not in world.superseded_at else f"superseded at {world.superseded_at[key.key_id]:%d %H:%M}"
             world.violate("no-orphans", f"{key.key_id} (made by {key.minted_by}, {why}) is still accepted at quiescence")
+
+
+def _forgotten_by_all(world: World, key_id: str) -> bool:
+    """Nothing the rotator reads names the key's credential any more: no
+    file of it (nor of a name a rename linked to it), and its state record
+    deleted with every version (`bao kv metadata delete`; a soft-deleted one
+    is revived, RecordStore.revive). The provider params (which account, which
+    user) were only in those, so no rotator can find the key to retire it
+    (docs/CONTRACT-NOTES.md, "Issue 10: state the rotator cannot recover").
+    Counted, not hidden: `world.unrecoverable`."""
+    minted_for = world.lines.minted_for.get(key_id)
+    if minted_for is None:
+        return False
+    names = world.lines.connected(minted_for)
+    if names & {spec.stem for spec in world.files.values()}:
+        return False
+    if any(world.kv.current_version(MOUNT, f"{STATE_PREFIX}/{name}") > 0 for name in names):
+        return False
+    world.unrecoverable.add(key_id)
+    return True
+

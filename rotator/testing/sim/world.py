@@ -30,7 +30,7 @@ from rotator.engine.reconcile import Engine
 from rotator.engine.results import EngineOptions
 from rotator.testing.sim import invariants
 from rotator.testing.sim.clocks import ProcessClock, TrueClock
-from rotator.testing.sim.facts import RevokeNow, RunResult, Tracking, Violation
+from rotator.testing.sim.facts import MOUNT, STATE_PREFIX, RevokeNow, RunResult, Tracking, Violation  # noqa: F401 (MOUNT, STATE_PREFIX: re-exported)
 from rotator.testing.sim.faults import CallFault, SimCrash, error_for
 from rotator.testing.sim.kv import KvModel
 from rotator.testing.sim.lineage import Lineage
@@ -38,8 +38,6 @@ from rotator.testing.sim.providers import KINDS
 from rotator.testing.sim.service import Service, bind
 
 T = TypeVar("T")
-MOUNT = "secret"
-STATE_PREFIX = "rotator/state"
 LEASE_SECONDS = 300.0
 # The engines' clock skew allowance. Skew steps keep every two processes'
 # clocks within it (each replica within half of it of the true time): the
@@ -88,6 +86,7 @@ class World:
         self.revoke_now: list[RevokeNow] = []
         self.renames = 0
         self.adoptions = 0
+        self.unrecoverable: set[str] = set()  # keys no file nor record names any more (invariants._forgotten_by_all)
         self.lines = Lineage()  # whose each key is, for revoke-now's targets
         self.live_writes = 0  # rotator writes that landed on a live path
         self._loaded: dict[tuple[str, str, str], LoadedCredential] = {}
