@@ -16,6 +16,12 @@ path "secret/data/rotator/state/*" {
 path "secret/metadata/rotator/state/*" {
   capabilities = ["read", "list"]
 }
+# Undoing a `bao kv delete` of a state record (the rotator never deletes
+# one): only the record knows what a rotation in flight minted
+# (docs/STATE.md). This restores a version; it cannot delete one.
+path "secret/undelete/rotator/state/*" {
+  capabilities = ["update"]
+}
 
 # The stash (ROTATOR_STASH_PREFIX, default rotator/state-stash): one entry
 # per issued credential holding what recovery and revocation need (its live

@@ -239,3 +239,43 @@ def test_read_many_matches_one_by_one_reads(openbao: OpenBaoServer, bao_client: 
 
     limited = VaultStore(VaultConnection(url=openbao.addr, token=vault_policy_token(bao_client)))
     assert limited.read_many("secret", [f"{base}/r0"]) == {}, "denied reads are left out, not guessed"
+
+
+def test_a_deleted_record_is_undeleted_under_the_shipped_policy_and_rewritten_from_an_older_one_without_it(
+    openbao: OpenBaoServer, bao_client: hvac.Client, unique: str
+) -> None:
+    """RecordStore.revive, with a token holding only config/rotator.hcl: the
+    soft-deleted latest version itself comes back (nothing lost, no new
+    version); under a policy without `undelete`, the newest readable older
+    version is written back as a new one."""
+    from rotator.core.state import StateRecord
+    from rotator.vault.records import RecordStore
+
+    limited = VaultStore(VaultConnection(url=openbao.addr, token=vault_policy_token(bao_client)))
+    records = RecordStore(limited, "secret", "rotator/state", "rotator/state-stash")
+    name = f"revive-{unique}"
+    path = f"rotator/state/{name}"
+    first = StateRecord.new(name, "aws.iam_access_key").to_vault()
+    second = {**first, "rotations": 1}
+    limited.write("secret", path, first, cas=0)
+    limited.write("secret", path, second, cas=1)
+    kv = bao_client.secrets.kv.v2
+    kv.delete_latest_version_of_secret(path=path, mount_point="secret")
+    assert limited.read("secret", path) == Versioned(None, 2)
+    revived = records.revive(name)
+    assert revived is not None and revived.version == 2 and revived.data is not None and revived.data["rotations"] == 1
+    assert records.revive(name) is None  # readable again: nothing to do
+
+    without = vault_policy_token(bao_client, policy_hcl=VAULT_POLICY_WITHOUT_UNDELETE())
+    older = RecordStore(VaultStore(VaultConnection(url=openbao.addr, token=without)), "secret", "rotator/state", "rotator/state-stash")
+    kv.delete_latest_version_of_secret(path=path, mount_point="secret")
+    revived = older.revive(name)
+    assert revived is not None and revived.version == 3 and revived.data is not None and revived.data["rotations"] == 0
+
+
+def VAULT_POLICY_WITHOUT_UNDELETE() -> str:  # noqa: N802
+    from policy_token import VAULT_POLICY
+
+    text = VAULT_POLICY.read_text()
+    start = text.index('path "secret/undelete/rotator/state/*"')
+    return text[:start] + text[text.index("}", start) + 1:]

@@ -162,8 +162,9 @@ class RecordStore:
 
     def revive(self, name: str, *, back: int = 10) -> Versioned | None:
         """A record whose latest version was deleted (`bao kv delete`; the
-        rotator never deletes its records): its newest readable earlier
-        version is written back as the latest (check-and-set), and returned.
+        rotator never deletes its records): that version is undeleted, or,
+        where it cannot be, its newest readable earlier version is written
+        back as the latest (check-and-set); returned.
         None when there is none among the last `back` versions, or when the
         path holds a record or nothing at all. The engine treats what comes
         back as a record restored from an older version; only the record
@@ -173,6 +174,16 @@ class RecordStore:
         current = self.store.read(self.mount, path)
         if current.data is not None or current.version == 0:
             return None
+        try:
+            # The deleted version itself, if it can be undone (`undelete` on the state prefix, config/rotator.hcl):
+            # nothing is lost then, not even a rotation in flight that only that version knew.
+            self.store.undelete_version(self.mount, path, current.version)
+            again = self.store.read(self.mount, path)
+            if again.data is not None and again.version == current.version:
+                StateRecord.from_vault(again.data, where=f"the state record of {name} ({self.mount}/{path})")
+                return again
+        except (RotatorError, ValueError):
+            pass  # no such permission (a policy from before it), destroyed, or malformed: an older version
         for version in range(current.version - 1, max(0, current.version - 1 - back), -1):
             data = self.store.read_version(self.mount, path, version)
             if data is None:

@@ -316,6 +316,12 @@ class VaultStore(FolderAndRefReads):
                     self._metadata_keys.popitem(last=False)
         return int(response["data"]["version"])
 
+    def undelete_version(self, mount: str, path: str, version: int) -> None:
+        """Undo a soft delete (`bao kv delete`) of one version: its data is
+        readable again. A destroyed version stays gone."""
+        self._call(f"undeleting {mount}/{path} version {version}",
+                   lambda: self._kv.undelete_secret_versions(path=path, versions=[version], mount_point=mount))
+
     def destroy(self, mount: str, path: str) -> None:
         """Delete every version of `mount/path` and its metadata, for good
         (a stash entry whose credential is revoked). Absent counts as done."""

@@ -120,6 +120,9 @@ class KvModel(FolderAndRefReads):
     def read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
         return self._call("read_version", mount, path, lambda: self._read_version(mount, path, version))
 
+    def undelete_version(self, mount: str, path: str, version: int) -> None:
+        self._call("undelete", mount, path, lambda: self.undelete(mount, path, [version]), mutating=True)
+
     def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int, keep_metadata: bool = False) -> int:
         text = json.dumps(dict(data))
 
