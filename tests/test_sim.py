@@ -90,6 +90,8 @@ F96 = "F96 sim-quiescence-ended-before-a-restored-record-next-acted"
 F97 = "F97 removed-files-unrecorded-rotation-had-completed-under-data-written-by-hand"
 F98 = "F98 stalled-holder-minted-after-its-lease-expired"
 F100 = "F100 deleted-record-of-a-credential-with-a-file-forgot-its-rotation-in-flight"
+F101 = "F101 restored-revoke-now-rotation-revoked-later-keys-at-once"
+F102 = "F102 record-behind-the-path-vault-path-left"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -432,6 +434,11 @@ FINDINGS = [
     # readable version (RecordStore.revive), so the rotation it had in flight (a create whose answer was lost)
     # is swept, not forgotten.
     (F100, "aws", [("tick", "r1", (CallFault(6, "lost"),)), ("state", "soft")]),
+    # A record restored to a `--revoke-now` rotation's `issuing`, completed and followed by another since: the keys it
+    # did not know get a full grace (that revoke-now was asked before they were made).
+    (F101, "deploy_key", [("rotate", True, ()), ("rotate", True, (CallFault(3, "fail"),)), ("rotate", False, ()), ("state", "older")]),
+    # The same after `vault.path` changed: the record is behind the path it last wrote, not the file's new one.
+    (F102, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("rotate", False, ()), ("edit", "path"), ("state", "older")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -25,6 +25,7 @@ from rotator.engine.baseline import (
     rotation_key_overwritten,
 )
 from rotator.engine.results import _MayHaveActed, new_rotation_id
+from rotator.vault.livepath import LivePath
 
 
 class IssueSteps:
@@ -233,12 +234,18 @@ class IssueSteps:
         pending credential revoked since, whose stash entry is gone: it must
         not be verified, promoted or rolled back from memory it lacks."""
         self._behind_checked = True
+        pending = self.record.pending
+        # The file's path, and any other this credential last wrote or was writing (vault.path changed since).
+        others = sorted({self.record.live_path, pending.target if pending else None} - {str(self._live), None})
+        lives = [self._live, *(LivePath(self.engine.store, *p.split("/", 1)) for p in others if "/" in p)]
         try:
-            self._recover_if_behind(self._call(self._live.read))
+            for live in lives:
+                if self._recover_if_behind(self._call(live.read), live):
+                    return
         except RotatorError as exc:
             self._fail("recover", exc)
 
-    def _recover_if_behind(self, content: Any) -> bool:
+    def _recover_if_behind(self, content: Any, live_path: LivePath | None = None) -> bool:
         """The live path holds a later rotation of this credential than the
         record knows: the record was restored from an older version, and the
         rotation it has pending completed long ago, as did at least one after
@@ -246,7 +253,7 @@ class IssueSteps:
         since, one perhaps in its grace. The record takes the live key back as
         current (as for a lost record), the pending rotation is dropped, and
         every key of this credential the record does not know is retired
-        after a full grace from now (at once under `--revoke-now`)."""
+        after a full grace from now."""
         pending = self.record.pending
         assert pending is not None
         live_rotation = content.custom_metadata.get("rotator-rotation-id") or None
@@ -258,10 +265,9 @@ class IssueSteps:
         named = self.provider.live_key(content.data)
         current = None if named is None else KeyRecord(
             key_id=named.key_id, rotation_id=live_rotation, handle=dict(named.handle), issued_at=named.created_at or now)
-        revoke_now = pending.revoke_now
         live = live_key_ids(content, self.provider)
         listed = self._call(self.provider.list_keys) if self.provider.can_list else []
-        self._apply(machine.Recovered(current, content.version, str(self._live)))
+        self._apply(machine.Recovered(current, content.version, str(live_path or self._live)))
         found = list(forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=live, grace=self.policy.grace, now=now,
                                     read_other=self.engine.read_record, clock=self.policy.clock,
                                     keeps_inactive=self.policy.retire_delay is not None))
@@ -269,8 +275,8 @@ class IssueSteps:
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
             found.append(Retiring(key=minted, superseded_by="recovered", revoke_after=now + self.policy.grace, clock=self.policy.clock))
-        if found and revoke_now:
-            found = [e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found]
+        # Not at once under the dropped rotation's own `--revoke-now`: that was asked before these keys were made
+        # (a request asked now starts a rotation of its own, which shortens them).
         if found:
             self._apply(machine.Forgotten(tuple(found)))
         self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id, live_rotation_id=live_rotation,
