@@ -92,6 +92,7 @@ F98 = "F98 stalled-holder-minted-after-its-lease-expired"
 F100 = "F100 deleted-record-of-a-credential-with-a-file-forgot-its-rotation-in-flight"
 F101 = "F101 restored-revoke-now-rotation-revoked-later-keys-at-once"
 F102 = "F102 record-behind-the-path-vault-path-left"
+F103 = "F103 renamed-files-record-lost-after-the-takeover-orphans-the-old-names-keys"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -439,6 +440,10 @@ FINDINGS = [
     (F101, "deploy_key", [("rotate", True, ()), ("rotate", True, (CallFault(3, "fail"),)), ("rotate", False, ()), ("state", "older")]),
     # The same after `vault.path` changed: the record is behind the path it last wrote, not the file's new one.
     (F102, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("rotate", False, ()), ("edit", "path"), ("state", "older")]),
+    # A rename taken over (the old record says moved_to, holds no key), then the new name's record lost: its baseline
+    # finds the provider's keys marked with either name again (the old one's key in grace blocked AWS for good).
+    (F103, "aws", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r0", ()), ("state", "lost"), ("advance", 86400)]),
+    (F103, "aws", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", (CallFault(11, "lost"),)), ("state", "lost")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).
@@ -487,4 +492,12 @@ def test_keys_nothing_names_any_more_are_counted_not_hidden() -> None:
     explorer.quiesce(kept)
     assert kept.violations == [] and kept.unrecoverable == set()
     assert not any(kept.service.is_accepted(k) for k in world.unrecoverable if k in kept.service.keys)
+    # A record lost before the file's rename: nothing links the new name to the old one's key (the live path was
+    # never written, so its metadata names nobody), which is counted too.
+    renamed = World("webhook")
+    for index, step in enumerate([("tick", "r0", (CallFault(7, "lost"),)), ("state", "lost"), ("edit", "rename")]):
+        renamed.step_index = index
+        explorer.apply_step(renamed, step)
+    explorer.quiesce(renamed)
+    assert renamed.violations == [] and len(renamed.unrecoverable) == 1
 

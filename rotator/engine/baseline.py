@@ -115,6 +115,11 @@ def find_baseline(
                 if current is not None:
                     retiring.append(_retire(current, "renamed", now + grace, clock))
                 current = held
+            if other.moved_to == name and is_fresh(record):
+                # Taken over already, and this credential's own record lost since: the old record handed its
+                # keys over and holds none. The provider's marked keys of either name are found again.
+                known = {k.key_id for k in (current, *(e.key for e in retiring)) if k is not None}
+                retiring += _strays(record, provider, name=name, keep=known, grace=grace, now=now, read_other=read_other, clock=clock)
             return Baseline(current, content.version, live_path, tuple(retiring), moved_from=(owner, version))
         raise PermanentError(
             f"{live_path} holds the data of credential {owner}, whose record does not say it wrote this path; "

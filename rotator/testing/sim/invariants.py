@@ -135,21 +135,31 @@ def check_orphans(world: World, *, graced_at: datetime | None = None) -> None:
 
 
 def _forgotten_by_all(world: World, key_id: str) -> bool:
-    """Nothing the rotator reads names the key's credential any more: no
-    file of it (nor of a name a rename linked to it), and its state record
-    deleted with every version (`bao kv metadata delete`; a soft-deleted one
-    is revived, RecordStore.revive). The provider params (which account, which
-    user) were only in those, so no rotator can find the key to retire it
-    (docs/CONTRACT-NOTES.md, "Issue 10: state the rotator cannot recover").
-    Counted, not hidden: `world.unrecoverable`."""
-    minted_for = world.lines.minted_for.get(key_id)
-    if minted_for is None:
+    """Nothing the rotator can read links the key's credential to anything it
+    acts on: following the records' `moved_to` from the name the key was
+    minted for, no name has a file, none has a record that still holds keys
+    (a moved one handed them over; a soft-deleted one is revived, so counts),
+    and no file's live path has metadata naming one. The provider params
+    (which account, which user) were only in those, so no rotator can find
+    the key to retire it (docs/CONTRACT-NOTES.md, "Issue 10: state records
+    restored, deleted or lost"). Counted, not hidden: `world.unrecoverable`."""
+    name = world.lines.minted_for.get(key_id)
+    if name is None:
         return False
-    names = world.lines.connected(minted_for)
-    if names & {spec.stem for spec in world.files.values()}:
+    chain: list[str] = []
+    while name is not None and name not in chain:
+        chain.append(name)
+        path = f"{STATE_PREFIX}/{name}"
+        if world.kv.current_version(MOUNT, path) == 0:
+            break  # deleted with every version
+        record = world.records().get(name)
+        if record is None or record.moved_to is None:
+            return False  # a record that holds its keys (or soft-deleted: revived)
+        name = record.moved_to
+    files = {spec.stem: spec.path for spec in world.files.values()}
+    if set(chain) & set(files):
         return False
-    if any(world.kv.current_version(MOUNT, f"{STATE_PREFIX}/{name}") > 0 for name in names):
+    if any(world.kv.peek_metadata(MOUNT, path).get("rotator-credential") in chain for path in files.values()):
         return False
     world.unrecoverable.add(key_id)
     return True
-

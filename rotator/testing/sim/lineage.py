@@ -75,15 +75,3 @@ class Lineage:
         names = self.names(name, records)
         made_live = live | self.described_over.get(actor, set())
         return frozenset(k for k in asked if self.minted_for.get(k, name) in names) - made_live
-
-    def connected(self, name: str) -> set[str]:
-        """`name` and every name a rename a process saw links it to, either way."""
-        out, todo = {name}, [name]
-        while todo:
-            current = todo.pop()
-            linked = {self.renamed_from.get(current)} | {new for new, old in self.renamed_from.items() if old == current}
-            for other in linked - {None} - out:
-                out.add(other)  # type: ignore[arg-type]
-                todo.append(other)  # type: ignore[arg-type]
-        return out
-
