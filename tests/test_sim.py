@@ -93,6 +93,7 @@ F100 = "F100 deleted-record-of-a-credential-with-a-file-forgot-its-rotation-in-f
 F101 = "F101 restored-revoke-now-rotation-revoked-later-keys-at-once"
 F102 = "F102 record-behind-the-path-vault-path-left"
 F103 = "F103 renamed-files-record-lost-after-the-takeover-orphans-the-old-names-keys"
+F104 = "F104 restored-record-blocked-aws-on-its-own-forgotten-key"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -444,6 +445,10 @@ FINDINGS = [
     # finds the provider's keys marked with either name again (the old one's key in grace blocked AWS for good).
     (F103, "aws", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r0", ()), ("state", "lost"), ("advance", 86400)]),
     (F103, "aws", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", (CallFault(11, "lost"),)), ("state", "lost")]),
+    # A record restored to the rotation before the last, the live data then written over by hand: its next rotation
+    # found AWS full with a key marked as its own that it did not know, and blocked for good ("remove it yourself").
+    # That key is retired after a full grace (the inventory's rule), and the rotation waits for the room.
+    (F104, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("state", "older"), ("foreign", "garbage")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -338,8 +338,18 @@ class IssueSteps:
                 raise
             if pending is not None and self.provider.can_list:
                 # A key one of our own rotations left (a lost create) is in the way.
-                orphans = [k for k in self._call(self.provider.list_keys) if k.key_id in in_the_way and self._is_orphan(k, pending)]
+                listed = [k for k in self._call(self.provider.list_keys) if k.key_id in in_the_way]
+                orphans = [k for k in listed if self._is_orphan(k, pending)]
                 in_the_way -= set(self._revoke_orphans(orphans))
+                # One marked as this credential's that the record does not know (it was restored from an older
+                # version): retired after a full grace, as after a promotion, and room comes when that ends.
+                forgotten = forgotten_keys(self.record, [k for k in listed if k.key_id in in_the_way], name=self.cred.spec.name,
+                                           keep=live, grace=self.policy.grace, now=self.engine.clock.now(),
+                                           read_other=self.engine.read_record, clock=self.policy.clock,
+                                           keeps_inactive=self.policy.retire_delay is not None)
+                if forgotten:
+                    self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in forgotten])
+                    self._apply(machine.Forgotten(forgotten))
             # Room can be made only from our own keys already past grace.
             now = self.engine.clock.now()
             ours = {e.key.key_id for e in self.record.retiring if now >= machine.grace_ends(e, self.policy)}
