@@ -94,6 +94,7 @@ F101 = "F101 restored-revoke-now-rotation-revoked-later-keys-at-once"
 F102 = "F102 record-behind-the-path-vault-path-left"
 F103 = "F103 renamed-files-record-lost-after-the-takeover-orphans-the-old-names-keys"
 F104 = "F104 restored-record-blocked-aws-on-its-own-forgotten-key"
+F105 = "F105 restored-record-stuck-rolling-back-a-key-revoked-since"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -449,6 +450,12 @@ FINDINGS = [
     # found AWS full with a key marked as its own that it did not know, and blocked for good ("remove it yourself").
     # That key is retired after a full grace (the inventory's rule), and the rotation waits for the room.
     (F104, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("state", "older"), ("foreign", "garbage")]),
+    # A record restored to a rollback whose key was revoked since (its stash entry destroyed): every reconcile
+    # failed reading that entry. The rollback revokes by the handle's ids (a verify or promote rolls back instead).
+    (F105, "stripe_key", [("rotate", True, ()), ("rotate", False, ()), ("foreign", "restore"), ("rotate", False, ()),
+                          ("rotate", False, ()), ("state", "older")]),
+    (F105, "webhook", [("rotate", True, ()), ("advance", 86400), ("tick", "r0", ()), ("foreign", "restore"), ("rotate", True, ()),
+                       ("rotate", False, ()), ("state", "older")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -177,12 +177,18 @@ class PromoteSteps:
                 since = (self.record.live_version or 0) if self.record.live_path in (None, str(self._live)) else 0
                 # Live once and superseded since (another record took the path on): a grace, not a revoke (sim F21).
                 superseded = bool(pending.data) and self._call(lambda: self._live.held_before(pending.data, since=since))
-                if not superseded:
+                lost = pending.credential.lacks_secrets() and not self.provider.retires_by_id
+                if not superseded and not lost:
                     if self._is_named_live(credential.key_id):
                         raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")
                     self.ensure_lease()  # after the reads: a holder that stalled in them stops here
                     self._call(lambda: self.provider.revoke(credential.handle))
                     crashpoint("after-rollback-call")
+                elif lost:
+                    # Its secret, which its revocation needs (an installation token), is gone with its stash entry:
+                    # it dies by itself within its lifetime.
+                    self.log.warning("credential.expired_unrevoked", key_id=credential.key_id,
+                                     reason="its stash entry is gone; it expires by itself")
             except RotatorError as exc:
                 self._fail("rollback", exc)
                 return

@@ -14,7 +14,7 @@ from rotator.config.spec import LoadedCredential
 from rotator.core import machine, transitions
 from rotator.core.actions import Policy, Request
 from rotator.core.clock import to_rfc3339
-from rotator.core.errors import CasMismatchError, LeaseLostError, PermanentError, RotatorError, TransientError
+from rotator.core.errors import CasMismatchError, LeaseLostError, NotFoundError, PermanentError, RotatorError, TransientError
 from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import StateRecord
 from rotator.engine import retry
@@ -95,7 +95,15 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
                 action = machine.next_action(self.record, self.policy, now, self.request)
                 if action is None:
                     break
-                self.record = self.engine.records.hydrate(self.record, action, self.provider.secret_fields)
+                try:
+                    self.record = self.engine.records.hydrate(self.record, action, self.provider.secret_fields)
+                except NotFoundError as exc:
+                    if not isinstance(action, (machine.Verify, machine.Promote)):
+                        raise
+                    # The new credential's stash entry is gone (a record restored to a rotation whose key was
+                    # revoked since): it can be neither verified nor written live, so the rotation is undone.
+                    self._fail("verify", PermanentError(str(exc)))
+                    continue
                 self._do(action)
         except LeaseLostError as exc:
             self.log.warning("lease.lost", error=str(exc))

@@ -279,7 +279,7 @@ class RecordStore:
         needed = {key.stash: key for key in needed_keys(record, action) if key.stash}
         if not needed:
             return record
-        retiring = isinstance(action, (machine.Deactivate, machine.Revoke))
+        retiring = isinstance(action, (machine.Deactivate, machine.Revoke, machine.RollBack))
         entries = {}
         for path, key in needed.items():
             try:
@@ -287,10 +287,12 @@ class RecordStore:
             except NotFoundError:
                 if not retiring:
                     raise
-                # A superseded key's entry is gone (destroyed after an earlier
-                # revocation of it, the record since restored from an older
-                # version): it is retired by its handle's ids alone, or waited
-                # out when its provider needs the secret (rotator.engine.retire).
+                # A superseded or rolled-back key's entry is gone (destroyed
+                # after an earlier revocation of it, the record since restored
+                # from an older version): it is revoked by its handle's ids
+                # alone, or waited out when its provider needs the secret
+                # (rotator.engine.retire, promote). One to verify or promote
+                # raises: the engine rolls that rotation back (rotator.engine.run).
                 continue
         for entry in entries.values():
             _register(entry, secret_fields)
