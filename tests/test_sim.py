@@ -95,6 +95,8 @@ F102 = "F102 record-behind-the-path-vault-path-left"
 F103 = "F103 renamed-files-record-lost-after-the-takeover-orphans-the-old-names-keys"
 F104 = "F104 restored-record-blocked-aws-on-its-own-forgotten-key"
 F105 = "F105 restored-record-stuck-rolling-back-a-key-revoked-since"
+F106 = "F106 finished-promotion-assumed-the-path-still-held-its-key"
+F107 = "F107 record-behind-the-path-its-rotation-was-writing"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -456,6 +458,15 @@ FINDINGS = [
                           ("rotate", False, ()), ("state", "older")]),
     (F105, "webhook", [("rotate", True, ()), ("advance", 86400), ("tick", "r0", ()), ("foreign", "restore"), ("rotate", True, ()),
                        ("rotate", False, ()), ("state", "older")]),
+    # A `--revoke-now` promotion left with its metadata unmerged (a long 429), the path then restored by hand to the
+    # previous token: the run that finished the promotion took its own metadata write as proof of what the path
+    # holds and revoked the restored, live token. Only a run's own check-and-set live write proves that.
+    (F106, "installation_token", [("rotate", False, ()), ("advance", 86400), ("tick", "r1", ()),
+                                  ("rotate", True, (CallFault(2, "429", 20.0), CallFault(9, "lost"), CallFault(13, "429", 300.0))),
+                                  ("foreign", "restore")]),
+    # A record restored to its first rotation's `issuing` after `vault.path` changed: the path that rotation wrote is
+    # compared as it was read (taking the lease points the rotation at the file's new path).
+    (F107, "deploy_key", [("tick", "r1", ()), ("state", "older"), ("tick", "r1", ()), ("edit", "path"), ("state", "older")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -236,7 +236,9 @@ class IssueSteps:
         self._behind_checked = True
         pending = self.record.pending
         # The file's path, and any other this credential last wrote or was writing (vault.path changed since).
-        others = sorted({self.record.live_path, pending.target if pending else None} - {str(self._live), None})
+        first = self._initial.pending  # as read: taking the lease points `target` at the file's path
+        others = sorted({self.record.live_path, pending.target if pending else None, first.target if first else None}
+                        - {str(self._live), None})
         lives = [self._live, *(LivePath(self.engine.store, *p.split("/", 1)) for p in others if "/" in p)]
         try:
             for live in lives:

@@ -98,6 +98,7 @@ class PromoteSteps:
         except RotatorError as exc:
             self._fail("promote", exc)
             return
+        self._wrote_live = version
         crashpoint("after-live-write")
         # Not written on its own: after a crash here the record says
         # `verified`, and the next promotion finds the version already there.
@@ -120,7 +121,10 @@ class PromoteSteps:
             self.log.error("vault.metadata_failed", vault_path=str(self._live), error=str(exc))
             self._fail("metadata", exc)
             return
-        self._described_key = credential.key_id
+        if self._wrote_live == pending.live_version:
+            # Only after this run's own check-and-set live write: a promotion another run wrote may have been
+            # written over since (a restore by hand), and then what the path holds is read, not assumed.
+            self._described_key = credential.key_id
         crashpoint("after-metadata")
         self._finish_promotion(credential, pending.live_version)
         crashpoint("after-promote")

@@ -63,6 +63,7 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
         self._durable: list[Callable[[], None]] = []
         self._started_here: str | None = None  # the rotation this run started
         self._described_key: str | None = None  # the key this run's metadata write named as live
+        self._wrote_live: int | None = None  # the live version this run's own check-and-set write made
         self._behind_checked = False  # whether this run compared a resumed rotation with the live path
         self._initial = record
         _register_record_secrets(record, provider)
