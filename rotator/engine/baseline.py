@@ -82,13 +82,13 @@ def find_baseline(
         current = record.current
         held = _key_in(content, provider, rotation_id=rotation_id, now=now)
         if held is not None and (current is None or current.key_id != held.key_id):
-            superseded = () if current is None else (_retire(current, "recovered", now + grace, clock),)
+            superseded = () if current is None else (retiring_from(current, "recovered", now + grace, clock),)
             current = held
         else:
             superseded = ()
         # The key the metadata names is live only if the data holds it: data
         # written over it by hand (the metadata left as it was) does not.
-        named_live = meta_key if meta_key and not _names_keys(provider) else None
+        named_live = meta_key if meta_key and not names_keys(provider) else None
         strays = _strays(record, provider, name=name, keep={k for k in (named_live, current.key_id if current else None) if k},
                          grace=grace, now=now, read_other=read_other, clock=clock) if is_fresh(record) else ()
         return Baseline(current, content.version, live_path, superseded + strays)
@@ -113,7 +113,7 @@ def find_baseline(
             retiring = list(other.retiring)
             if held is not None and (current is None or current.key_id != held.key_id):
                 if current is not None:
-                    retiring.append(_retire(current, "renamed", now + grace, clock))
+                    retiring.append(retiring_from(current, "renamed", now + grace, clock))
                 current = held
             if other.moved_to == name and is_fresh(record):
                 # Taken over already, and this credential's own record lost since: the old record handed its
@@ -148,7 +148,7 @@ def _moved_on(owner: str, other: StateRecord | None, version: int, *, name: str,
     return found
 
 
-def _names_keys(provider: Provider) -> bool:
+def names_keys(provider: Provider) -> bool:
     """The provider can tell the key in live data (`Provider.live_key`)."""
     return type(provider).live_key is not Provider.live_key
 
@@ -165,7 +165,7 @@ def _wrote_here(other: StateRecord, live_path: str, meta_key: str | None) -> boo
     return other.current is not None and other.current.key_id == meta_key
 
 
-def _retire(key: KeyRecord, by: str, after: datetime, clock: str | None) -> Retiring:
+def retiring_from(key: KeyRecord, by: str, after: datetime, clock: str | None) -> Retiring:
     return Retiring(key=key, superseded_by=by, revoke_after=after, clock=clock)
 
 
@@ -212,7 +212,7 @@ def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: 
             continue
         if not key.active and not keeps_inactive:
             continue  # revoked already (an expired Stripe key stays listed)
-        found.append(_retire(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id, handle=dict(key.handle),
+        found.append(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id, handle=dict(key.handle),
                                        issued_at=key.created_at or now), "recovered", now + grace, clock))
     return tuple(found)
 
@@ -224,7 +224,7 @@ def live_key_ids(content: LiveContent, provider: Provider) -> set[str]:
     if held is not None:
         return {held.key_id}
     meta_key = content.custom_metadata.get("rotator-key-id") or None
-    return {meta_key} if meta_key and not _names_keys(provider) else set()
+    return {meta_key} if meta_key and not names_keys(provider) else set()
 
 
 def pending_revoke_now(record: StateRecord) -> bool:
@@ -238,7 +238,7 @@ def rotation_key_overwritten(content: LiveContent, provider: Provider, held: Key
     was): that key, found by its mark, retired after a full grace (at once
     under `--revoke-now`)."""
     meta_key = content.custom_metadata.get("rotator-key-id") or None
-    if not meta_key or not _names_keys(provider) or not provider.can_list or (held is not None and held.key_id == meta_key):
+    if not meta_key or not names_keys(provider) or not provider.can_list or (held is not None and held.key_id == meta_key):
         return ()
     for key in provider.list_keys():
         if key.key_id == meta_key and key.mark is not None and key.mark.credential == name and key.mark.rotation_id == rotation_id:

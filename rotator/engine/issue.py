@@ -14,14 +14,14 @@ from rotator.core.clock import to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import RotatorError, TransientError
 from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError
-from rotator.core.state import KeyRecord, Retiring, StateRecord, with_value_hashes
+from rotator.core.state import KeyRecord, StateRecord, with_value_hashes
 from rotator.engine.baseline import (
     Baseline,
     find_baseline,
-    forgotten_keys,
     live_key_ids,
     needs_baseline,
     pending_revoke_now,
+    retiring_from,
     rotation_key_overwritten,
 )
 from rotator.engine.results import _MayHaveActed, new_rotation_id
@@ -234,12 +234,8 @@ class IssueSteps:
         pending credential revoked since, whose stash entry is gone: it must
         not be verified, promoted or rolled back from memory it lacks."""
         self._behind_checked = True
-        pending = self.record.pending
-        # The file's path, and any other this credential last wrote or was writing (vault.path changed since).
         first = self._initial.pending  # as read: taking the lease points `target` at the file's path
-        others = sorted({self.record.live_path, pending.target if pending else None, first.target if first else None}
-                        - {str(self._live), None})
-        lives = [self._live, *(LivePath(self.engine.store, *p.split("/", 1)) for p in others if "/" in p)]
+        lives = self._known_live_paths(first.target if first else None)
         try:
             for live in lives:
                 if self._recover_if_behind(self._call(live.read), live):
@@ -270,13 +266,11 @@ class IssueSteps:
         live = live_key_ids(content, self.provider)
         listed = self._call(self.provider.list_keys) if self.provider.can_list else []
         self._apply(machine.Recovered(current, content.version, str(live_path or self._live)))
-        found = list(forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=live, grace=self.policy.grace, now=now,
-                                    read_other=self.engine.read_record, clock=self.policy.clock,
-                                    keeps_inactive=self.policy.retire_delay is not None))
+        found = list(self._forgotten(listed, keep=live, now=now))
         minted = pending.credential
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
-            found.append(Retiring(key=minted, superseded_by="recovered", revoke_after=now + self.policy.grace, clock=self.policy.clock))
+            found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock))
         # Not at once under the dropped rotation's own `--revoke-now`: that was asked before these keys were made
         # (a request asked now starts a rotation of its own, which shortens them).
         if found:
@@ -345,10 +339,7 @@ class IssueSteps:
                 in_the_way -= set(self._revoke_orphans(orphans))
                 # One marked as this credential's that the record does not know (it was restored from an older
                 # version): retired after a full grace, as after a promotion, and room comes when that ends.
-                forgotten = forgotten_keys(self.record, [k for k in listed if k.key_id in in_the_way], name=self.cred.spec.name,
-                                           keep=live, grace=self.policy.grace, now=self.engine.clock.now(),
-                                           read_other=self.engine.read_record, clock=self.policy.clock,
-                                           keeps_inactive=self.policy.retire_delay is not None)
+                forgotten = self._forgotten([k for k in listed if k.key_id in in_the_way], keep=live, now=self.engine.clock.now())
                 if forgotten:
                     self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in forgotten])
                     self._apply(machine.Forgotten(forgotten))

@@ -10,9 +10,10 @@ from typing import Any
 from rotator.core import machine, transitions
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import RotatorError, TransientError
-from rotator.core.provider import IssuedCredential, Provider
+from rotator.core.provider import IssuedCredential
 from rotator.core.timetable import draw_jitter
 from rotator.engine import retry
+from rotator.engine.baseline import names_keys
 from rotator.vault.livepath import LivePath
 
 
@@ -54,19 +55,22 @@ class PromoteSteps:
             named = self.provider.live_key(data)
             return named.key_id if named else None
 
-        # Every path this credential may have made live: its file's, the one
-        # its record last wrote, and the one its rotation in flight writes.
         pending = self.record.pending
-        paths = {str(self._live), self.record.live_path, pending.target if pending else None}
-        lives = [self._live] + [LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(paths - {str(self._live), None}) if "/" in p]
+        lives = self._known_live_paths()
         # What the record knows of the key's values: data written over it by hand that holds none of them does not hold it.
         known = next((k for k in (self.record.current, pending.credential if pending else None, *(e.key for e in self.record.retiring))
                       if k is not None and k.key_id == key_id), None)
         hashes = known.value_sha256 if known is not None else ()
         secrets = self.provider.secret_values(known.handle) if known is not None else []
-        reads_keys = type(self.provider).live_key is not Provider.live_key  # whether the provider names keys in data
-        return any(live.names_as_live(key_id, key_in=key_in if reads_keys else None, value_sha256=hashes, secrets=secrets)
-                   for live in lives)
+        return any(live.names_as_live(key_id, key_in=key_in if names_keys(self.provider) else None, value_sha256=hashes,
+                                      secrets=secrets) for live in lives)
+
+    def _known_live_paths(self, *also: str | None) -> list[LivePath]:
+        """Every path this credential may have made live: its file's first, the
+        one its record last wrote, the one its rotation in flight writes, and `also`."""
+        pending = self.record.pending
+        others = {self.record.live_path, pending.target if pending else None, *also} - {str(self._live), None}
+        return [self._live, *(LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(others) if p and "/" in p)]
 
     @property
     def _live(self) -> LivePath:
@@ -181,7 +185,7 @@ class PromoteSteps:
                 since = (self.record.live_version or 0) if self.record.live_path in (None, str(self._live)) else 0
                 # Live once and superseded since (another record took the path on): a grace, not a revoke (sim F21).
                 superseded = bool(pending.data) and self._call(lambda: self._live.held_before(pending.data, since=since))
-                lost = pending.credential.lacks_secrets() and not self.provider.retires_by_id
+                lost = self._needs_lost_secret(pending.credential)
                 if not superseded and not lost:
                     if self._is_named_live(credential.key_id):
                         raise TransientError(f"refusing to revoke {credential.key_id}: a live path names it as the live credential")

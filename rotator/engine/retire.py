@@ -10,7 +10,7 @@ from rotator.core import machine, transitions, usage
 from rotator.core.clock import to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import PermanentError, RotatorError, TransientError
-from rotator.core.state import Retiring
+from rotator.core.state import KeyRecord, Retiring
 from rotator.engine import retry
 
 
@@ -68,9 +68,7 @@ class RetireSteps:
         ids are known. Providers that retire by id do so; one that needs the
         secret (an installation token revokes itself) cannot, and the key is
         done with once it has expired by itself. True when handled here."""
-        missing = sorted(set(entry.key.stashed_fields) - set(entry.key.handle))
-        needs_secret = any(f in self.provider.secret_fields for f in missing) and not self.provider.retires_by_id
-        if not needs_secret:
+        if not self._needs_lost_secret(entry.key):
             return False
         key_id, now = entry.key.key_id, self.engine.clock.now()
         expires = entry.key.expires_at
@@ -82,6 +80,12 @@ class RetireSteps:
         self._fail(step, TransientError(f"the stash entry of {key_id} is gone and {self.provider.kind} needs its secret to "
                                         "revoke it; waiting for it to expire"), key_id=key_id)
         return True
+
+    def _needs_lost_secret(self, key: KeyRecord) -> bool:
+        """Its stashed secret parts are not in memory (the stash entry is gone)
+        and its provider cannot revoke it by the handle's ids alone."""
+        missing = set(key.stashed_fields) - set(key.handle)
+        return any(f in self.provider.secret_fields for f in missing) and not self.provider.retires_by_id
 
     def _deletion_follows(self, key_id: str) -> bool:
         """Deactivating `key_id` now would make its revocation the next action at once."""

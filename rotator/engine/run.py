@@ -5,7 +5,7 @@ the steps, apply the outcome and persist the record, until there is nothing left
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from rotator.core.actions import Policy, Request
 from rotator.core.clock import to_rfc3339
 from rotator.core.errors import CasMismatchError, LeaseLostError, NotFoundError, PermanentError, RotatorError, TransientError
 from rotator.core.provider import Provider, ProviderKey
-from rotator.core.state import StateRecord
+from rotator.core.state import Retiring, StateRecord
 from rotator.engine import retry
 from rotator.engine.baseline import forgotten_keys, live_key_ids
 from rotator.engine.issue import IssueSteps
@@ -238,6 +238,13 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
     # -- steps ---------------------------------------------------------------------
 
 
+    def _forgotten(self, listed: Iterable[ProviderKey], *, keep: set[str], now: datetime) -> tuple[Retiring, ...]:
+        """`baseline.forgotten_keys` for this credential: the listed keys marked as its own that the record does
+        not know (nor `keep`), retiring a full grace from `now`."""
+        return forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=keep, grace=self.policy.grace, now=now,
+                              read_other=self.engine.read_record, clock=self.policy.clock,
+                              keeps_inactive=self.policy.retire_delay is not None)
+
     def _retire_forgotten(self, *, revoke_now: bool) -> None:
         """After a promotion: keys of this credential at the provider that
         the record does not know (it was restored from an older version, or
@@ -248,9 +255,7 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
             return
         now = self.engine.clock.now()
         try:
-            found = forgotten_keys(self.record, self._inventory(), name=self.cred.spec.name, keep=set(),
-                                   grace=self.policy.grace, now=now, read_other=self.engine.read_record, clock=self.policy.clock,
-                                   keeps_inactive=self.policy.retire_delay is not None)
+            found = self._forgotten(self._inventory(), keep=set(), now=now)
             if found:
                 live = live_key_ids(self._call(self._live.read), self.provider)
                 found = tuple(e for e in found if e.key.key_id not in live)
