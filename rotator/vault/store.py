@@ -72,6 +72,23 @@ class LiveMetadata:
     custom_metadata: dict[str, str]
 
 
+def check_metadata_merge(mount: str, path: str, updates: Mapping[str, str], known: Callable[[], frozenset[str] | None],
+                         read_metadata: Callable[[str, str], LiveMetadata | None]) -> None:
+    """KV v2's limits on a metadata merge (key/value sizes, key count), checked by VaultStore and the simulation's
+    KV model alike before it is sent. `known`: the keys a write of this path just named, or None: they are read."""
+    for key, value in updates.items():
+        if len(key.encode()) > MAX_METADATA_KEY_BYTES or len(str(value).encode()) > MAX_METADATA_VALUE_BYTES:
+            raise PermanentError(f"custom metadata {key!r} on {mount}/{path} exceeds KV v2's size limits")
+    existing = known()
+    if existing is None:
+        current = read_metadata(mount, path)
+        existing = frozenset(current.custom_metadata) if current else frozenset()
+    if len(existing | set(updates)) > MAX_METADATA_KEYS:
+        raise PermanentError(
+            f"{mount}/{path} has {len(existing)} custom metadata keys; adding the rotator's would pass KV v2's limit of {MAX_METADATA_KEYS}"
+        )
+
+
 class FolderAndRefReads:
     """What is built on `list` and `read` alone, shared by VaultStore and the
     simulation's KV model (rotator.testing.sim.kv), so the two cannot differ."""
@@ -343,20 +360,11 @@ class VaultStore(FolderAndRefReads):
 
     def merge_custom_metadata(self, mount: str, path: str, updates: Mapping[str, str]) -> None:
         """Merge `updates` into the path's custom metadata and change nothing else."""
-        for key, value in updates.items():
-            if len(key.encode()) > MAX_METADATA_KEY_BYTES or len(str(value).encode()) > MAX_METADATA_VALUE_BYTES:
-                raise PermanentError(f"custom metadata {key!r} on {mount}/{path} exceeds KV v2's size limits")
-        # The keys a write of this path just named (its answer carries them)
-        # spare a read; otherwise the metadata is read first.
-        with self._metadata_lock:
-            existing = self._metadata_keys.pop((mount, path), None)
-        if existing is None:
-            current = self.read_metadata(mount, path)
-            existing = frozenset(current.custom_metadata) if current else frozenset()
-        if len(existing | set(updates)) > MAX_METADATA_KEYS:
-            raise PermanentError(
-                f"{mount}/{path} has {len(existing)} custom metadata keys; adding the rotator's would pass KV v2's limit of {MAX_METADATA_KEYS}"
-            )
+        def known_keys() -> frozenset[str] | None:
+            with self._metadata_lock:
+                return self._metadata_keys.pop((mount, path), None)
+
+        check_metadata_merge(mount, path, updates, known_keys, self.read_metadata)
         self._call(
             f"updating metadata of {mount}/{path}",
             lambda: self._client.adapter.request(

@@ -28,12 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rotator.core.errors import CasMismatchError, NotFoundError, PermanentError
+from rotator.core.errors import CasMismatchError, NotFoundError
 from rotator.vault.store import (
-    MAX_METADATA_KEY_BYTES,
-    MAX_METADATA_KEYS,
-    MAX_METADATA_VALUE_BYTES,
     FolderAndRefReads,
+    check_metadata_merge,
     LiveMetadata,
     Versioned,
 )
@@ -140,17 +138,7 @@ class KvModel(FolderAndRefReads):
         return self._call("read_metadata", mount, path, lambda: self._metadata(mount, path))
 
     def merge_custom_metadata(self, mount: str, path: str, updates: Mapping[str, str]) -> None:
-        for key, value in updates.items():
-            if len(key.encode()) > MAX_METADATA_KEY_BYTES or len(str(value).encode()) > MAX_METADATA_VALUE_BYTES:
-                raise PermanentError(f"custom metadata {key!r} on {mount}/{path} exceeds KV v2's size limits")
-        existing = self._kept_keys.pop((mount, path), None)
-        if existing is None:
-            current = self.read_metadata(mount, path)
-            existing = frozenset(current.custom_metadata) if current else frozenset()
-        if len(existing | set(updates)) > MAX_METADATA_KEYS:
-            raise PermanentError(
-                f"{mount}/{path} has {len(existing)} custom metadata keys; adding the rotator's would pass KV v2's limit of {MAX_METADATA_KEYS}"
-            )
+        check_metadata_merge(mount, path, updates, lambda: self._kept_keys.pop((mount, path), None), self.read_metadata)
         patch = {k: str(v) for k, v in updates.items()}
         self._call("merge_metadata", mount, path, lambda: self._merge(mount, path, patch), mutating=True)
 
