@@ -472,15 +472,16 @@ def test_renamed_file_carries_its_keys_on(world: World) -> None:
     assert world.violations == []
 
 
-def test_deleted_file_keeps_revoking_superseded_keys_on_schedule(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
-    """Contract §6.9: a removed file's superseded key is still revoked on
-    schedule, and its live key is left alone. Real moto, real daemon pass."""
+def _two_rotations_by_a_daemon(openbao, iam_user, iam_admin, config_dir, unique: str) -> Any:  # type: ignore[no-untyped-def]
+    """A real daemon over one AWS credential file (grace 1h, no deactivation delay) that has rotated twice;
+    `first` is in its grace, `second` live. Real OpenBao, real moto."""
+    from types import SimpleNamespace
+    from datetime import UTC, datetime
+
     from helpers import write_credential
     from rotator.wiring import App
     from rotator.daemon.loop import Daemon
     from rotator.config.settings import Settings
-
-    from datetime import UTC, datetime
 
     clock = FakeClock(datetime.now(UTC))  # moto's last-use times are real ones: keep the clock past them
     settings = Settings(config_dir=config_dir, state_prefix=f"rotator-test/{unique}", vault_addr=openbao.addr, vault_token=openbao.token)
@@ -498,62 +499,48 @@ def test_deleted_file_keeps_revoking_superseded_keys_on_schedule(openbao, aws_en
     assert daemon.run_pass().completed == 1
     second = live()
     assert set(keys()) == {first, second}
-    file.unlink()
-    daemon.load()
-    daemon.preload_state()
-    clock.advance(timedelta(hours=2))
-    daemon.run_pass()
-    assert keys() == {second: "Active"}, "the removed file's superseded key must be revoked at the end of grace"
-    assert live() == second
-    clock.advance(timedelta(days=60))
-    daemon.run_pass()
-    assert keys() == {second: "Active"}, "the removed file's live key is left alone"
-    daemon.close()
+    return SimpleNamespace(clock=clock, store=store, engine=engine, file=file, daemon=daemon, keys=keys, live=live, first=first, second=second)
+
+
+def test_deleted_file_keeps_revoking_superseded_keys_on_schedule(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Contract §6.9: a removed file's superseded key is still revoked on
+    schedule, and its live key is left alone. Real moto, real daemon pass."""
+    w = _two_rotations_by_a_daemon(openbao, iam_user, iam_admin, config_dir, unique)
+    w.file.unlink()
+    w.daemon.load()
+    w.daemon.preload_state()
+    w.clock.advance(timedelta(hours=2))
+    w.daemon.run_pass()
+    assert w.keys() == {w.second: "Active"}, "the removed file's superseded key must be revoked at the end of grace"
+    assert w.live() == w.second
+    w.clock.advance(timedelta(days=60))
+    w.daemon.run_pass()
+    assert w.keys() == {w.second: "Active"}, "the removed file's live key is left alone"
+    w.daemon.close()
 
 
 def test_a_deleted_record_of_a_removed_file_is_revived_and_its_superseded_key_revoked(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
     """Sim F92: the record's latest version deleted by hand (`bao kv delete`)
     and the file removed: nothing else names the superseded key. The daemon's
-    scan for file-less records writes back the newest readable version, and the
-    key is revoked on schedule. Real OpenBao, real moto, real daemon pass."""
-    from helpers import write_credential
-    from rotator.wiring import App
-    from rotator.daemon.loop import Daemon
-    from rotator.config.settings import Settings
-
-    from datetime import UTC, datetime
-
-    clock = FakeClock(datetime.now(UTC))
-    settings = Settings(config_dir=config_dir, state_prefix=f"rotator-test/{unique}", vault_addr=openbao.addr, vault_token=openbao.token)
-    store = VaultStore(settings.vault_connection())
-    engine = Engine(store, options=EngineOptions(state_prefix=settings.state_prefix), clock=clock)
-    file = write_credential(config_dir, iam_user, params={"user_name": iam_user, "delete_after_deactivation": "0s"}, every="30d", grace="1h")
-    daemon = Daemon(App(settings, store, engine))
-    keys = lambda: {k["AccessKeyId"]: k["Status"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}  # noqa: E731
-    live = lambda: store.read("secret", f"apps/{iam_user}").data["access_key_id"]  # noqa: E731
-    daemon.load()
-    daemon.preload_state()
-    assert daemon.run_pass().completed == 1
-    first = live()
-    clock.advance(timedelta(days=31))
-    assert daemon.run_pass().completed == 1
-    second = live()
-    assert set(keys()) == {first, second}
-    record_path = engine.state_path(iam_user)
+    scan for file-less records brings the record back (undeleted, or its newest
+    readable version written back), and the key is revoked on schedule. Real
+    OpenBao, real moto, real daemon pass."""
     import hvac
 
+    w = _two_rotations_by_a_daemon(openbao, iam_user, iam_admin, config_dir, unique)
+    record_path = w.engine.state_path(iam_user)
     kv = hvac.Client(url=openbao.addr, token=openbao.token).secrets.kv.v2
     kv.delete_latest_version_of_secret(path=record_path, mount_point="secret")
-    assert store.read("secret", record_path).data is None
-    file.unlink()
-    daemon.load()
-    daemon.preload_state()
-    revived = store.read("secret", record_path)
-    assert revived.data is not None and revived.data["credential"] == iam_user  # its newest readable version, written back
-    daemon.run_pass()  # the revived version's rotation is finished; its grace runs from now (no earlier live write is known)
-    assert set(keys()) == {first, second} and live() == second
-    clock.advance(timedelta(hours=2))
-    daemon.run_pass()
-    assert keys() == {second: "Active"}, "the superseded key of the revived record must be revoked at the end of grace"
-    assert live() == second
-    daemon.close()
+    assert w.store.read("secret", record_path).data is None
+    w.file.unlink()
+    w.daemon.load()
+    w.daemon.preload_state()
+    revived = w.store.read("secret", record_path)
+    assert revived.data is not None and revived.data["credential"] == iam_user  # readable again
+    w.daemon.run_pass()  # whatever rotation the revived version has pending is finished; its grace runs from no earlier than now
+    assert set(w.keys()) == {w.first, w.second} and w.live() == w.second
+    w.clock.advance(timedelta(hours=2))
+    w.daemon.run_pass()
+    assert w.keys() == {w.second: "Active"}, "the superseded key of the revived record must be revoked at the end of grace"
+    assert w.live() == w.second
+    w.daemon.close()
