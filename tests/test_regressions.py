@@ -544,3 +544,41 @@ def test_a_deleted_record_of_a_removed_file_is_revived_and_its_superseded_key_re
     assert w.keys() == {w.second: "Active"}, "the superseded key of the revived record must be revoked at the end of grace"
     assert w.live() == w.second
     w.daemon.close()
+
+
+def test_a_removed_files_idle_record_restored_behind_its_live_path_retires_what_it_forgot(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Sim F115: the record restored by hand to the version after the first
+    rotation (nothing pending, nothing retiring), the live data written over
+    by hand, the file removed. The record names neither the second rotation
+    nor its key; a removed file's record was reconciled only for work it
+    knew of, so the second key stayed active for good. The daemon's scan
+    compares such a record once with its live path, whose metadata names
+    the second rotation: that key, which the data no longer holds, is
+    revoked after a full grace. Real OpenBao, real moto, real daemon pass."""
+    import hvac
+
+    w = _two_rotations_by_a_daemon(openbao, iam_user, iam_admin, config_dir, unique)
+    w.clock.advance(timedelta(hours=2))
+    w.daemon.run_pass()
+    assert w.keys() == {w.second: "Active"}
+    record_path = w.engine.state_path(iam_user)
+    kv = hvac.Client(url=openbao.addr, token=openbao.token).secrets.kv.v2
+    versions = kv.read_secret_metadata(path=record_path, mount_point="secret")["data"]["versions"]
+    older = None
+    for number in sorted(map(int, versions)):
+        data = kv.read_secret_version(path=record_path, version=number, mount_point="secret", raise_on_deleted_version=False)["data"]["data"]
+        if data and data.get("pending") is None and (data.get("current") or {}).get("key_id") == w.first and not data.get("retiring"):
+            older = data
+            break
+    assert older is not None, "the record's version after the first rotation"
+    kv.create_or_update_secret(path=record_path, secret=older, mount_point="secret")  # `bao kv rollback`, by hand
+    kv.create_or_update_secret(path=f"apps/{iam_user}", secret={"note": "written by hand"}, mount_point="secret")
+    w.file.unlink()
+    w.daemon.load()
+    w.daemon.preload_state()
+    w.daemon.run_pass()
+    assert w.keys() == {w.second: "Active"}, "a full grace from the moment the record caught up"
+    w.clock.advance(timedelta(hours=2))
+    w.daemon.run_pass()
+    assert w.keys() == {}, "the key the restored record forgot must be revoked at the end of its grace"
+    w.daemon.close()

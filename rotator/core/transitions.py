@@ -63,9 +63,13 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             if old is not None and old.key_id != (outcome.current.key_id if outcome.current else None) \
                     and old.key_id not in {e.key.key_id for e in retiring}:
                 # Superseded at a time the restored record does not know: a full grace from now
-                # (none under `--revoke-now`).
-                revoke_now = _pending(record).revoke_now
-                retiring.append(Retiring(key=old, superseded_by=_pending(record).rotation_id,
+                # (none under `--revoke-now`). An idle record (a removed file's, looked at again) has no
+                # rotation of its own: its current key was superseded by the one the live path names.
+                pending = record.pending
+                revoke_now = pending is not None and pending.revoke_now
+                superseded_by = pending.rotation_id if pending is not None else (
+                    outcome.current.rotation_id if outcome.current is not None else "recovered")
+                retiring.append(Retiring(key=old, superseded_by=superseded_by,
                                          revoke_after=now if revoke_now else now + policy.grace, immediate=revoke_now,
                                          clock=policy.clock))
             retiring += [e for e in outcome.retiring if e.key.key_id not in {r.key.key_id for r in retiring}]

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import schedule as tick_schedule
 
@@ -36,8 +35,7 @@ from rotator.core.errors import RotatorError
 from rotator.core.state import StateRecord
 from rotator.core.timetable import due_at
 from rotator.daemon import metrics
-from rotator.engine.fileless import fileless_credential, has_work
-from rotator.engine.registry import load_providers
+from rotator.daemon.fileless_scan import find_fileless
 from rotator.engine.results import ReconcileResult
 from rotator.vault.records import has_inline_secrets
 from rotator.wiring import App, load_credentials
@@ -76,17 +74,6 @@ class CredentialView:
         self.held_revocations = sum(1 for e in record.retiring if e.held_since is not None) if record else 0
 
 
-def _was_removed_here(source: str | None, config_dir: Path) -> bool:
-    """The record came from a file in this daemon's config directory, now gone."""
-    if not source:
-        return False
-    path = Path(source)
-    try:
-        return path.parent.resolve() == config_dir.resolve() and not path.exists()
-    except OSError:
-        return False
-
-
 @dataclass
 class PassSummary:
     completed: int = 0
@@ -105,6 +92,8 @@ class Daemon:
         self.views: dict[str, CredentialView] = {}
         # Records whose file was removed, with keys still to retire (rotator.engine.fileless).
         self.fileless: dict[str, CredentialView] = {}
+        # Those with nothing to do, by the record version compared with its live path (fileless_scan).
+        self.looked_behind: dict[str, int] = {}
         self.config_problems: list[str] = []
         self.failed_files: set[str] = set()
         self._loaded_once = False
@@ -172,55 +161,11 @@ class Daemon:
 
     def find_fileless(self) -> None:
         """Records with no credential file and keys still to retire (contract
-        §6.9): found at start-up and reload, reconciled for retirement only."""
-        settings = self.app.settings
-        with self._lock:
-            known = set(self.views)
-            failed = set(self.failed_files)
-        try:
-            names = [n for n in self.app.store.walk(settings.state_mount, settings.state_prefix)
-                     if not n.startswith("_") and "/" not in n and n not in known]
-            found = self.app.store.read_many(settings.state_mount, [self.engine.state_path(n) for n in names])
-        except RotatorError as exc:
-            self.log.warning("state.fileless_scan_failed", error=str(exc))
-            return
-        for name in names:
-            path = self.engine.state_path(name)
-            if path in found and found[path].data is not None:
-                continue
-            # Listed but unreadable: its latest version deleted by hand. With no
-            # file, nothing else names the keys it retires (contract §6.9).
-            try:
-                revived = self.engine.records.revive(name)
-            except (RotatorError, ValueError) as exc:
-                self.log.warning("state.revive_failed", credential=name, error=str(exc))
-                continue
-            if revived is not None:
-                self.log.warning("state.record_revived", credential=name, vault_version=revived.version)
-                found[path] = revived
-        stems = {Path(f).stem for f in failed}
-        fileless: dict[str, CredentialView] = {}
-        for current in found.values():
-            try:
-                record = StateRecord.from_vault(current.data) if current.data is not None else None
-            except ValueError:
-                continue
-            if record is None or not has_work(record) or record.credential in stems or (record.source or "") in failed:
-                continue  # nothing to do, or its file is only broken (its last good version is unknown here)
-            if not _was_removed_here(record.source, settings.config_dir):
-                continue  # another deployment's credential sharing the state prefix: not ours to undo
-            cred = fileless_credential(record, load_providers())
-            if cred is None:
-                self.log.warning("state.fileless_unretirable", credential=record.credential,
-                                 error="its file was removed and its record lacks the provider params to retire its keys")
-                continue
-            view = self.fileless.get(record.credential)
-            if view is None or view.cred.fingerprint != cred.fingerprint:
-                view = CredentialView(cred)
-            self._remember(view, ReconcileResult("idle", record, current.version))
-            fileless[record.credential] = view
-        with self._lock:
-            self.fileless = fileless
+        §6.9): found at start-up and reload (rotator.daemon.fileless_scan)."""
+        found = find_fileless(self)
+        if found is not None:
+            with self._lock:
+                self.fileless = found
 
     @property
     def is_degraded(self) -> bool:

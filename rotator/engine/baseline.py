@@ -37,6 +37,20 @@ class Baseline:
     moved_from: tuple[str, int] | None = None  # (credential, its record's version): the renamed file's record
 
 
+def is_behind(record: StateRecord, live_rotation: str | None) -> bool:
+    """The live path's metadata names a rotation of this credential (`live_rotation`) that the record
+    knows nothing of: the record was restored from an older version (docs/CONTRACT-NOTES.md, "Issue 10:
+    state records restored, deleted or lost")."""
+    if live_rotation is None:
+        return False
+    pending = record.pending
+    known = {k.rotation_id for k in (record.current, pending.credential if pending else None) if k is not None}
+    known |= {e.key.rotation_id for e in record.retiring}
+    if pending is not None:
+        known.add(pending.rotation_id)
+    return live_rotation not in known
+
+
 def needs_baseline(record: StateRecord, live_path: str) -> bool:
     """The record knows no version of this live path."""
     if record.live_path is not None and record.live_path != live_path:

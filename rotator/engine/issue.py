@@ -18,6 +18,7 @@ from rotator.core.state import KeyRecord, StateRecord, with_value_hashes
 from rotator.engine.baseline import (
     Baseline,
     find_baseline,
+    is_behind,
     live_key_ids,
     needs_baseline,
     pending_revoke_now,
@@ -243,6 +244,16 @@ class IssueSteps:
         except RotatorError as exc:
             self._fail("recover", exc)
 
+    def behind_live(self) -> tuple[Any, LivePath] | None:
+        """An idle record looked at again (a removed file's, rotator.engine.fileless): the first live path
+        it may have written whose metadata names a rotation of this credential it does not know. Reads only."""
+        for live in self._known_live_paths():
+            content = self._call(live.read)
+            rotation = content.custom_metadata.get("rotator-rotation-id") or None
+            if content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation):
+                return content, live
+        return None
+
     def _recover_if_behind(self, content: Any, live_path: LivePath | None = None) -> bool:
         """The live path holds a later rotation of this credential than the
         record knows: the record was restored from an older version, and the
@@ -253,11 +264,8 @@ class IssueSteps:
         every key of this credential the record does not know is retired
         after a full grace from now."""
         pending = self.record.pending
-        assert pending is not None
         live_rotation = content.custom_metadata.get("rotator-rotation-id") or None
-        known = {pending.rotation_id, *(k.rotation_id for k in (self.record.current, pending.credential) if k is not None),
-                 *(e.key.rotation_id for e in self.record.retiring)}
-        if content.data is None or content.owner() != self.cred.spec.name or live_rotation is None or live_rotation in known:
+        if content.data is None or content.owner() != self.cred.spec.name or not is_behind(self.record, live_rotation):
             return False
         now = self.engine.clock.now()
         named = self.provider.live_key(content.data)
@@ -267,7 +275,7 @@ class IssueSteps:
         listed = self._call(self.provider.list_keys) if self.provider.can_list else []
         self._apply(machine.Recovered(current, content.version, str(live_path or self._live)))
         found = list(self._forgotten(listed, keep=live, now=now))
-        minted = pending.credential
+        minted = pending.credential if pending is not None else None
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
             found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock))
@@ -275,9 +283,10 @@ class IssueSteps:
         # (a request asked now starts a rotation of its own, which shortens them).
         if found:
             self._apply(machine.Forgotten(tuple(found)))
-        self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id, live_rotation_id=live_rotation,
-                         key_id=current.key_id if current else None, vault_version=content.version)
-        self.status = "completed"  # a manual request (self.request) still gets a rotation of its own
+        self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id if pending else None,
+                         live_rotation_id=live_rotation, key_id=current.key_id if current else None, vault_version=content.version)
+        if pending is not None:
+            self.status = "completed"  # a manual request (self.request) still gets a rotation of its own
         return True
 
     def _live_write_landed(self, content: Any) -> bool:

@@ -148,6 +148,30 @@ class Engine:
             self._policies[key] = policy
         return policy
 
+    def _look_behind(self, cred: LoadedCredential, provider: Provider, policy: Policy, record: StateRecord,
+                     version: int) -> ReconcileResult:
+        """A record with nothing pending or retiring whose file was removed is reconciled for nothing else:
+        restored to an older version, it would never learn of the rotations since, and the keys they left
+        would stay (docs/CONTRACT-NOTES.md, "Issue 10: a removed file's idle record"). Its live paths are
+        read (no write when the record is up to date); one whose metadata names a rotation the record does
+        not know takes that path's key back as current and retires every other key of this credential after
+        a full grace, under the lease."""
+        run = _Run(self, cred, provider, policy, record, version, None)
+        try:
+            found = run.behind_live()
+        except RotatorError as exc:
+            get_logger().warning("state.look_behind_failed", credential=cred.spec.name, error=str(exc))
+            return ReconcileResult("idle", record, version)
+        if found is None:
+            return ReconcileResult("idle", record, version)
+        if record.lease is not None and self.lease_held_by_other(record.lease, self.clock.now()):
+            return ReconcileResult("locked", record, version)
+        try:
+            run.take_lease()
+            return run.recover_behind(*found)
+        except CasMismatchError:
+            return ReconcileResult("locked", record, version)
+
     def lease_held_by_other(self, lease: Lease, now: datetime) -> bool:
         """Another live process holds `lease`. One on another clock (another
         host or boot) is trusted the clock skew allowance past its expiry:
@@ -159,11 +183,14 @@ class Engine:
     # -- the reconcile loop ------------------------------------------------------
 
     def reconcile(self, cred: LoadedCredential, *, request: Request | None = None,
-                  known: tuple[StateRecord | None, int] | None = None) -> ReconcileResult:
+                  known: tuple[StateRecord | None, int] | None = None, look_behind: bool = False) -> ReconcileResult:
         """Do everything that is due for one credential, under its lease.
 
         `known`: the record and version a daemon last saw (no read: the first
-        write's check-and-set confirms it, and a lost one reads it again)."""
+        write's check-and-set confirms it, and a lost one reads it again).
+        `look_behind`: a removed file's record with nothing due is compared
+        with its live path (`_look_behind`): the daemon asks it once per
+        version of such a record."""
         spec = cred.spec
         provider = self.provider_for(cred)
         policy = self.policy_for(cred, provider)
@@ -177,6 +204,8 @@ class Engine:
             now = self.clock.now()
             first = machine.next_action(base, policy, now, request)
             if first is None and not has_inline_secrets(record, provider.secret_fields):
+                if look_behind and record is not None and record.pending is None and record.moved_to is None:
+                    return self._look_behind(cred, provider, policy, record, version)
                 return ReconcileResult("idle", record, version)
             if base.lease is not None and self.lease_held_by_other(base.lease, now):
                 return ReconcileResult("locked", record, version)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rotator.audit.events import get_logger, register_secret
 from rotator.config.spec import LoadedCredential
@@ -24,6 +24,7 @@ from rotator.engine.persistence import Persistence
 from rotator.engine.promote import PromoteSteps
 from rotator.engine.results import MAX_STEPS_PER_RECONCILE, ReconcileResult, T
 from rotator.engine.retire import RetireSteps
+from rotator.vault.livepath import LivePath
 from rotator.vault.records import public_view
 
 if TYPE_CHECKING:
@@ -118,6 +119,20 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
         if self._wakes_earlier():
             self.engine.changes.record(self.record.credential)
         return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
+
+    def recover_behind(self, content: Any, live: LivePath) -> ReconcileResult:
+        """`Engine._look_behind`: the record, found behind `live`, catches up, then does what is due."""
+        self._behind_checked = True
+        try:
+            self._recover_if_behind(content, live)
+        except LeaseLostError as exc:
+            self.log.warning("lease.lost", error=str(exc))
+            return ReconcileResult("locked", self._public(), self.version, self.events)
+        except RotatorError as exc:
+            self.log.warning("state.look_behind_failed", error=str(exc))
+            self.release()
+            return ReconcileResult("failed", self._public(), self.version, self.events)
+        return self.execute()
 
     def _wakes_earlier(self) -> bool:
         """Whether others must hear of this reconcile (the change feed): only

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -50,6 +50,9 @@ SLOTS = ("r0", "r1")
 class Process:
     actor: str
     engine: Engine
+    # The removed files' idle records this process compared with their live path, by record version: the
+    # daemon looks once per version (at start-up and reload; `Engine.reconcile(look_behind=True)`).
+    looked_behind: set[tuple[str, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -97,6 +100,7 @@ class World:
         self._live_now: dict[str, str | None] = {}
         self._fileless_at: tuple[int, frozenset[str]] | None = None
         self._fileless_now: list[LoadedCredential] = []
+        self._fileless_idle: list[tuple[LoadedCredential, int]] = []
         # the fault plan of the step in progress
         self._plan: dict[int, CallFault] = {}
         self._plan_actor: str | None = None
@@ -165,20 +169,40 @@ class World:
             if self._run(proc, lambda c=cred: proc.engine.reconcile(c), what=cred.spec.name) is SimCrash:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
+        for cred, version in self.idle_fileless():
+            if (cred.spec.name, version) in proc.looked_behind:
+                continue
+            proc.looked_behind.add((cred.spec.name, version))
+            self.lines.acting_for[proc.actor] = cred.spec.name
+            if self._run(proc, lambda c=cred: proc.engine.reconcile(c, look_behind=True), what=cred.spec.name) is SimCrash:
+                self.procs.pop(slot, None)
+                return
 
     def fileless(self) -> list[LoadedCredential]:
+        """The removed files' records with work left."""
+        return self._scan_fileless()[0]
+
+    def idle_fileless(self) -> list[tuple[LoadedCredential, int]]:
+        """The removed files' records with none (not moved), each with its version: the daemon compares each
+        version once with its live path."""
+        return self._scan_fileless()[1]
+
+    def _scan_fileless(self) -> tuple[list[LoadedCredential], list[tuple[LoadedCredential, int]]]:
         names = {spec.stem for spec in self.files.values()}
         stamp = (self.kv.generation, frozenset(names))
-        if self._fileless_at == stamp:
-            return self._fileless_now
-        out = []
-        for name, record in self.records().items():
-            if name not in names and has_work(record):
+        if self._fileless_at != stamp:
+            work: list[LoadedCredential] = []
+            rest: list[tuple[LoadedCredential, int]] = []
+            for name, record in self.records().items():
+                if name in names or (record.moved_to is not None and not has_work(record)):
+                    continue
                 cred = fileless_credential(record, {self.provider_cls.kind: self.provider_cls})
-                if cred is not None:
-                    out.append(cred)
-        self._fileless_at, self._fileless_now = stamp, out
-        return out
+                if cred is not None and has_work(record):
+                    work.append(cred)
+                elif cred is not None:
+                    rest.append((cred, self.kv.current_version(MOUNT, f"{STATE_PREFIX}/{name}")))
+            self._fileless_at, self._fileless_now, self._fileless_idle = stamp, work, rest
+        return self._fileless_now, self._fileless_idle
 
     def rotate(self, revoke_now: bool) -> str:
         """`rotator rotate NAME [--revoke-now]`, once, as a process of its own."""
