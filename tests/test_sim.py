@@ -98,6 +98,9 @@ F105 = "F105 restored-record-stuck-rolling-back-a-key-revoked-since"
 F106 = "F106 finished-promotion-assumed-the-path-still-held-its-key"
 F107 = "F107 record-behind-the-path-its-rotation-was-writing"
 F115 = "F115 removed-files-idle-record-restored-behind-the-live-path"
+F116 = "F116 record-restored-to-a-rotations-intent-forgot-the-key-it-minted-since"
+F117 = "F117 removed-files-idle-record-restored-before-a-rotation-that-never-went-live"
+F118 = "F118 record-caught-up-with-the-live-path-in-a-failed-write-forgot-the-dropped-rotations-key"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -473,6 +476,21 @@ FINDINGS = [
     # knows of), so the key the live path's metadata named, which the record did not know, stayed accepted.
     (F115, "deploy_key", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage"), ("edit", "delete")]),
     (F115, "aws", [("tick", "r1", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage"), ("edit", "delete")]),
+    # A rotation that minted and stashed its key (then crashed), its record restored to the version that only started
+    # it (`intent`), the file removed: undoing a rotation with no credential swept only an `issuing` one, so the key
+    # it had minted stayed.
+    (F116, "deploy_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r0", (CallFault(13, "crash"),)), ("state", "older"),
+                          ("edit", "delete")]),
+    # A rotation that minted a key and was undoing it (the live data written over by hand) crashed; the record was then
+    # restored to the version before it (idle: nothing pending or retiring) and the file removed. The live path names
+    # the record's own rotation, so the record is not behind it; the key is found at the provider by its mark.
+    (F117, "deploy_key", [("pause", "r1", 2, 900.0, "cli"), ("foreign", "garbage"), ("rotate", False, (CallFault(11, "crash"),)),
+                          ("state", "older"), ("edit", "delete")]),
+    # A record restored behind the live path, whose rotation since minted a key and was being undone (crashed), the file
+    # then removed: the catching-up wrote the record twice (caught up, then the keys it forgot), and the first write
+    # hit a 429; the failure's write kept the caught-up record without the dropped rotation's key, which was left.
+    (F118, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("rotate", False, (CallFault(12, "crash"),)),
+                       ("advance", 86400), ("edit", "delete"), ("tick", "r1", (CallFault(5, "429", retry_after=90),))]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

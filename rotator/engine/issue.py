@@ -81,7 +81,8 @@ class IssueSteps:
                   by="until", paused_by=paused.by)
         return record.model_copy(update={"paused": None})
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> bool:
+        """Revoke what this rotation's lost or crashed mint left; False: it failed (tried again later)."""
         pending = self.record.pending
         assert pending is not None
         revoked: list[str] = []
@@ -90,24 +91,21 @@ class IssueSteps:
             # and then "this rotation's" keys went live since and one may be in its grace (sim F90).
             try:
                 if self._recover_if_behind(self._call(self._live.read)):
-                    return
+                    return True
             except RotatorError as exc:
                 self._fail("sweep", exc)
-                return
-        if self.provider.can_list:
-            try:
+                return False
+        try:
+            if self.provider.can_list:
                 orphans = [key for key in self._call(self.provider.list_keys) if self._is_orphan(key, pending)]
                 revoked = self._revoke_orphans(orphans)
-            except RotatorError as exc:
-                self._fail("sweep", exc)
-                return
-        try:
             revoked += self._sweep_stash(revoked)
         except RotatorError as exc:
             self._fail("sweep", exc)
-            return
+            return False
         self._apply(machine.Swept(tuple(revoked)))
         crashpoint("after-sweep")
+        return True
 
     def _revoke_orphans(self, orphans: list[Any]) -> list[str]:
         """Revoke keys this credential's rotations left behind, each only
@@ -244,16 +242,6 @@ class IssueSteps:
         except RotatorError as exc:
             self._fail("recover", exc)
 
-    def behind_live(self) -> tuple[Any, LivePath] | None:
-        """An idle record looked at again (a removed file's, rotator.engine.fileless): the first live path
-        it may have written whose metadata names a rotation of this credential it does not know. Reads only."""
-        for live in self._known_live_paths():
-            content = self._call(live.read)
-            rotation = content.custom_metadata.get("rotator-rotation-id") or None
-            if content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation):
-                return content, live
-        return None
-
     def _recover_if_behind(self, content: Any, live_path: LivePath | None = None) -> bool:
         """The live path holds a later rotation of this credential than the
         record knows: the record was restored from an older version, and the
@@ -273,7 +261,9 @@ class IssueSteps:
             key_id=named.key_id, rotation_id=live_rotation, handle=dict(named.handle), issued_at=named.created_at or now)
         live = live_key_ids(content, self.provider)
         listed = self._call(self.provider.list_keys) if self.provider.can_list else []
-        self._apply(machine.Recovered(current, content.version, str(live_path or self._live)))
+        # One write for both outcomes: a failed write of the first alone would leave the record caught up
+        # but without the keys it forgot, the dropped rotation's own among them (sim F118).
+        self._apply(machine.Recovered(current, content.version, str(live_path or self._live)), defer=True)
         found = list(self._forgotten(listed, keep=live, now=now))
         minted = pending.credential if pending is not None else None
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
@@ -281,8 +271,8 @@ class IssueSteps:
             found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock))
         # Not at once under the dropped rotation's own `--revoke-now`: that was asked before these keys were made
         # (a request asked now starts a rotation of its own, which shortens them).
-        if found:
-            self._apply(machine.Forgotten(tuple(found)))
+        self._apply(machine.Forgotten(tuple(found)), defer=True)
+        self._write_outcome()
         self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id if pending else None,
                          live_rotation_id=live_rotation, key_id=current.key_id if current else None, vault_version=content.version)
         if pending is not None:

@@ -170,10 +170,11 @@ class PromoteSteps:
             except RotatorError as exc:
                 self._fail("rollback", exc)
                 return
-            if pending.phase == "issuing":
-                self._sweep()
-                if self.record.pending is not None and self.record.pending.phase == "issuing":
-                    return  # the sweep failed: tried again later
+            # `intent` too: a record restored to a rotation's start may have minted (and stashed) since (sim F116).
+            if pending.phase in ("issuing", "intent") and not self._sweep():
+                return  # tried again later
+            if self.record.pending is None:
+                return  # the sweep found the record behind the live path: nothing of this rotation to undo
         if pending.credential is not None:
             credential = self._pending_credential()
             try:

@@ -18,7 +18,7 @@ from rotator.core.errors import CasMismatchError, LeaseLostError, NotFoundError,
 from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import Retiring, StateRecord
 from rotator.engine import retry
-from rotator.engine.baseline import forgotten_keys, live_key_ids
+from rotator.engine.baseline import forgotten_keys, is_behind, live_key_ids
 from rotator.engine.issue import IssueSteps
 from rotator.engine.persistence import Persistence
 from rotator.engine.promote import PromoteSteps
@@ -120,11 +120,31 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
             self.engine.changes.record(self.record.credential)
         return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
 
-    def recover_behind(self, content: Any, live: LivePath) -> ReconcileResult:
-        """`Engine._look_behind`: the record, found behind `live`, catches up, then does what is due."""
+    def idle_findings(self) -> tuple[tuple[Any, LivePath] | None, tuple[Retiring, ...]]:
+        """An idle record looked at again (a removed file's, `Engine._look_behind`). Reads only: the first
+        live path it may have written whose metadata names a rotation of this credential it does not know,
+        or else the keys marked as this credential's at the provider that it does not know and no live path
+        holds (a rotation since that never went live)."""
+        contents = [(self._call(live.read), live) for live in self._known_live_paths()]
+        for content, live in contents:
+            rotation = content.custom_metadata.get("rotator-rotation-id") or None
+            if content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation):
+                return (content, live), ()
+        if not self.provider.can_list:
+            return None, ()
+        keep = {key for content, _ in contents for key in live_key_ids(content, self.provider)}
+        return None, self._forgotten(self._inventory(), keep=keep, now=self.engine.clock.now())
+
+    def catch_up(self, behind: tuple[Any, LivePath] | None, forgotten: tuple[Retiring, ...]) -> ReconcileResult:
+        """`Engine._look_behind`, under the lease: the record takes in what `idle_findings` found, then
+        does what is due."""
         self._behind_checked = True
         try:
-            self._recover_if_behind(content, live)
+            if behind is not None:
+                self._recover_if_behind(*behind)
+            else:
+                self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in forgotten])
+                self._apply(machine.Forgotten(forgotten))
         except LeaseLostError as exc:
             self.log.warning("lease.lost", error=str(exc))
             return ReconcileResult("locked", self._public(), self.version, self.events)
