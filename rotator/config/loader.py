@@ -83,19 +83,39 @@ def _problems_from(exc: ValidationError, file: str, prefix: str = "") -> list[Co
 _SECRET_ADVICE = "never put a secret in a credential file; store it in Vault and reference it as MOUNT/PATH#FIELD"
 
 
-def _scan_for_secrets(value: Any, path: str, file: str) -> list[ConfigProblem]:
+def _path_of(steps: tuple[str | int | None, ...]) -> str:
+    """A field path for a message, from its steps (a key; a list index; None:
+    a key that is not a string): `params.keys.0`. A key not shaped like a
+    field name is `?` (it may be a pasted secret)."""
+    path = ""
+    for step in steps:
+        if type(step) is int:
+            path = f"{path}.{step}"
+        else:
+            key = (safe_name(step) if step is not None else None) or "?"
+            path = f"{path}.{key}" if path else key
+    return path
+
+
+def _scan_for_secrets(value: Any, steps: tuple[str | int | None, ...], file: str) -> list[ConfigProblem]:
+    """Every key and string value that looks like a secret; the path is
+    spelled out only for a problem (10,000 files have many keys)."""
+    problems: list[ConfigProblem] = []
     if isinstance(value, dict):
-        problems = []
         for k, v in value.items():
-            key = safe_name(k) or "?"
-            if isinstance(k, str) and (what := secret_lookalike(k)):
-                problems.append(ConfigProblem(file, path or "<file>", f"a key looks like {what}: {_SECRET_ADVICE}"))
-            problems += _scan_for_secrets(v, f"{path}.{key}" if path else key, file)
+            step = k if isinstance(k, str) else None
+            if step is not None and (what := secret_lookalike(k)):
+                problems.append(ConfigProblem(file, _path_of(steps) or "<file>", f"a key looks like {what}: {_SECRET_ADVICE}"))
+            if isinstance(v, str):
+                if what := secret_lookalike(v):
+                    problems.append(ConfigProblem(file, _path_of((*steps, step)), f"looks like {what}: {_SECRET_ADVICE}"))
+            elif isinstance(v, dict | list):
+                problems += _scan_for_secrets(v, (*steps, step), file)
         return problems
     if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _scan_for_secrets(v, f"{path}.{i}", file)]
+        return [p for i, v in enumerate(value) for p in _scan_for_secrets(v, (*steps, i), file)]
     if isinstance(value, str) and (what := secret_lookalike(value)):
-        return [ConfigProblem(file, path, f"looks like {what}: {_SECRET_ADVICE}")]
+        return [ConfigProblem(file, _path_of(steps), f"looks like {what}: {_SECRET_ADVICE}")]
     return []
 
 
@@ -116,7 +136,7 @@ def load_file(path: Path, providers: Mapping[str, ProviderFactory], *, state_loc
     if not isinstance(raw, dict):
         return [ConfigProblem(file, "", "must be a YAML mapping of keys such as provider, schedule, grace, vault, params")]
 
-    problems = _scan_for_secrets(raw, "", file)
+    problems = _scan_for_secrets(raw, (), file)
     raw = dict(raw)
     raw.setdefault("name", path.stem)
     try:

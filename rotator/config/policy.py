@@ -34,6 +34,7 @@ the policy itself lists.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import threading
@@ -262,11 +263,17 @@ def _field_kind(info: Any) -> str | None:
     return None
 
 
+@functools.cache
+def _field_kinds(model: type[BaseModel]) -> dict[str, str | None]:
+    """`_field_kind` of each field of a params model (a class's fields do not change)."""
+    return {name: _field_kind(info) for name, info in model.model_fields.items()}
+
+
 def named_values(params: BaseModel, provider_cls: ProviderFactory) -> Iterator[tuple[str, str, str]]:
     """(kind, field path, value) for everything a credential's params name."""
     declared = dict(getattr(provider_cls, "scope_params", {}))
-    for name, info in type(params).model_fields.items():
-        kind = _field_kind(info) or declared.get(name)
+    for name, field_kind in _field_kinds(type(params)).items():
+        kind = field_kind or declared.get(name)
         if kind is None:
             continue
         value = getattr(params, name, None)

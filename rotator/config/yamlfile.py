@@ -16,6 +16,12 @@ the operator's. Both are read here, and:
   file is read from (a Kubernetes ConfigMap's `..data` links do);
 - a file that its group or others may write is read, with a warning.
 
+An ordinary file is parsed once: its data is built from the same events the
+rules check, as they come (`_single_pass`). A file with anything that pass
+leaves aside (an explicit tag, a key given twice, a collection as a key,
+several documents) is scanned and then loaded by PyYAML, as before: the two
+refuse and build the same (tests/test_startup_parsing.py).
+
 Every message names what is wrong and where (line, column), never a value
 from the file: the file may hold a secret by mistake.
 """
@@ -130,18 +136,28 @@ def _where(event: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
 
 
-def check_events(text: str, *, max_depth: int = MAX_DEPTH) -> None:
-    """Scan the file's YAML events (no node is built) and refuse what could
-    blow up later: aliases, anchors, merge keys, odd tags, deep nesting."""
-    # Per open collection: [is_mapping, items seen]; a mapping's even items are keys.
-    open_collections: list[list[Any]] = []
-    for event in yaml.parse(text, Loader=_SafeLoader):
+class _Rules:
+    """The event rules, one event at a time: aliases, anchors, merge keys,
+    odd tags and deep nesting are refused. Both `check_events` and the
+    single pass of `load_yaml` run them, so both refuse the same inputs with
+    the same message at the same event."""
+
+    __slots__ = ("max_depth", "open_collections")
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        # Per open collection: [is_mapping, items seen]; a mapping's even items are keys.
+        self.open_collections: list[list[Any]] = []
+
+    def see(self, event: Any) -> bool:
+        """Refuse `event` if it breaks a rule; True when it is a mapping's key."""
+        open_collections = self.open_collections
         if isinstance(event, yaml.AliasEvent):
             raise YamlRefusedError(f"{_where(event)}: YAML aliases (*name) are not allowed; write the value out")
         if not isinstance(event, yaml.NodeEvent):
             if isinstance(event, yaml.CollectionEndEvent) and open_collections:
                 open_collections.pop()
-            continue
+            return False
         if event.anchor is not None:
             raise YamlRefusedError(f"{_where(event)}: YAML anchors (&name) are not allowed; write each value out")
         tag = getattr(event, "tag", None)
@@ -155,8 +171,118 @@ def check_events(text: str, *, max_depth: int = MAX_DEPTH) -> None:
                 raise YamlRefusedError(f"{_where(event)}: YAML merge keys (<<) are not allowed; write the keys out")
         elif isinstance(event, yaml.CollectionStartEvent):
             open_collections.append([isinstance(event, yaml.MappingStartEvent), 0])
-            if len(open_collections) > max_depth:
-                raise YamlRefusedError(f"{_where(event)}: nested deeper than {max_depth} levels")
+            if len(open_collections) > self.max_depth:
+                raise YamlRefusedError(f"{_where(event)}: nested deeper than {self.max_depth} levels")
+        return is_key
+
+
+def check_events(text: str, *, max_depth: int = MAX_DEPTH) -> None:
+    """Scan the file's YAML events (no node is built) and refuse what could
+    blow up later: aliases, anchors, merge keys, odd tags, deep nesting."""
+    rules = _Rules(max_depth)
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        rules.see(event)
+
+
+class _Unusual(Exception):
+    """Something the single pass leaves to the two-pass reading: an explicit
+    tag, a key given twice, a collection as a key, several documents, a
+    scalar its constructor refuses."""
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_RESOLVER = yaml.resolver.Resolver()  # the resolver class every PyYAML loader uses
+# The first characters of the implicit types (int, float, bool, null,
+# timestamp, merge, value; the empty string is null). A plain scalar that
+# starts otherwise, or a quoted one, is a string, unless a resolver for any
+# first character (None) or a path resolver was added: then all go to
+# `resolve`.
+_IMPLICIT_FIRST = frozenset(_RESOLVER.yaml_implicit_resolvers)
+_SHORTCUT = None not in _IMPLICIT_FIRST and not _RESOLVER.yaml_path_resolvers
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+# The implicit scalar types of YAML 1.1 that SafeLoader builds (a plain
+# `<<` or `=` resolves to merge or value: left to the two-pass reading).
+_SCALARS: dict[str, Any] = {
+    f"tag:yaml.org,2002:{kind}": getattr(_CONSTRUCTOR, f"construct_yaml_{kind}")
+    for kind in ("null", "bool", "int", "float", "timestamp")
+}
+
+
+def _single_pass(text: str, max_depth: int) -> Any:
+    """The file's data, built from its events in one parse, under the event
+    rules (`_Rules`). Raises `YamlRefusedError` or `yaml.YAMLError` exactly
+    where `check_events` would, and `_Unusual` wherever what the two-pass
+    reading (`check_events`, then `yaml.load`) builds or refuses is not
+    plainly the same: the caller then does that instead."""
+    rules = _Rules(max_depth)
+    see = rules.see
+    loader = _SafeLoader(text)
+    # Per open collection: [the list, None], or [the dict, the raw text of
+    # the keys seen, the pending key (`no_key` when none)].
+    stack: list[Any] = []
+    no_key: list[Any] = []
+    root: Any = None
+    documents = 0
+    try:
+        get_event = loader.get_event
+        while True:
+            event = get_event()
+            is_key = see(event)
+            kind = type(event)
+            if kind is yaml.ScalarEvent:
+                if event.tag is not None:
+                    raise _Unusual
+                text_value = event.value
+                # What `Resolver.resolve` does, without the call for a value
+                # no implicit type starts with (most keys and values).
+                if _SHORTCUT and (not event.implicit[0] or (text_value and text_value[0] not in _IMPLICIT_FIRST)):
+                    tag = _STR_TAG
+                else:
+                    tag = _RESOLVER.resolve(yaml.ScalarNode, text_value, event.implicit)
+                if tag == _STR_TAG:
+                    value = event.value
+                else:
+                    construct = _SCALARS.get(tag)
+                    if construct is None:
+                        raise _Unusual
+                    try:
+                        value = construct(yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style))
+                    except Exception:  # the two-pass reading says what, after its scan
+                        raise _Unusual from None
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                if event.tag is not None or is_key:
+                    raise _Unusual
+                value = {} if kind is yaml.MappingStartEvent else []
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                stack.pop()
+                continue
+            elif kind is yaml.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    raise _Unusual
+                continue
+            elif kind is yaml.StreamEndEvent:
+                return root
+            else:  # stream start, document end
+                continue
+            if not stack:
+                root = value
+            else:
+                top = stack[-1]
+                if top[1] is None:
+                    top[0].append(value)
+                elif is_key:
+                    if event.value in top[1]:
+                        raise _Unusual  # a key given twice: `_construct_mapping` names it
+                    top[1].add(event.value)
+                    top[2] = value
+                else:
+                    top[0][top[2]] = value
+                    top[2] = no_key
+            if kind is not yaml.ScalarEvent:
+                stack.append([value, None] if kind is yaml.SequenceStartEvent else [value, set(), no_key])
+    finally:
+        loader.dispose()
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
@@ -170,14 +296,23 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return "not valid YAML"
 
 
-def load_yaml(path: Path, *, root: Path | None = None, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> YamlDocument:
-    """Read and parse one YAML file under the rules of this module."""
-    text, warnings = read_text(path, root=root, max_bytes=max_bytes)
+def parse_text(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """A file's text, parsed under the rules of this module: one parse that
+    builds the data from the checked events, or, for what it leaves aside
+    (`_Unusual`), the event scan and then PyYAML's loader."""
     try:
-        check_events(text, max_depth=max_depth)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        try:
+            return _single_pass(text, max_depth)
+        except _Unusual:
+            check_events(text, max_depth=max_depth)
+            return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise YamlRefusedError(_yaml_message(exc)) from None
     except RecursionError:  # cannot happen within MAX_DEPTH; never a traceback if it did
         raise YamlRefusedError(f"nested too deeply (at most {max_depth} levels)") from None
-    return YamlDocument(data, warnings)
+
+
+def load_yaml(path: Path, *, root: Path | None = None, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> YamlDocument:
+    """Read and parse one YAML file under the rules of this module."""
+    text, warnings = read_text(path, root=root, max_bytes=max_bytes)
+    return YamlDocument(parse_text(text, max_depth=max_depth), warnings)

@@ -155,11 +155,25 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
 
 
+# Each of the patterns above needs at least this many characters (the
+# Stripe webhook secret's `whsec_` and 8 more is the shortest; the AWS key is
+# 40): a shorter text, as most field values are, matches none of them.
+# tests/test_secret_lookalike.py derives it from the patterns themselves.
+SHORTEST_SECRET = 14
+# One search instead of one per pattern, for the common case of no match.
+_ANY_SECRET = re.compile("|".join(f"(?:{pattern.pattern})" for pattern, _ in _SECRET_PATTERNS))
+
+
 def secret_lookalike(text: str) -> str | None:
     """What kind of secret `text` looks like, or None."""
-    for pattern, what in _SECRET_PATTERNS:
-        if pattern.search(text):
-            return what
+    if len(text) < SHORTEST_SECRET:
+        return None
+    if _ANY_SECRET.search(text):
+        for pattern, what in _SECRET_PATTERNS:
+            if pattern.search(text):
+                return what
+    if len(text) < 40:
+        return None
     for match in _AWS_SECRET.finditer(text):
         candidate = match.group(0)
         if re.search(r"[A-Z]", candidate) and re.search(r"[a-z]", candidate) and re.search(r"[0-9]", candidate):
