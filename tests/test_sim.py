@@ -101,6 +101,7 @@ F115 = "F115 removed-files-idle-record-restored-behind-the-live-path"
 F116 = "F116 record-restored-to-a-rotations-intent-forgot-the-key-it-minted-since"
 F117 = "F117 removed-files-idle-record-restored-before-a-rotation-that-never-went-live"
 F118 = "F118 record-caught-up-with-the-live-path-in-a-failed-write-forgot-the-dropped-rotations-key"
+F119 = "F119 restored-issuing-record-swept-its-own-key-live-at-the-path-it-forgot"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -491,6 +492,10 @@ FINDINGS = [
     # hit a 429; the failure's write kept the caught-up record without the dropped rotation's key, which was left.
     (F118, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("rotate", False, (CallFault(12, "crash"),)),
                        ("advance", 86400), ("edit", "delete"), ("tick", "r1", (CallFault(5, "429", retry_after=90),))]),
+    # A record restored (twice) to its first rotation's `issuing` after `vault.path` changed: that rotation had completed
+    # at the old path, which the restored record does not know. Its sweep took the key live there for a lost create's
+    # and revoked it at once. A key older than a lease that a resumed rotation sweeps is retired after a full grace.
+    (F119, "stripe_key", [("tick", "r0", ()), ("edit", "path"), ("advance", 10800), ("state", "older"), ("tick", "r1", ()), ("state", "older")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).
