@@ -51,6 +51,7 @@ def test_live_metadata_is_merged_and_operator_settings_kept(aws_world: AwsWorld)
     assert custom["rotator-credential"] == w.name and custom["rotator-provider"] == "aws.iam_access_key"
     assert custom["rotator-rotation-id"] == state["current"]["rotation_id"]
     datetime.strptime(custom["rotator-rotated-at"], "%Y-%m-%dT%H:%M:%SZ")
+    assert custom["rotator-revoke-now"] == "false"
 
 
 def test_revoke_now_kills_the_old_key_at_once(aws_world: AwsWorld) -> None:
@@ -60,10 +61,12 @@ def test_revoke_now_kills_the_old_key_at_once(aws_world: AwsWorld) -> None:
     old, _ = w.live()
     code, events = w.cli("rotate", w.name, "--revoke-now")
     assert code == 0
-    new, _ = w.live()
+    new, meta = w.live()
     assert names(events).count("credential.revoked") == 1
     assert w.works(new) and not w.works(old)
     assert w.user_keys() == {new["access_key_id"]}
+    # What a record rebuilt after a loss reads: keys of this credential made before it are revoked at once (sim F120).
+    assert meta["custom_metadata"]["rotator-revoke-now"] == "true"
 
 
 def test_a_concurrent_writer_is_detected_not_overwritten(aws_world: AwsWorld) -> None:

@@ -102,6 +102,7 @@ F116 = "F116 record-restored-to-a-rotations-intent-forgot-the-key-it-minted-sinc
 F117 = "F117 removed-files-idle-record-restored-before-a-rotation-that-never-went-live"
 F118 = "F118 record-caught-up-with-the-live-path-in-a-failed-write-forgot-the-dropped-rotations-key"
 F119 = "F119 restored-issuing-record-swept-its-own-key-live-at-the-path-it-forgot"
+F120 = "F120 record-lost-after-revoke-now-kept-a-previous-key-its-grace"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -496,6 +497,12 @@ FINDINGS = [
     # at the old path, which the restored record does not know. Its sweep took the key live there for a lost create's
     # and revoked it at once. A key older than a lease that a resumed rotation sweeps is retired after a full grace.
     (F119, "stripe_key", [("tick", "r0", ()), ("edit", "path"), ("advance", 10800), ("state", "older"), ("tick", "r1", ()), ("state", "older")]),
+    # `rotate --revoke-now` completed while the revocation of one previous key failed (to be retried in 30 s); the
+    # record was then lost: rebuilt from the live path, it found that key again and gave it a full grace. The live
+    # path's metadata says its rotation was asked with `--revoke-now`: keys made before it are revoked at once.
+    (F120, "webhook", [("tick", "r0", ()), ("rotate", False, ()), ("rotate", True, (CallFault(1, "fail"),)), ("state", "lost")]),
+    (F120, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("rotate", False, ()), ("edit", "path"),
+                       ("rotate", True, (CallFault(12, "fail"),)), ("state", "lost")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rotator.core.clock import parse_rfc3339
 from rotator.core.errors import PermanentError, TransientError
 from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import KeyRecord, Retiring, StateRecord
@@ -105,7 +106,7 @@ def find_baseline(
         named_live = meta_key if meta_key and not names_keys(provider) else None
         strays = _strays(record, provider, name=name, keep={k for k in (named_live, current.key_id if current else None) if k},
                          grace=grace, now=now, read_other=read_other, clock=clock) if is_fresh(record) else ()
-        return Baseline(current, content.version, live_path, superseded + strays)
+        return Baseline(current, content.version, live_path, under_revoke_now(content, superseded + strays, now=now))
     if owner is not None:
         owner, other, version = _moved_on(owner, *read_other(owner), name=name, live_path=live_path, read_other=read_other)
         if other is not None and other.pending is not None and _wrote_here(other, live_path, meta_key):
@@ -229,6 +230,22 @@ def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: 
         found.append(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id, handle=dict(key.handle),
                                        issued_at=key.created_at or now), "recovered", now + grace, clock))
     return tuple(found)
+
+
+def under_revoke_now(content: LiveContent, entries: tuple[Retiring, ...], *, now: datetime) -> tuple[Retiring, ...]:
+    """Keys a record forgot, found again: where the live path's rotation was asked with `--revoke-now`
+    (its metadata says so), those made before that rotation's promotion are its previous credentials,
+    which it revoked or was revoking at once (sim F120: the record lost before it got to them); later
+    ones keep their grace."""
+    meta = content.custom_metadata
+    if meta.get("rotator-revoke-now") != "true" or not meta.get("rotator-rotated-at"):
+        return entries
+    try:
+        promoted = parse_rfc3339(meta["rotator-rotated-at"])
+    except ValueError:
+        return entries
+    return tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) if e.key.issued_at <= promoted else e
+                 for e in entries)
 
 
 def live_key_ids(content: LiveContent, provider: Provider) -> set[str]:

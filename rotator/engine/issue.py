@@ -24,6 +24,7 @@ from rotator.engine.baseline import (
     pending_revoke_now,
     retiring_from,
     rotation_key_overwritten,
+    under_revoke_now,
 )
 from rotator.engine.results import _MayHaveActed, new_rotation_id
 from rotator.vault.livepath import LivePath
@@ -289,8 +290,9 @@ class IssueSteps:
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
             found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock))
         # Not at once under the dropped rotation's own `--revoke-now`: that was asked before these keys were made
-        # (a request asked now starts a rotation of its own, which shortens them).
-        self._apply(machine.Forgotten(tuple(found)), defer=True)
+        # (a request asked now starts a rotation of its own, which shortens them); at once where the live
+        # rotation's was (those made before it).
+        self._apply(machine.Forgotten(under_revoke_now(content, tuple(found), now=now)), defer=True)
         self._write_outcome()
         self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id if pending else None,
                          live_rotation_id=live_rotation, key_id=current.key_id if current else None, vault_version=content.version)

@@ -119,6 +119,7 @@ class PromoteSteps:
             self._call(lambda: self._live.describe(
                 credential=self.cred.spec.name, provider=self.cred.spec.provider, key_id=credential.key_id,
                 rotation_id=pending.rotation_id, rotated_at=pending.live_at or self.engine.clock.now(), expires_at=credential.expires_at,
+                revoke_now=pending.revoke_now,
             ))
         except RotatorError as exc:
             # The credential is live already: never roll it back for metadata.

@@ -120,8 +120,10 @@ class LivePath:
             raise PermanentError(f"{self} changed while the rotator was writing it (check-and-set lost)") from None
 
     def describe(self, *, credential: str, provider: str, key_id: str, rotation_id: str,
-                 rotated_at: datetime, expires_at: datetime | None) -> None:
-        """Merge the rotator's facts into the path's custom metadata."""
+                 rotated_at: datetime, expires_at: datetime | None, revoke_now: bool = False) -> None:
+        """Merge the rotator's facts into the path's custom metadata. `rotator-revoke-now`: the rotation
+        was asked with `--revoke-now`, so every key of this credential made before it is to be revoked at
+        once (a record lost meanwhile is rebuilt knowing it, rotator.engine.baseline)."""
         metadata = {
             "managed-by": "rotator",
             "rotator-credential": credential,
@@ -129,6 +131,7 @@ class LivePath:
             "rotator-key-id": key_id,
             "rotator-rotated-at": to_rfc3339(rotated_at),
             "rotator-rotation-id": rotation_id,
+            "rotator-revoke-now": "true" if revoke_now else "false",
         }
         if expires_at is not None:
             metadata["rotator-expires-at"] = to_rfc3339(expires_at)
