@@ -103,6 +103,7 @@ F117 = "F117 removed-files-idle-record-restored-before-a-rotation-that-never-wen
 F118 = "F118 record-caught-up-with-the-live-path-in-a-failed-write-forgot-the-dropped-rotations-key"
 F119 = "F119 restored-issuing-record-swept-its-own-key-live-at-the-path-it-forgot"
 F120 = "F120 record-lost-after-revoke-now-kept-a-previous-key-its-grace"
+F121 = "F121 sim-quiescence-ended-inside-the-grace-a-delayed-promotion-began"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -503,6 +504,9 @@ FINDINGS = [
     (F120, "webhook", [("tick", "r0", ()), ("rotate", False, ()), ("rotate", True, (CallFault(1, "fail"),)), ("state", "lost")]),
     (F120, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("rotate", False, ()), ("edit", "path"),
                        ("rotate", True, (CallFault(12, "fail"),)), ("state", "lost")]),
+    # Simulation: a restored record's next rotation found AWS full (a key it forgot, given a grace) and promoted a grace
+    # later; the record's current key then got its own grace from that promotion (§6.3). Quiescence ended before it.
+    (F121, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "garbage"), ("state", "older"), ("edit", "path")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

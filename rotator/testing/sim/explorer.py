@@ -247,10 +247,15 @@ def quiesce(world: World) -> None:
     checked = False
     adopted: Counter[str] = Counter()
     writes_at_adoption: int | None = None
+    writes_at_start: int | None = world.live_writes
     for _ in range(80):
         for slot in SLOTS:
             world.tick(slot)
         invariants.check_step(world)
+        if writes_at_start is not None and world.live_writes > writes_at_start:
+            # The first promotion in quiescence (a restored record's next rotation, perhaps held up a grace by
+            # AWS's 2-key limit): what the record held as current gets its grace from it (§6.3, sim F121).
+            horizon, writes_at_start = max(horizon, world.clock.now() + settle), None
         if writes_at_adoption is not None and world.live_writes > writes_at_adoption:
             # §6.3: what adopt replaced stays valid at least a grace after its successor, the first new
             # credential written since (F60: the rotator keeps it a grace from that promotion).
