@@ -29,6 +29,7 @@ from rotator.testing.sim.sweep import sweep
 from rotator.testing.sim.faults import ALL_FAULTS, CallFault
 from rotator.testing.sim.quiet import quiet_logs
 from rotator.testing.sim.world import World
+from rotator.vault.livepath import LivePath
 
 OTHERS = ("deploy_key", "installation_token", "stripe_key", "webhook")
 GROUPS = {"aws": ("aws",), "others": OTHERS}
@@ -104,6 +105,13 @@ F118 = "F118 record-caught-up-with-the-live-path-in-a-failed-write-forgot-the-dr
 F119 = "F119 restored-issuing-record-swept-its-own-key-live-at-the-path-it-forgot"
 F120 = "F120 record-lost-after-revoke-now-kept-a-previous-key-its-grace"
 F121 = "F121 sim-quiescence-ended-inside-the-grace-a-delayed-promotion-began"
+F108 = "F108 takeover-rolled-back-a-token-expired-by-the-providers-clock"
+F109 = "F109 stalled-first-write-to-a-path-overwrote-the-new-holders-promotion"
+F110 = "F110 sim-stale-calls-counted-across-a-fresh-lease"
+F111 = "F111 restored-rotation-undone-at-a-path-only-the-undone-versions-knew"
+F112 = "F112 record-behind-at-the-old-path-retired-the-key-live-at-the-new-one"
+F113 = "F113 restored-rotation-swept-its-own-key-live-at-the-path-vault-path-left"
+F114 = "F114 record-behind-dropped-a-rotation-with-its-unmarked-key"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -202,6 +210,22 @@ def test_the_invariants_catch_a_revoked_live_credential(monkeypatch: pytest.Monk
     provider = proc.engine.provider_for(world.loaded()[0])
     provider.revoke({"key_id": live})
     assert [v.invariant for v in world.violations] == ["never-revoke-live"]
+
+
+def test_one_lease_holder_catches_a_second_call_after_the_lease_was_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled holder may make the one unfenceable call that followed its last lease check (F110: counted from its
+    latest lease, not its first); a planted second metadata merge after a stall is caught."""
+    steps = [("tick", "r1", ()), ("state", "lost"), ("pause", "r1", 8, 900.0, "cli"), ("state", "older"), ("pause", "r1", 9, 900.0, "cli")]
+    assert not [v for v in replay("aws", steps).violations if v.invariant == "one-lease-holder"]
+    real = LivePath.describe
+
+    def twice(self: LivePath, **kwargs: object) -> None:
+        real(self, **kwargs)  # type: ignore[arg-type]
+        real(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LivePath, "describe", twice)
+    broken = [v for v in replay("aws", steps).violations if v.invariant == "one-lease-holder"]
+    assert broken and "a second call since it lost its lease" in broken[0].detail
 
 
 def test_faults_are_injected_at_the_named_call() -> None:
@@ -507,6 +531,50 @@ FINDINGS = [
     # Simulation: a restored record's next rotation found AWS full (a key it forgot, given a grace) and promoted a grace
     # later; the record's current key then got its own grace from that promotion (§6.3). Quiescence ended before it.
     (F121, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "garbage"), ("state", "older"), ("edit", "path")]),
+    # A replica stalled an hour (a token's lifetime) right before its check-and-set live write; the replica that took
+    # the lease over runs 30-60 s behind the provider's clock, so by its own clock the token had not yet expired: it
+    # verified it again, GitHub refused it, and it rolled back without writing the path, so the stalled write landed.
+    (F108, "installation_token", [("skew", "r1", -30.0), ("tick", "r1", (CallFault(2, "429", 20.0),)), ("pause", "r0", 10, 3600.0, "r1")]),
+    (F108, "installation_token", [("tick", "r1", ()), ("rotate", False, ()), ("rotate", False, ()), ("skew", "r1", -60.0),
+                                  ("advance", 25200), ("tick", "r0", (CallFault(7, "fail"),)), ("pause", "r0", 10, 3600.0, "r1")]),
+    # A first write to a path (`vault.path` changed) stalled before its read: meanwhile another replica took the lease,
+    # rotated and wrote that path for the same credential; the resumed write read it (this credential's data, so
+    # writable) and wrote over the new holder's promotion with check-and-set against what it had just read.
+    (F109, "installation_token", [("tick", "r0", ()), ("rotate", False, ()), ("rotate", True, ()), ("advance", 520),
+                                  ("state", "older"), ("advance", 1200), ("edit", "path"), ("advance", 120),
+                                  ("pause", "r1", 8, 3600.0, "r0")]),
+    # (simulation) A replica made its one unfenceable call after a stall (a retirement, a metadata merge), later took a
+    # fresh lease and stalled again before a metadata merge: one call since its last lease check, counted as a second
+    # one because the count of calls without a lease was never reset by the new lease.
+    (F110, "aws", [("tick", "r1", ()), ("state", "lost"), ("pause", "r1", 8, 900.0, "cli"), ("state", "older"),
+                   ("pause", "r1", 9, 900.0, "cli")]),
+    (F110, "webhook", [("pause", "r0", 3, 421.0, "r1"), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()),
+                       ("rotate", True, (CallFault(21, "crash"),)), ("advance", 86400), ("pause", "r0", 8, 900.0, "r1")]),
+    # A rotation finished at the path `vault.path` had moved to (its record then named that path), the record restored
+    # to a version from before (naming the old path only) and the file removed: the removed file's rollback of the
+    # restored rotation revoked (or swept) its key, live at the path only the versions the restore undid knew.
+    (F111, "deploy_key", [("rotate", True, (CallFault(9, "crash_after"),)), ("edit", "path"), ("advance", 10800),
+                          ("tick", "r0", ()), ("state", "older"), ("edit", "delete")]),
+    (F111, "webhook", [("tick", "r1", ()), ("edit", "path"), ("advance", 86400), ("tick", "r0", (CallFault(2, "429", 1.0),)),
+                       ("edit", "path"), ("tick", "r1", ()), ("state", "older"), ("edit", "delete")]),
+    # A record restored, `vault.path` changed, then a rotation crashed after its live write at the new path: the
+    # recovery found a rotation the record did not know at the old path (the record is behind) and took that key as
+    # current, retiring the rotation in flight's own key, live at the new path, a grace later.
+    (F112, "deploy_key", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("edit", "path"),
+                          ("rotate", True, (CallFault(12, "crash"),)), ("edit", "delete")]),
+    # A record restored to its first rotation's `issuing` after `vault.path` changed: that rotation had completed at
+    # the old path (its metadata names it), but the sweep looked at the new one and revoked the rotation's key, live
+    # at the old path with no successor yet (and again at quiescence, inside the grace its successor then began).
+    (F113, "stripe_key", [("tick", "r0", ()), ("edit", "path"), ("advance", 1200), ("state", "older"), ("tick", "r1", ()),
+                          ("state", "older")]),
+    (F113, "stripe_key", [("tick", "r0", ()), ("edit", "path"), ("advance", 10800), ("state", "older"), ("tick", "r1", ()),
+                          ("state", "older")]),
+    (F113, "aws", [("pause", "r0", 7, 900.0, "cli"), ("rotate", True, (CallFault(8, "crash_after"),)), ("advance", 86400),
+                   ("edit", "rename"), ("tick", "r1", ()), ("rotate", True, (CallFault(4, "fail"),)), ("state", "older"),
+                   ("edit", "path")]),
+    # A record restored to an older version, then a rotation on it crashed between AWS's create and its tag: the next
+    # pass found the record behind the live path and dropped that rotation without its sweep, leaving the unmarked key.
+    (F114, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("rotate", False, (CallFault(4, "crash"),))]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -97,6 +97,12 @@ class IssueSteps:
                 self._fail("sweep", exc)
                 return False
         try:
+            if self._recover_from_undone():  # finished at a path only the versions a restore undid name (sim F111)
+                return True
+        except RotatorError as exc:
+            self._fail("sweep", exc)
+            return False
+        try:
             if self.provider.can_list:
                 orphans = [key for key in self._call(self.provider.list_keys) if self._is_orphan(key, pending)]
                 orphans = self._retire_aged(orphans, pending)
@@ -220,32 +226,6 @@ class IssueSteps:
         self.emit("credential.issued", key_id=credential.key_id)
         crashpoint("after-stash")
 
-    def _already_completed(self, rotation_id: str) -> bool:
-        """A record restored from before this rotation's promotion: the live
-        path says it completed. Minting again could delete the live key (a
-        retry-safe create removes what "its" lost create left)."""
-        content = self._call(self._live.read)
-        if not self._behind_checked and self._recover_if_behind(content):
-            return True
-        if content.owner() != self.cred.spec.name or content.custom_metadata.get("rotator-rotation-id") != rotation_id:
-            return self._live_write_landed(content)
-        named = self.provider.live_key(content.data) if content.data else None
-        current = None
-        if named is not None:
-            current = KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle),
-                                issued_at=named.created_at or self.engine.clock.now())
-        # Data written over the rotation's key since (the metadata still names it): that key is retired.
-        overwritten = self._call(lambda: rotation_key_overwritten(
-            content, self.provider, current, rotation_id=rotation_id, name=self.cred.spec.name, grace=self.policy.grace,
-            now=self.engine.clock.now(), revoke_now=pending_revoke_now(self.record), clock=self.policy.clock))
-        self._apply(machine.Recovered(current, content.version, str(self._live), overwritten))
-        self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version)
-        self.status = "completed"
-        if self.request is not None and self.request.revoke_now:
-            return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
-        self.request = None
-        return True
-
     def _check_behind_live(self) -> None:
         """A rotation resumed from Vault, in any phase: is the record behind
         the live path? (One live read, only when a reconcile starts with a
@@ -256,8 +236,18 @@ class IssueSteps:
         first = self._initial.pending  # as read: taking the lease points `target` at the file's path
         lives = self._known_live_paths(first.target if first else None)
         try:
-            for live in lives:
-                if self._recover_if_behind(self._call(live.read), live):
+            read = [(live, self._call(live.read)) for live in lives]
+            went = next((live for live, content in read
+                         if first is not None and str(live) == first.target and content.data is not None
+                         and self._went_live_in(content, first.rotation_id)), None)
+            if went is not None:
+                # It went live where it was writing: the newest, whatever an older path holds (sim F112). Where
+                # `vault.path` has moved on since, it is recovered there: the usual steps look at the new path.
+                if str(went) != str(self._live):
+                    self._already_completed(first.rotation_id, went)
+                return
+            for live, content in read:
+                if self._recover_if_behind(content, live):
                     return
         except RotatorError as exc:
             self._fail("recover", exc)
@@ -289,6 +279,11 @@ class IssueSteps:
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
             found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock))
+        taken = live | {e.key.key_id for e in found} | self.record.managed_key_ids()
+        # An unmarked key it made (a crash between create and mark), by the sweep's rule (sim F114).
+        found += [retiring_from(KeyRecord(key_id=k.key_id, rotation_id=pending.rotation_id, handle=dict(k.handle),
+                                          issued_at=k.created_at or now), "recovered", now + self.policy.grace, self.policy.clock)
+                  for k in listed if pending is not None and k.mark is None and k.key_id not in taken and self._is_orphan(k, pending)]
         # Not at once under the dropped rotation's own `--revoke-now`: that was asked before these keys were made
         # (a request asked now starts a rotation of its own, which shortens them); at once where the live
         # rotation's was (those made before it).

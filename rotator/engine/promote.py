@@ -67,9 +67,12 @@ class PromoteSteps:
 
     def _known_live_paths(self, *also: str | None) -> list[LivePath]:
         """Every path this credential may have made live: its file's first, the
-        one its record last wrote, the one its rotation in flight writes, and `also`."""
-        pending = self.record.pending
-        others = {self.record.live_path, pending.target if pending else None, *also} - {str(self._live), None}
+        one its record last wrote, the one its rotation in flight writes (and
+        wrote when this run read it: taking the lease points it at the file's),
+        those a restore of the record undid name (once read), and `also`."""
+        pending, first = self.record.pending, self._initial.pending
+        others = {self.record.live_path, pending.target if pending else None, first.target if first else None, *also,
+                  *(self._undone_paths or ())} - {str(self._live), None}
         return [self._live, *(LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(others) if p and "/" in p)]
 
     @property
@@ -82,7 +85,8 @@ class PromoteSteps:
         assert pending is not None
         here = str(self._live)
         last_written = self.record.live_version if self.record.live_path in (None, here) else None
-        expired = credential.expires_at is not None and credential.expires_at <= self.engine.clock.now()
+        # By the provider's clock, which may run up to the skew allowance ahead of ours (sim F108).
+        expired = credential.expires_at is not None and credential.expires_at <= self.engine.clock.now() + self.policy.skew_allowance
         if not self._verified_here and not expired:
             # Verified by another run (a crash since, or a record restored from
             # an older version): it may have been revoked meanwhile. Verified
@@ -98,7 +102,8 @@ class PromoteSteps:
             self._verified_here = True
         try:
             self.ensure_lease()
-            version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name))
+            version = self._call(lambda: self._live.write(pending.data or {}, last_written=last_written, credential=self.cred.spec.name,
+                                                          before_write=self.ensure_lease))
         except RotatorError as exc:
             self._fail("promote", exc)
             return
@@ -162,6 +167,12 @@ class PromoteSteps:
         pending = self.record.pending
         assert pending is not None
         superseded = False
+        try:
+            if self._recover_from_undone():  # finished at a path only the versions a restore undid name (sim F111)
+                return
+        except RotatorError as exc:
+            self._fail("rollback", exc)
+            return
         if pending.credential is None:
             # Undone before its credential was recorded: it may have completed all the same (a record restored
             # from before its promotion), or left a key at the provider (a crash right after the mint).

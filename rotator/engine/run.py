@@ -23,6 +23,7 @@ from rotator.engine.issue import IssueSteps
 from rotator.engine.persistence import Persistence
 from rotator.engine.promote import PromoteSteps
 from rotator.engine.results import MAX_STEPS_PER_RECONCILE, ReconcileResult, T
+from rotator.engine.restored import RestoredSteps
 from rotator.engine.retire import RetireSteps
 from rotator.vault.livepath import LivePath
 from rotator.vault.records import public_view
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from rotator.engine.reconcile import Engine
 
 
-class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
+class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
     """One reconcile of one credential, holding its lease."""
 
     def __init__(
@@ -66,7 +67,8 @@ class _Run(RetireSteps, PromoteSteps, IssueSteps, Persistence):
         self._described_key: str | None = None  # the key this run's metadata write named as live
         self._wrote_live: int | None = None  # the live version this run's own check-and-set write made
         self._behind_checked = False  # whether this run compared a resumed rotation with the live path
-        self._initial = record
+        self._initial, self._initial_version = record, version
+        self._undone_paths: list[str] | None = None  # what a restore of the record undid names (RestoredSteps)
         _register_record_secrets(record, provider)
 
     # -- persistence -------------------------------------------------------------

@@ -83,13 +83,17 @@ class LivePath:
         data = self.store.read_version(self.mount, self.path, meta.current_version)
         return LiveContent(meta.current_version, {k: str(v) for k, v in data.items()} if data else None, dict(meta.custom_metadata))
 
-    def write(self, data: Mapping[str, str], *, last_written: int | None, credential: str) -> int:
+    def write(self, data: Mapping[str, str], *, last_written: int | None, credential: str,
+              before_write: Callable[[], None] | None = None) -> int:
         """Add one version holding `data`. `last_written`: the version the
         rotator wrote (or adopted) last on this path; None when it has none
         here, and then the path must be empty or hold `credential`'s data.
         One read decides, and the write is check-and-set against the version
         read: a writer stalled in between (past its lease) cannot add a
-        second version, nor write over anyone's.
+        second version, nor write over anyone's. `before_write` (the lease
+        check) runs after that read: a writer stalled before the read would
+        otherwise take another holder's write of this credential, just made,
+        for one of its own to replace (sim F109).
 
         With `last_written` known, the write goes first, with check-and-set
         on it: a path nobody wrote since takes it in one request, and only a
@@ -114,6 +118,8 @@ class LivePath:
                 f"{self} is at version {content.version} but the rotator last wrote version {last_written}: "
                 "someone else wrote the live path; the rotator will not overwrite it: " + ADOPT_HINT.format(name=credential)
             )
+        if before_write is not None:
+            before_write()
         try:
             return self.store.write(self.mount, self.path, data, cas=content.version, keep_metadata=True)
         except CasMismatchError:

@@ -65,6 +65,15 @@ def check_acting_holder(world: World, actor: str, what: str, *, kind: str) -> No
         world.violate("one-lease-holder", f"{actor} made {what}, a second call since it lost its lease (holders now: {holders or 'none'})")
 
 
+def record_written(world: World, actor: str, path: str) -> None:
+    """A state-record write of `actor` landed (check-and-set): holding the lease
+    in it, the actor checked its lease afresh, and its count of calls made
+    without one starts over (F110)."""
+    record = world.records().get(path[len(STATE_PREFIX) + 1:])
+    if record is not None and record.lease is not None and record.lease.holder == actor:
+        world.stale_effects.pop(actor, None)
+
+
 def _revoke_now_voids_grace(world: World, key_id: str) -> bool:
     key = world.service.keys.get(key_id)
     return key is not None and any(r.started_at >= key.created_at for r in world.revoke_now)

@@ -314,6 +314,8 @@ class World:
         live = mutating and not is_state and path in self.tracked
         before = self._live_keys(retired=True) if live else None
         result = effect()  # a check-and-set write that loses raises here: it had no effect
+        if is_state and op == "write":
+            invariants.record_written(self, actor, path)
         if live:
             invariants.check_acting_holder(self, actor, f"{op} of {path}", kind="live-write" if op == "write" else "metadata")
         if live and op == "write":

@@ -1,0 +1,79 @@
+"""A resumed rotation that may have finished where the record no longer says: the live path says it
+completed (a record restored from before its promotion, F17), at a path `vault.path` has moved on from
+(F112), or at a path only the versions a restore of the record undid name (F111).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rotator.core import machine
+from rotator.core.state import KeyRecord
+from rotator.engine.baseline import live_key_ids, pending_revoke_now, rotation_key_overwritten
+from rotator.vault.history import paths_named, undone_versions
+from rotator.vault.livepath import LivePath
+
+
+class RestoredSteps:
+    """A part of _Run (rotator.engine.run): it uses the run's attributes and methods."""
+
+    def _already_completed(self, rotation_id: str, live: LivePath | None = None) -> bool:
+        """A record restored from before this rotation's promotion: the live
+        path (or `live`, one the file no longer names) says it completed.
+        Minting again could delete the live key (a retry-safe create removes
+        what "its" lost create left). Recovered at `live`, the keys of this
+        credential the record does not know are retired a full grace later, as
+        for a record found behind (`_recover_if_behind`)."""
+        path = live or self._live
+        content = self._call(path.read)
+        if (live is not None or not self._behind_checked) and self._recover_if_behind(content, path):
+            return True
+        if not self._went_live_in(content, rotation_id):
+            return self._live_write_landed(content) if live is None else False
+        named = self.provider.live_key(content.data) if content.data else None
+        current = None
+        if named is not None:
+            current = KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle),
+                                issued_at=named.created_at or self.engine.clock.now())
+        # Data written over the rotation's key since (the metadata still names it): that key is retired.
+        overwritten = self._call(lambda: rotation_key_overwritten(
+            content, self.provider, current, rotation_id=rotation_id, name=self.cred.spec.name, grace=self.policy.grace,
+            now=self.engine.clock.now(), revoke_now=pending_revoke_now(self.record), clock=self.policy.clock))
+        listed = self._call(self.provider.list_keys) if live is not None and self.provider.can_list else []
+        self._apply(machine.Recovered(current, content.version, str(path), overwritten))
+        if listed:
+            found = self._forgotten(listed, keep=live_key_ids(content, self.provider), now=self.engine.clock.now())
+            if found:
+                self._apply(machine.Forgotten(found))
+        self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version,
+                         **({"vault_path": str(path)} if live is not None else {}))
+        self.status = "completed"
+        if self.request is not None and self.request.revoke_now:
+            return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
+        self.request = None
+        return True
+
+    def _went_live_in(self, content: Any, rotation_id: str) -> bool:
+        """The path's data is this credential's, and its metadata names `rotation_id` as the one that wrote it."""
+        return content.owner() == self.cred.spec.name and content.custom_metadata.get("rotator-rotation-id") == rotation_id
+
+    def _recover_from_undone(self) -> bool:
+        """Before a resumed rotation is undone (rolled back, its keys swept): when the record read is a copy of
+        an earlier version (a restore), the paths the versions since named (where a rotation finished after
+        `vault.path` changed, say) are read too. Where the rotation, or a later one the record does not know,
+        is live at one of them, it is recovered there; and for every revoke of this run those paths count as
+        live paths (`PromoteSteps._known_live_paths`). Up to 10 reads of the record's versions, once a run."""
+        pending = self.record.pending
+        if pending is None or pending.rotation_id == self._started_here or self._undone_paths is not None:
+            return False
+        records = self.engine.records
+        name = self.cred.spec.name
+        undone = self._call(lambda: undone_versions(records.store, records.mount, records.record_path(name),
+                                                    version=self._initial_version, record=self._initial))
+        first = self._initial.pending
+        known = {str(live) for live in self._known_live_paths(first.target if first else None)}
+        self._undone_paths = [path for path in paths_named(undone) if path not in known]
+        for path in self._undone_paths:
+            if self._already_completed(pending.rotation_id, LivePath(self.engine.store, *path.split("/", 1))):
+                return True
+        return False

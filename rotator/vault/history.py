@@ -1,0 +1,44 @@
+"""What a state record restored from an older version forgot: the versions the restore undid.
+
+KV v2 keeps a record's recent versions. A restore (`bao kv rollback`, or an older version written back
+by hand) writes an earlier version's data as the latest; the versions between that one and the copy
+are what the rotator wrote since and the record no longer says: a rotation finished at a path
+`vault.path` had moved to, say. Read only before a resumed rotation is undone (rare), never on the
+usual path.
+"""
+
+from __future__ import annotations
+
+from rotator.core.state import StateRecord
+from rotator.vault.store import VaultStore
+
+
+def undone_versions(store: VaultStore, mount: str, path: str, *, version: int, record: StateRecord,
+                    back: int = 10) -> list[StateRecord]:
+    """When `record` (read at `version`) is a copy of an earlier version, the
+    versions written between that one and the copy, newest first; empty when
+    it is no copy (up to `back` version reads). Versions deleted, destroyed
+    or malformed are passed over."""
+    between: list[StateRecord] = []
+    for older in range(version - 1, max(0, version - 1 - back), -1):
+        data = store.read_version(mount, path, older)
+        if data is None:
+            continue
+        try:
+            parsed = StateRecord.from_vault(data)
+        except ValueError:
+            continue
+        if parsed == record:
+            return between
+        between.append(parsed)
+    return []
+
+
+def paths_named(records: list[StateRecord]) -> list[str]:
+    """The live paths those versions name (where each last wrote, where its rotation in flight wrote), newest first."""
+    out: list[str] = []
+    for record in records:
+        for path in (record.live_path, record.pending.target if record.pending is not None else None):
+            if path and "/" in path and path not in out:
+                out.append(path)
+    return out
