@@ -130,7 +130,7 @@ def run(config_dir: Path | None, once: bool) -> None:
         sys.exit(EXIT_FAILED)
     daemon = Daemon(app, notify=notify)
     try:
-        result = daemon.load()
+        result = daemon.load(prefetch=not once)  # the daemon reads state records while files are parsed
     except ConfigError as exc:  # the policy file is broken: nothing may run unbounded
         for problem in exc.problems:
             _log().error("config.invalid", file=problem.file, error=f"{problem.field}: {problem.message}")

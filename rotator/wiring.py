@@ -15,7 +15,7 @@ from rotator.audit import events as audit
 from rotator.config.loader import load_directory
 from rotator.config.policy import TrustRules, read_policy
 from rotator.config.settings import Settings
-from rotator.config.spec import LoadResult
+from rotator.config.spec import LoadedCredential, LoadResult
 from rotator.core.clock import Clock, SystemClock
 from rotator.core.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.engine.registry import load_providers
@@ -102,7 +102,8 @@ def _never_blocking(append: Callable[[dict[str, Any]], dict[str, Any]]) -> Calla
     return sink
 
 
-def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False) -> LoadResult:
+def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False,
+                     on_loaded: Callable[[LoadedCredential], None] | None = None) -> LoadResult:
     """Every credential file under the API-host rule and the operator policy.
 
     A broken policy file raises `ConfigError` (exit 2), except on a daemon's
@@ -111,7 +112,7 @@ def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False)
     policy, policy_problems = read_policy(settings.policy_file, keep_last_good=keep_last_good_policy)
     # A plugin that fails to load is reported in each file that names it.
     result = load_directory(settings.config_dir, load_providers(), state_location=(settings.state_mount, settings.state_prefix, settings.effective_stash_prefix),
-                            rules=TrustRules(settings.api_host_rule(), policy))
+                            rules=TrustRules(settings.api_host_rule(), policy), on_loaded=on_loaded)
     result.problems[:0] = policy_problems
     return result
 

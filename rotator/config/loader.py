@@ -15,7 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +183,10 @@ def _schedule_problems(spec: CredentialSpec, file: str, state_location: tuple[st
 
 
 def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *, state_location: tuple[str, ...] | None = None,
-                   rules: TrustRules | None = None) -> LoadResult:
-    """Load every credential file; collect every problem; skip only bad files."""
+                   rules: TrustRules | None = None, on_loaded: Callable[[LoadedCredential], None] | None = None) -> LoadResult:
+    """Load every credential file; collect every problem; skip only bad files.
+    `on_loaded`: called with each valid file as soon as it is read, before
+    names and paths are compared across files (a clash drops it later)."""
     result = LoadResult()
     if not config_dir.is_dir():
         result.problems.append(ConfigProblem(str(config_dir), "", "config directory does not exist"))
@@ -198,6 +200,8 @@ def load_directory(config_dir: Path, providers: Mapping[str, ProviderFactory], *
             if not any(isinstance(p, Refusal) for p in loaded):  # a refused file is dropped, never kept as last good
                 result.failed_files.add(str(path))
             continue
+        if on_loaded is not None:
+            on_loaded(loaded)
         by_name.setdefault(loaded.spec.name, []).append(loaded)
         by_path.setdefault((loaded.spec.vault.mount, loaded.spec.vault.path), []).append(loaded)
 

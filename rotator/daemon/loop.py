@@ -36,6 +36,7 @@ from rotator.core.state import StateRecord
 from rotator.core.timetable import due_at
 from rotator.daemon import metrics
 from rotator.daemon.fileless_scan import find_fileless
+from rotator.daemon.prefetch import StatePrefetch
 from rotator.engine.results import ReconcileResult
 from rotator.vault.records import has_inline_secrets
 from rotator.wiring import App, load_credentials
@@ -102,6 +103,7 @@ class Daemon:
         self._in_flight: dict[str, Future[ReconcileResult]] = {}
         self._pool = ThreadPoolExecutor(max_workers=app.settings.max_concurrency, thread_name_prefix="rotate")
         self.log = get_logger()
+        self.prefetch = StatePrefetch(app.store, app.engine.changes, app.settings.state_mount, app.engine.state_path, self.log)
         self.last_tick_at: float | None = None
         self._last_change_poll: float | None = None
         self._health: tuple[tuple[str, ...], int] = ((), 0)
@@ -110,9 +112,11 @@ class Daemon:
 
     # -- configuration -----------------------------------------------------------
 
-    def load(self) -> LoadResult:
+    def load(self, *, prefetch: bool = False) -> LoadResult:
+        """`prefetch` (the daemon's start): read each record while the other files are parsed (rotator.daemon.prefetch)."""
         # At start-up a broken policy file raises (exit 2); on reload its last good version stays.
-        result = load_credentials(self.app.settings, keep_last_good_policy=self._loaded_once)
+        on_loaded = self.prefetch.begin() if prefetch and not self._loaded_once else None
+        result = load_credentials(self.app.settings, keep_last_good_policy=self._loaded_once, on_loaded=on_loaded)
         self._loaded_once = True
         for problem in result.problems:
             self.log.error("config.invalid", file=problem.file, error=f"{problem.field}: {problem.message}")
@@ -146,7 +150,7 @@ class Daemon:
         with self._lock:
             unknown = {self.engine.state_path(v.cred.spec.name): v for v in self.views.values() if v.wake_at is None}
         try:
-            found = self.app.store.read_many(self.app.settings.state_mount, list(unknown))
+            found = self.prefetch.take(list(unknown))  # read in bulk, or already while the files were parsed
         except RotatorError as exc:
             self.log.warning("state.preload_failed", error=str(exc))
             return 0
@@ -293,7 +297,7 @@ class Daemon:
         jobs = tick_schedule.Scheduler()
         jobs.every(settings.tick_seconds).seconds.do(self._tick)
         started = time.monotonic()
-        self._poll_changes(force=True)  # the baseline, before any record is read
+        self._poll_changes(force=True)  # the baseline, before any record is read (or, prefetched: what changed since it)
         self.preload_state()
         first = self._tick()
         while not self.shutdown.is_set():
@@ -352,6 +356,7 @@ class Daemon:
         except RotatorError as exc:
             self.log.warning("changes.poll_failed", error=str(exc))
             return
+        self.prefetch.forget(changed)  # records read before the change are read again
         with self._lock:
             for name, view in [*self.views.items(), *self.fileless.items()]:
                 if changed is None or name in changed:

@@ -24,16 +24,13 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
 
 import hvac
 import requests
@@ -43,8 +40,9 @@ from rotator.core.errors import NotFoundError, PermanentError
 from rotator.core.redaction import register_secret
 from rotator.core.validators import parse_vault_ref
 from rotator.vault.auth import TokenSession, VaultDeniedError, _HvacAuthenticator
+from rotator.vault.bulk import BulkReader, parse_kv_read
 from rotator.vault.errors import translate
-from rotator.vault.session import INDEX_HEADER, ConsistencyIndex, _session_for, _ssl_context
+from rotator.vault.session import ConsistencyIndex, _session_for, _ssl_context
 
 T = TypeVar("T")
 
@@ -264,53 +262,35 @@ class VaultStore(FolderAndRefReads):
         return payload.get("data") if payload else None
 
     def read_many(self, mount: str, paths: list[str], *, workers: int = 8) -> dict[str, Versioned]:
-        """Read many KV v2 paths at start-up, fast: a thread pool of plain
-        keep-alive HTTP connections, without requests' per-call overhead
-        (a millisecond of CPU each; 10,000 records felt it). Paths that fail
-        are left out: the caller reads those one by one later."""
+        """Read many KV v2 paths at start-up, fast (rotator.vault.bulk). Paths
+        that fail are left out: the caller reads those one by one later."""
+        reader = self.bulk_reader(mount, workers=workers)
+        if reader is None:
+            return {}
+        for path in paths:
+            reader.submit(path)
+        return reader.results()
+
+    def bulk_reader(self, mount: str, *, workers: int = 8) -> BulkReader | None:
+        """A reader of `mount`'s paths to `submit` now and collect later
+        (`results`: path -> Versioned); None through a proxy (the ordinary
+        path then reads them)."""
+        if requests.utils.get_environ_proxies(self.connection.url):
+            return None
         self._session.ensure()
         headers = {"X-Vault-Token": self._client.token or "", **self.consistency.headers()}
         if self.connection.namespace:
             headers["X-Vault-Namespace"] = self.connection.namespace
-        base = urlsplit(self.connection.url)
-        if requests.utils.get_environ_proxies(self.connection.url):
-            return {}  # through a proxy: leave it to the ordinary path
-        local = threading.local()
 
-        def connection() -> http.client.HTTPConnection:
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                port = base.port
-                if base.scheme == "https":
-                    conn = http.client.HTTPSConnection(base.hostname or "", port, timeout=self.connection.timeout, context=_ssl_context(self.connection.verify))
-                else:
-                    conn = http.client.HTTPConnection(base.hostname or "", port, timeout=self.connection.timeout)
-                local.conn = conn
-            return conn
+        def parse(status: int, body: bytes) -> Versioned | None:
+            found = parse_kv_read(status, body)
+            return Versioned(*found) if found is not None else None
 
-        prefix = base.path.rstrip("/")
-
-        def read_one(path: str) -> tuple[str, Versioned | None]:
+        def count() -> None:
             self.requests_made += 1
-            try:
-                conn = connection()
-                conn.request("GET", f"{prefix}/v1/{mount}/data/{quote(path)}", headers=headers)
-                response = conn.getresponse()
-                body = response.read()
-                self.consistency.observe(response.getheader(INDEX_HEADER))
-            except (OSError, http.client.HTTPException):
-                local.conn = None
-                return path, None
-            if response.status == 404:
-                return path, Versioned(None, 0) if not body or b'"data":null' not in body else None
-            if response.status != 200:
-                return path, None
-            payload = json.loads(body)["data"]
-            return path, Versioned(payload.get("data"), int(payload["metadata"]["version"]))
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vault-read") as pool:
-            found = dict(pool.map(read_one, paths))
-        return {path: value for path, value in found.items() if value is not None}
+        return BulkReader(self.connection.url, headers, mount, parse=parse, observe=self.consistency.observe, timeout=self.connection.timeout,
+                          context=_ssl_context(self.connection.verify), workers=workers, on_request=count)
 
     def read_version(self, mount: str, path: str, version: int) -> dict[str, Any] | None:
         payload = self._read_payload(mount, path, version)
