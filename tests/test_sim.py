@@ -112,6 +112,7 @@ F111 = "F111 restored-rotation-undone-at-a-path-only-the-undone-versions-knew"
 F112 = "F112 record-behind-at-the-old-path-retired-the-key-live-at-the-new-one"
 F113 = "F113 restored-rotation-swept-its-own-key-live-at-the-path-vault-path-left"
 F114 = "F114 record-behind-dropped-a-rotation-with-its-unmarked-key"
+F123 = "F123 sim-quiescence-missed-the-next-rotation-of-a-record-revived-in-it"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -575,6 +576,12 @@ FINDINGS = [
     # A record restored to an older version, then a rotation on it crashed between AWS's create and its tag: the next
     # pass found the record behind the live path and dropped that rotation without its sweep, leaving the unmarked key.
     (F114, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("rotate", False, (CallFault(4, "crash"),))]),
+    # The same after `vault.path` changed, the create's answer lost (AWS made the key, untagged).
+    (F114, "aws", [("tick", "r0", ()), ("pause", "r0", 0, 421.0, "cli"), ("state", "older"), ("edit", "path"), ("advance", 86400),
+                   ("tick", "r1", (CallFault(4, "lost"),))]),
+    # Simulation: a record soft-deleted by hand when quiescence began is revived by its first pass; quiescence had
+    # counted the next rotations before, without it, and ended before that credential next acted (F96's rule).
+    (F123, "deploy_key", [("tick", "r1", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage"), ("state", "soft")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

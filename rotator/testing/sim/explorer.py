@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rotator.core.transitions import BACKOFF_CAP
@@ -241,17 +241,23 @@ def quiesce(world: World) -> None:
     # And past each credential's next scheduled rotation: an idle credential costs no Vault request, so a
     # record restored by hand to an older version is compared with the live path when it next acts (§6.4).
     names = {spec.stem for spec in world.files.values()}
-    due = [r.last_rotated_at + world.every for n, r in world.records().items() if n in names and r.last_rotated_at is not None]
-    horizon = max([start, *due]) + settle
+
+    def next_rotations() -> list[datetime]:
+        return [r.last_rotated_at + world.every for n, r in world.records().items() if n in names and r.last_rotated_at is not None]
+
+    horizon = max([start, *next_rotations()]) + settle
     checkpoint = start + invariants.REVOKE_NOW_WINDOW
     checked = False
     adopted: Counter[str] = Counter()
     writes_at_adoption: int | None = None
     writes_at_start: int | None = world.live_writes
-    for _ in range(80):
+    for round_ in range(80):
         for slot in SLOTS:
             world.tick(slot)
         invariants.check_step(world)
+        if round_ == 0:
+            # A record soft-deleted by hand is revived by the first pass (F123): its next rotation counts too.
+            horizon = max([horizon, *(t + settle for t in next_rotations())])
         if writes_at_start is not None and world.live_writes > writes_at_start:
             # The first promotion in quiescence (a restored record's next rotation, perhaps held up a grace by
             # AWS's 2-key limit): what the record held as current gets its grace from it (§6.3, sim F121).
