@@ -113,6 +113,7 @@ F112 = "F112 record-behind-at-the-old-path-retired-the-key-live-at-the-new-one"
 F113 = "F113 restored-rotation-swept-its-own-key-live-at-the-path-vault-path-left"
 F114 = "F114 record-behind-dropped-a-rotation-with-its-unmarked-key"
 F123 = "F123 sim-quiescence-missed-the-next-rotation-of-a-record-revived-in-it"
+F124 = "F124 removed-files-superseded-rollback-kept-the-key-it-replaced-as-current"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -582,6 +583,12 @@ FINDINGS = [
     # Simulation: a record soft-deleted by hand when quiescence began is revived by its first pass; quiescence had
     # counted the next rotations before, without it, and ended before that credential next acted (F96's rule).
     (F123, "deploy_key", [("tick", "r1", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage"), ("state", "soft")]),
+    # A rotation crashed right after its live write, the data then written over by hand, the file removed: undoing it
+    # found it had gone live and been superseded (so it retires it after a grace), but kept the key it had replaced as
+    # `current`, which a removed file's record never retires. (And looking at the record later took the rolled-back
+    # rotation, which the record had known, for one it had missed.)
+    (F124, "stripe_key", [("pause", "r0", 9, 421.0, "r1"), ("rotate", False, (CallFault(10, "crash"),)), ("foreign", "garbage"),
+                          ("edit", "delete")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

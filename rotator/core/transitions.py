@@ -222,11 +222,19 @@ def _rolled_back(record: StateRecord, outcome: RolledBack, policy: Policy, now: 
     attempts = record.attempts + 1
     permanent = pending.failure_permanent
     retiring = list(record.retiring)
+    current = record.current
     if outcome.superseded and pending.credential is not None:
         retiring.append(Retiring(key=pending.credential, superseded_by=pending.rotation_id, revoke_after=now + policy.grace,
                                  clock=policy.clock))
+        if not policy.has_file and current is not None and current.key_id not in {e.key.key_id for e in retiring}:
+            # A removed file's (nothing rotates it again): the rotation went live, so the key it replaced was
+            # superseded then, and no longer what the path holds; a full grace from now (sim F124).
+            retiring.append(Retiring(key=current, superseded_by=pending.rotation_id, revoke_after=now + policy.grace,
+                                     clock=policy.clock))
+            current = None
     return record.model_copy(
         update={
+            "current": current,
             "pending": None,
             "retiring": retiring,
             "attempts": attempts,

@@ -38,11 +38,15 @@ class Baseline:
     moved_from: tuple[str, int] | None = None  # (credential, its record's version): the renamed file's record
 
 
-def is_behind(record: StateRecord, live_rotation: str | None) -> bool:
+def is_behind(record: StateRecord, live_rotation: str | None, *, at: tuple[str, int] | None = None) -> bool:
     """The live path's metadata names a rotation of this credential (`live_rotation`) that the record
     knows nothing of: the record was restored from an older version (docs/CONTRACT-NOTES.md, "Issue 10:
-    state records restored, deleted or lost")."""
+    state records restored, deleted or lost"). `at`: the path and version read; a record that has seen
+    that version of that path (it wrote it, or caught up with it) is not behind it (a rotation it
+    rolled back or retired since is one it knew)."""
     if live_rotation is None:
+        return False
+    if at is not None and record.live_path == at[0] and record.live_version is not None and record.live_version >= at[1]:
         return False
     pending = record.pending
     known = {k.rotation_id for k in (record.current, pending.credential if pending else None) if k is not None}

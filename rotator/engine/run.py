@@ -130,7 +130,8 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
         contents = [(self._call(live.read), live) for live in self._known_live_paths()]
         for content, live in contents:
             rotation = content.custom_metadata.get("rotator-rotation-id") or None
-            if content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation):
+            if content.data is not None and content.owner() == self.cred.spec.name and is_behind(
+                    self.record, rotation, at=(str(live), content.version)):
                 return (content, live), ()
         if not self.provider.can_list:
             return None, ()
