@@ -4,7 +4,8 @@ recently, nothing due).
 
 Measures, in one run on this machine:
 - start-up: process start until `daemon.state_loaded` (all files loaded and
-  every credential's state read once);
+  every credential's state read once), and until `daemon.started` (the
+  files parsed; the records are read meanwhile);
 - resident memory (VmRSS) after an idle period;
 - CPU used per idle minute, as a share of one core;
 - Vault requests per idle tick, counted by OpenBao's own file audit device.
@@ -123,12 +124,15 @@ def run(count: int, idle_seconds: float) -> dict[str, float | int | str]:
             proc = subprocess.Popen([sys.executable, "-m", "rotator", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             loaded = threading.Event()
             events: list[dict[str, object]] = []
+            files_parsed: list[float] = []
 
             def pump() -> None:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     event = json.loads(line)
                     events.append(event)
+                    if event["event"] == "daemon.started":
+                        files_parsed.append(time.monotonic() - started)
                     if event["event"] == "daemon.state_loaded":
                         loaded.set()
 
@@ -151,6 +155,7 @@ def run(count: int, idle_seconds: float) -> dict[str, float | int | str]:
                 "credentials": count,
                 "seeded_in_s": round(seeded_in, 1),
                 "startup_s": round(startup, 2),
+                "files_parsed_s": round(files_parsed[0], 2) if files_parsed else None,  # to `daemon.started`
                 "rss_mb": round(rss, 1),
                 "idle_cpu_percent_of_core": round(100 * (cpu1 - cpu0) / idle_wall, 3),
                 "idle_seconds": round(idle_wall, 1),
