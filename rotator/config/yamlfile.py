@@ -296,6 +296,32 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return "not valid YAML"
 
 
+UNBUILDABLE = "a value cannot be read as its type (an explicit tag on text of another type, or a date that does not exist)"
+
+
+def _unbuildable_at(text: str) -> str:
+    """Where the first scalar (in the file's order) is that its type's
+    constructor refuses, as `_where` says it; the text has passed the rules."""
+    loader = _SafeLoader(text)
+    try:
+        while not isinstance(event := loader.get_event(), yaml.StreamEndEvent):
+            if not isinstance(event, yaml.ScalarEvent):
+                continue
+            tag = event.tag if event.tag not in (None, "!") else _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+            construct = _UniqueKeyLoader.yaml_constructors.get(tag)
+            if construct is None:
+                continue
+            try:
+                construct(_CONSTRUCTOR, yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style))
+            except yaml.YAMLError:
+                continue
+            except Exception:
+                return _where(event)
+    finally:
+        loader.dispose()
+    return "somewhere"
+
+
 def parse_text(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
     """A file's text, parsed under the rules of this module: one parse that
     builds the data from the checked events, or, for what it leaves aside
@@ -310,6 +336,8 @@ def parse_text(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
         raise YamlRefusedError(_yaml_message(exc)) from None
     except RecursionError:  # cannot happen within MAX_DEPTH; never a traceback if it did
         raise YamlRefusedError(f"nested too deeply (at most {max_depth} levels)") from None
+    except (ValueError, KeyError, TypeError, OverflowError):  # PyYAML's constructors let these out (`!!int text`, 2026-13-45)
+        raise YamlRefusedError(f"not valid YAML at {_unbuildable_at(text)}: {UNBUILDABLE}") from None
 
 
 def load_yaml(path: Path, *, root: Path | None = None, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> YamlDocument:
