@@ -114,6 +114,9 @@ F113 = "F113 restored-rotation-swept-its-own-key-live-at-the-path-vault-path-lef
 F114 = "F114 record-behind-dropped-a-rotation-with-its-unmarked-key"
 F123 = "F123 sim-quiescence-missed-the-next-rotation-of-a-record-revived-in-it"
 F124 = "F124 removed-files-superseded-rollback-kept-the-key-it-replaced-as-current"
+F122 = "F122 failed-recovery-of-a-landed-live-write-minted-over-its-key"
+F125 = "F125 restored-rotation-promoted-over-a-later-one-at-a-path-only-the-undone-versions-knew"
+F126 = "F126 removed-files-record-retired-a-key-another-record-took-on-since"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -589,6 +592,28 @@ FINDINGS = [
     # rotation, which the record had known, for one it had missed.)
     (F124, "stripe_key", [("pause", "r0", 9, 421.0, "r1"), ("rotate", False, (CallFault(10, "crash"),)), ("foreign", "garbage"),
                           ("edit", "delete")]),
+    # A rotation's live write landed and its metadata merge crashed; the record, lost and rebuilt, was then restored to
+    # that rotation's `intent`. The next pass saw the live data equal to the rotation's stash entry (F17) and took the
+    # key as issued and live, but that record write hit a 429: the failure was recorded as the issue step's, which
+    # sends a rotation back to `issuing` (sweep, then mint again) with the key kept; Stripe's retried create expires
+    # every key with the rotation's mark first, the live one.
+    (F122, "stripe_key", [("tick", "r0", ()), ("edit", "rename"), ("pause", "r0", 0, 3600.0, "cli"), ("state", "lost"),
+                          ("tick", "r0", (CallFault(15, "crash"),)), ("state", "older"), ("advance", 25200),
+                          ("tick", "r1", (CallFault(7, "429", 300.0),))]),
+    # `vault.path` changed twice; a rotation had completed at the middle path and a later one since; the record was then
+    # restored to the first rotation's `verified` (a `--revoke-now` one), naming neither the middle path nor the later
+    # rotation. Its promotion wrote the old key to the new path and, under the old request, revoked at once the later
+    # rotation's key, which had just been superseded. Before a resumed promotion the paths the undone versions name
+    # are read too (F111): the record is behind the middle one.
+    (F125, "deploy_key", [("rotate", True, (CallFault(7, "crash_after"),)), ("advance", 25200), ("tick", "r0", (CallFault(16, "crash_after"),)),
+                          ("advance", 86400), ("edit", "path"), ("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()),
+                          ("edit", "path"), ("state", "older")]),
+    # A file renamed; the new name's takeover crashed after writing its own record (the old one never marked moved);
+    # the live path restored by hand to the previous key; renamed again, adopted (the old name's record carried on)
+    # and rotated: the previous key, live again and superseded again, had a new grace there, but the first new name's
+    # file-less record still retired it on its old schedule, 5:55 into that grace.
+    (F126, "stripe_key", [("tick", "r0", ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r0", (CallFault(4, "crash_after"),)),
+                          ("foreign", "restore"), ("edit", "rename")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -272,8 +272,9 @@ def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime)
         **errors,
     }
     if outcome.step == "issue" and record.pending is not None:
-        # We cannot know whether the provider minted before failing: sweep first.
-        update["pending"] = _pending(record).model_copy(update={"phase": "issuing"})
+        # We cannot know whether the provider minted before failing: sweep first. Unless the record names what it
+        # minted (the step failed after, writing it down): verified next, never minted over (sim F122).
+        update["pending"] = _pending(record).model_copy(update={"phase": "issuing" if record.pending.credential is None else "issued"})
     return record.model_copy(update=update)
 
 

@@ -83,6 +83,12 @@ class PromoteSteps:
         credential = self._pending_credential()
         pending = self.record.pending
         assert pending is not None
+        try:
+            if self._recover_from_undone():  # a later rotation live at a path only a restore's undone versions name (sim F125)
+                return
+        except RotatorError as exc:
+            self._fail("promote", TransientError(str(exc)))  # a read that failed: tried again, never a rollback
+            return
         here = str(self._live)
         last_written = self.record.live_version if self.record.live_path in (None, here) else None
         # By the provider's clock, which may run up to the skew allowance ahead of ours (sim F108).

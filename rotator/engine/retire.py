@@ -30,6 +30,9 @@ class RetireSteps:
             # for nothing; the key is deleted instead (docs/CONTRACT-NOTES.md, issue 15).
             deactivate = False
         step = "deactivate" if deactivate else "revoke"
+        if not self.policy.has_file and not entry.immediate and self._taken_on_by_another(entry, step):
+            self.log = log
+            return
         if not self._may_retire_for_use(entry, step):
             self.log = log
             return
@@ -62,6 +65,32 @@ class RetireSteps:
             self._apply(machine.Revoked(key_id))
         self.log = log
         crashpoint(f"after-{step}")
+
+    def _taken_on_by_another(self, entry: Retiring, step: str) -> bool:
+        """A removed file's record retiring a key that the credential now writing
+        its live path has taken on since (renamed twice, the path restored by
+        hand and adopted: live again there, and superseded there later): that
+        record names it, as current or retiring after this one, and retires it
+        on its own schedule; this one lets go of it (sim F126). True when
+        handled here (let go, or a read failed: tried again later)."""
+        key_id = entry.key.key_id
+        try:
+            for live in self._known_live_paths():
+                owner = self._call(live.read).owner()
+                if owner is None or owner == self.cred.spec.name:
+                    continue
+                other, _ = self._call(lambda o=owner: self.engine.read_record(o))  # type: ignore[misc]
+                if other is None:
+                    continue
+                holds = {k.key_id for k in (other.current, other.pending.credential if other.pending else None) if k is not None}
+                if key_id in holds or any(e.key.key_id == key_id and e.revoke_after > entry.revoke_after for e in other.retiring):
+                    self.log.warning("credential.handed_over", key_id=key_id, to=owner)
+                    self._apply(machine.Revoked(key_id))
+                    return True
+        except RotatorError as exc:
+            self._fail(step, exc, key_id=key_id)
+            return True
+        return False
 
     def _retired_without_secrets(self, entry: Retiring, step: str) -> bool:
         """Its stash entry is gone (`RecordStore.hydrate`): only the handle's
