@@ -117,6 +117,7 @@ F124 = "F124 removed-files-superseded-rollback-kept-the-key-it-replaced-as-curre
 F122 = "F122 failed-recovery-of-a-landed-live-write-minted-over-its-key"
 F125 = "F125 restored-rotation-promoted-over-a-later-one-at-a-path-only-the-undone-versions-knew"
 F126 = "F126 removed-files-record-retired-a-key-another-record-took-on-since"
+F130 = "F130 restored-record-lost-the-promotions-timing-of-a-lost-records-old-key"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -614,6 +615,11 @@ FINDINGS = [
     # file-less record still retired it on its old schedule, 5:55 into that grace.
     (F126, "stripe_key", [("tick", "r0", ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r0", (CallFault(4, "crash_after"),)),
                           ("foreign", "restore"), ("edit", "rename")]),
+    # A record lost after `vault.path` changed: its next rotation's baseline took the old path's key on as superseded
+    # (a grace from the rotation's start, timed again from the promotion, 10 s later). The record was then restored to
+    # the version before that promotion: finding the rotation completed did not time that grace again, so the old key
+    # was deactivated 10 s before a grace had passed since its successor went live.
+    (F130, "aws", [("tick", "r1", ()), ("edit", "path"), ("state", "lost"), ("tick", "r1", ()), ("state", "older")]),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce (none open now).

@@ -58,7 +58,17 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
                 "retiring": [*record.retiring, *extra],
             })
         case Recovered():
-            retiring = list(record.retiring)
+            # Keys taken on as superseded before any successor was live (a lost record's baseline) whose
+            # successor's promotion the restored record never saw: where the live path holds a key (that
+            # successor, or a later one) it happened by now, so their grace runs from no earlier than now (as
+            # `_promoted` would have timed them; sim F130). With none held, they wait for the next promotion.
+            retiring = [
+                e.model_copy(update={"superseded_at": now, "revoke_after": now + policy.grace, "clock": policy.clock})
+                if outcome.current is not None and e.superseded_at is None and e.stage == "active" and not e.immediate
+                and e.revoke_after < now + policy.grace
+                else e
+                for e in record.retiring
+            ]
             old = record.current
             if old is not None and old.key_id != (outcome.current.key_id if outcome.current else None) \
                     and old.key_id not in {e.key.key_id for e in retiring}:

@@ -263,7 +263,8 @@ class IssueSteps:
         after a full grace from now."""
         pending = self.record.pending
         live_rotation = content.custom_metadata.get("rotator-rotation-id") or None
-        if content.data is None or content.owner() != self.cred.spec.name or not is_behind(self.record, live_rotation):
+        at = (str(live_path or self._live), content.version)  # a version the record wrote or caught up with: not behind
+        if content.data is None or content.owner() != self.cred.spec.name or not is_behind(self.record, live_rotation, at=at):
             return False
         now = self.engine.clock.now()
         named = self.provider.live_key(content.data)
