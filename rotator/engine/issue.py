@@ -105,7 +105,6 @@ class IssueSteps:
         try:
             if self.provider.can_list:
                 orphans = [key for key in self._call(self.provider.list_keys) if self._is_orphan(key, pending)]
-                orphans = self._retire_aged(orphans, pending)
                 revoked = self._revoke_orphans(orphans)
             revoked += self._sweep_stash(revoked)
         except RotatorError as exc:
@@ -114,24 +113,6 @@ class IssueSteps:
         self._apply(machine.Swept(tuple(revoked)))
         crashpoint("after-sweep")
         return True
-
-    def _retire_aged(self, orphans: list[Any], pending: Any) -> list[Any]:
-        """The orphans to revoke at once. A lost create's key is found by the next reconcile, a lease after
-        it at most when the rotator runs; one made longer ago by a rotation resumed from Vault may have
-        completed since at a path this record no longer knows (restored from an older version after
-        `vault.path` changed, sim F119): that one is retired after a full grace (at once under
-        `--revoke-now`, which ends every earlier key), never revoked while it may be live."""
-        if pending.rotation_id == self._started_here or pending.revoke_now:
-            return orphans
-        now = self.engine.clock.now()
-        fresh_since = now - timedelta(seconds=self.engine.options.lease_seconds) - self.policy.skew_allowance
-        aged = [k for k in orphans if k.created_at is not None and k.created_at < fresh_since]
-        if aged:
-            self.log.warning("sweep.aged_orphans", key_ids=[k.key_id for k in aged])
-            self._apply(machine.Forgotten(tuple(retiring_from(
-                KeyRecord(key_id=k.key_id, rotation_id=pending.rotation_id, handle=dict(k.handle), issued_at=k.created_at),
-                "swept", now + self.policy.grace, self.policy.clock) for k in aged)), defer=True)
-        return [k for k in orphans if k not in aged]
 
     def _revoke_orphans(self, orphans: list[Any]) -> list[str]:
         """Revoke keys this credential's rotations left behind, each only

@@ -152,17 +152,16 @@ class Engine:
                      version: int) -> ReconcileResult:
         """A record with nothing pending or retiring whose file was removed is reconciled for nothing else:
         restored to an older version, it would never learn of the rotations since, and the keys they left
-        would stay (docs/CONTRACT-NOTES.md, "Issue 10: a removed file's idle record"). Its live paths and
-        the provider's keys are read (no write when the record is up to date); one whose metadata names a
-        rotation the record does not know takes that path's key back as current and retires every other
-        key of this credential after a full grace, and keys marked as this credential's that it does not
-        know and no live path holds are retired after a full grace, under the lease."""
+        would stay (docs/CONTRACT-NOTES.md, "Issue 10: a removed file's idle record"). Its live paths are
+        read (no write when the record is up to date); one whose metadata names a rotation the record does
+        not know takes that path's key back as current and retires every other key of this credential
+        after a full grace, under the lease."""
         run = _Run(self, cred, provider, policy, record, version, None)
         try:
             behind, forgotten = run.idle_findings()
         except RotatorError as exc:
             get_logger().warning("state.look_behind_failed", credential=cred.spec.name, error=str(exc))
-            return ReconcileResult("idle", record, version)
+            return ReconcileResult("failed", record, version)  # looked at again: the daemon remembers only an idle look
         if behind is None and not forgotten:
             return ReconcileResult("idle", record, version)
         if record.lease is not None and self.lease_held_by_other(record.lease, self.clock.now()):

@@ -124,19 +124,18 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
 
     def idle_findings(self) -> tuple[tuple[Any, LivePath] | None, tuple[Retiring, ...]]:
         """An idle record looked at again (a removed file's, `Engine._look_behind`). Reads only: the first
-        live path it may have written whose metadata names a rotation of this credential it does not know,
-        or else the keys marked as this credential's at the provider that it does not know and no live path
-        holds (a rotation since that never went live)."""
+        live path it may have written whose metadata names a rotation of this credential it does not know.
+        (The second part, keys the record does not know, is always empty now: see the comment below.)"""
         contents = [(self._call(live.read), live) for live in self._known_live_paths()]
         for content, live in contents:
             rotation = content.custom_metadata.get("rotator-rotation-id") or None
             if content.data is not None and content.owner() == self.cred.spec.name and is_behind(
                     self.record, rotation, at=(str(live), content.version)):
                 return (content, live), ()
-        if not self.provider.can_list:
-            return None, ()
-        keep = {key for content, _ in contents for key in live_key_ids(content, self.provider)}
-        return None, self._forgotten(self._inventory(), keep=keep, now=self.engine.clock.now())
+        # Not the provider's keys the record does not know (F117): a restored record does not know every
+        # path its credential went live at since (a `vault.path` change), so "no live path holds it" cannot
+        # be shown here; a key live at such a path was revoked (sweep seeds 2437, 6991, 7411).
+        return None, ()
 
     def catch_up(self, behind: tuple[Any, LivePath] | None, forgotten: tuple[Retiring, ...]) -> ReconcileResult:
         """`Engine._look_behind`, under the lease: the record takes in what `idle_findings` found, then

@@ -50,8 +50,7 @@ SLOTS = ("r0", "r1")
 class Process:
     actor: str
     engine: Engine
-    # The removed files' idle records this process compared with their live path, by record version: the
-    # daemon looks once per version (at start-up and reload; `Engine.reconcile(look_behind=True)`).
+    # Removed files' idle records compared with their live path, by version (Engine.reconcile(look_behind=True)).
     looked_behind: set[tuple[str, int]] = field(default_factory=set)
 
 
@@ -172,11 +171,13 @@ class World:
         for cred, version in self.idle_fileless():
             if (cred.spec.name, version) in proc.looked_behind:
                 continue
-            proc.looked_behind.add((cred.spec.name, version))
             self.lines.acting_for[proc.actor] = cred.spec.name
-            if self._run(proc, lambda c=cred: proc.engine.reconcile(c, look_behind=True), what=cred.spec.name) is SimCrash:
+            result = self._run(proc, lambda c=cred: proc.engine.reconcile(c, look_behind=True), what=cred.spec.name)
+            if result is SimCrash:
                 self.procs.pop(slot, None)
                 return
+            if getattr(result, "status", None) == "idle":  # as the daemon: a failed look is tried again
+                proc.looked_behind.add((cred.spec.name, version))
 
     def fileless(self) -> list[LoadedCredential]:
         """The removed files' records with work left."""
