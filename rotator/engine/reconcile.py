@@ -158,17 +158,17 @@ class Engine:
         after a full grace, under the lease."""
         run = _Run(self, cred, provider, policy, record, version, None)
         try:
-            behind, forgotten = run.idle_findings()
+            behind = run.behind_live()
         except RotatorError as exc:
             get_logger().warning("state.look_behind_failed", credential=cred.spec.name, error=str(exc))
             return ReconcileResult("failed", record, version)  # looked at again: the daemon remembers only an idle look
-        if behind is None and not forgotten:
+        if behind is None:
             return ReconcileResult("idle", record, version)
         if record.lease is not None and self.lease_held_by_other(record.lease, self.clock.now()):
             return ReconcileResult("locked", record, version)
         try:
             run.take_lease()
-            return run.catch_up(behind, forgotten)
+            return run.catch_up(*behind)
         except CasMismatchError:
             return ReconcileResult("locked", record, version)
 

@@ -122,31 +122,25 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
             self.engine.changes.record(self.record.credential)
         return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
 
-    def idle_findings(self) -> tuple[tuple[Any, LivePath] | None, tuple[Retiring, ...]]:
+    def behind_live(self) -> tuple[Any, LivePath] | None:
         """An idle record looked at again (a removed file's, `Engine._look_behind`). Reads only: the first
         live path it may have written whose metadata names a rotation of this credential it does not know.
-        (The second part, keys the record does not know, is always empty now: see the comment below.)"""
-        contents = [(self._call(live.read), live) for live in self._known_live_paths()]
-        for content, live in contents:
+        (Not the provider's keys it does not know, sim F117: a restored record does not know every path its
+        credential went live at since a `vault.path` change, so it cannot show that no live path holds one;
+        a key live at such a path was revoked, sweep seeds 2437, 6991, 7411.)"""
+        for live in self._known_live_paths():
+            content = self._call(live.read)
             rotation = content.custom_metadata.get("rotator-rotation-id") or None
             if content.data is not None and content.owner() == self.cred.spec.name and is_behind(
                     self.record, rotation, at=(str(live), content.version)):
-                return (content, live), ()
-        # Not the provider's keys the record does not know (F117): a restored record does not know every
-        # path its credential went live at since (a `vault.path` change), so "no live path holds it" cannot
-        # be shown here; a key live at such a path was revoked (sweep seeds 2437, 6991, 7411).
-        return None, ()
+                return content, live
+        return None
 
-    def catch_up(self, behind: tuple[Any, LivePath] | None, forgotten: tuple[Retiring, ...]) -> ReconcileResult:
-        """`Engine._look_behind`, under the lease: the record takes in what `idle_findings` found, then
-        does what is due."""
+    def catch_up(self, content: Any, live: LivePath) -> ReconcileResult:
+        """`Engine._look_behind`, under the lease: the record catches up with `live`, then does what is due."""
         self._behind_checked = True
         try:
-            if behind is not None:
-                self._recover_if_behind(*behind)
-            else:
-                self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in forgotten])
-                self._apply(machine.Forgotten(forgotten))
+            self._recover_if_behind(content, live)
         except LeaseLostError as exc:
             self.log.warning("lease.lost", error=str(exc))
             return ReconcileResult("locked", self._public(), self.version, self.events)
