@@ -233,6 +233,13 @@ class IssueSteps:
         except RotatorError as exc:
             self._fail("recover", exc)
 
+    def _behind_at(self, content: Any, live_path: LivePath | None = None) -> bool:
+        """`content`, read at `live_path` (the file's path by default), holds this credential's data and its
+        metadata names a rotation the record does not know, at a version the record has not seen."""
+        rotation = content.custom_metadata.get("rotator-rotation-id") or None
+        at = (str(live_path or self._live), content.version)  # a version the record wrote or caught up with: not behind
+        return content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation, at=at)
+
     def _recover_if_behind(self, content: Any, live_path: LivePath | None = None) -> bool:
         """The live path holds a later rotation of this credential than the
         record knows: the record was restored from an older version, and the
@@ -244,8 +251,7 @@ class IssueSteps:
         after a full grace from now."""
         pending = self.record.pending
         live_rotation = content.custom_metadata.get("rotator-rotation-id") or None
-        at = (str(live_path or self._live), content.version)  # a version the record wrote or caught up with: not behind
-        if content.data is None or content.owner() != self.cred.spec.name or not is_behind(self.record, live_rotation, at=at):
+        if not self._behind_at(content, live_path):
             return False
         now = self.engine.clock.now()
         named = self.provider.live_key(content.data)

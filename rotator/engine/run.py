@@ -18,7 +18,7 @@ from rotator.core.errors import CasMismatchError, LeaseLostError, NotFoundError,
 from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import Retiring, StateRecord
 from rotator.engine import retry
-from rotator.engine.baseline import forgotten_keys, is_behind, live_key_ids
+from rotator.engine.baseline import forgotten_keys, live_key_ids
 from rotator.engine.issue import IssueSteps
 from rotator.engine.persistence import Persistence
 from rotator.engine.promote import PromoteSteps
@@ -130,9 +130,7 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
         a key live at such a path was revoked, sweep seeds 2437, 6991, 7411.)"""
         for live in self._known_live_paths():
             content = self._call(live.read)
-            rotation = content.custom_metadata.get("rotator-rotation-id") or None
-            if content.data is not None and content.owner() == self.cred.spec.name and is_behind(
-                    self.record, rotation, at=(str(live), content.version)):
+            if self._behind_at(content, live):
                 return content, live
         return None
 
