@@ -86,6 +86,8 @@ class PromoteSteps:
         try:
             if self._recover_from_undone():  # a later rotation live at a path only a restore's undone versions name (sim F125)
                 return
+            if pending.rotation_id != self._started_here and self._written_over_since(pending):
+                return
         except RotatorError as exc:
             self._fail("promote", TransientError(str(exc)))  # a read that failed: tried again, never a rollback
             return
@@ -118,6 +120,17 @@ class PromoteSteps:
         # Not written on its own: after a crash here the record says
         # `verified`, and the next promotion finds the version already there.
         self._apply(machine.LiveWritten(version), defer=True)
+
+    def _written_over_since(self, pending: Any) -> bool:
+        """A resumed promotion (a record restored from before it, or a crash) whose rotation the live path's
+        metadata already names, though the path holds other data: it went live and was written over since (by
+        a later rotation whose metadata merge never landed, or by hand). Writing its key again would put an
+        old key back over the newer one, whose consumers then lose it (sim F134). It is recovered as
+        completed instead: the data there is taken on, and this rotation's own key retired."""
+        content = self._call(self._live.read)
+        if not self._went_live_in(content, pending.rotation_id) or content.data is None or content.data == dict(pending.data or {}):
+            return False
+        return self._already_completed(pending.rotation_id)
 
     def _describe_live(self) -> None:
         """The promotion's second half: until the metadata names the new

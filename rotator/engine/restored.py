@@ -9,7 +9,7 @@ from typing import Any
 
 from rotator.core import machine
 from rotator.core.state import KeyRecord
-from rotator.engine.baseline import live_key_ids, pending_revoke_now, rotation_key_overwritten
+from rotator.engine.baseline import live_key_ids, rotation_key_overwritten
 from rotator.vault.history import paths_named, undone_versions
 from rotator.vault.livepath import LivePath
 
@@ -33,12 +33,17 @@ class RestoredSteps:
         named = self.provider.live_key(content.data) if content.data else None
         current = None
         if named is not None:
-            current = KeyRecord(key_id=named.key_id, rotation_id=rotation_id, handle=dict(named.handle),
+            meta_key = content.custom_metadata.get("rotator-key-id") or None
+            # Data written over the rotation's key since holds another key: that key's own rotation, by its mark
+            # (a later rotation whose metadata merge never landed, sim F134), else one of its own name.
+            of = rotation_id if meta_key in (None, named.key_id) else self._rotation_of(named.key_id, content.version)
+            current = KeyRecord(key_id=named.key_id, rotation_id=of, handle=dict(named.handle),
                                 issued_at=named.created_at or self.engine.clock.now())
-        # Data written over the rotation's key since (the metadata still names it): that key is retired.
+        # Data written over the rotation's key since (the metadata still names it): that key is retired, after a
+        # full grace: the rotation's own `--revoke-now` was asked for the keys before it, not for its own (sim F134).
         overwritten = self._call(lambda: rotation_key_overwritten(
             content, self.provider, current, rotation_id=rotation_id, name=self.cred.spec.name, grace=self.policy.grace,
-            now=self.engine.clock.now(), revoke_now=pending_revoke_now(self.record), clock=self.policy.clock))
+            now=self.engine.clock.now(), revoke_now=False, clock=self.policy.clock))
         listed = self._call(self.provider.list_keys) if live is not None and self.provider.can_list else []
         self._apply(machine.Recovered(current, content.version, str(path), overwritten))
         if listed:
@@ -52,6 +57,14 @@ class RestoredSteps:
             return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
         self.request = None
         return True
+
+    def _rotation_of(self, key_id: str, version: int) -> str:
+        """The rotation whose mark `key_id` carries at the provider, if it is one of this credential's."""
+        if self.provider.can_list:
+            for key in self._call(self.provider.list_keys):
+                if key.key_id == key_id and key.mark is not None and key.mark.credential == self.cred.spec.name:
+                    return key.mark.rotation_id
+        return f"recovered-v{version}"
 
     def _went_live_in(self, content: Any, rotation_id: str) -> bool:
         """The path's data is this credential's, and its metadata names `rotation_id` as the one that wrote it."""
