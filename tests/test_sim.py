@@ -123,6 +123,8 @@ F132 = "F132 restored-record-with-a-lost-cas-after-vault-path-and-rename-revoked
 F133 = "F133 crashed-rotations-after-vault-path-and-rename-revoked-early"
 F134 = "F134 restored-revoke-now-record-expired-a-key-at-once-after-a-crash"
 F135 = "F135 lost-record-and-renames-kept-a-revoke-now-target"
+F180 = "F180 restored-record-forgot-the-key-a-later-unfinished-rotation-minted"
+F181 = "F181 restore-followed-by-a-lease-write-hid-the-undone-versions"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -639,6 +641,20 @@ FINDINGS = [
     # on (under its own rotation, by its mark), and the rotation's own key retired after a full grace (sweep seed 18194).
     (F134, "stripe_key", [("rotate", True, ()), ("advance", 86400), ("tick", "r1", (CallFault(8, "crash"),)), ("state", "older")],
      None, 18194),
+    # A `--revoke-now` rotation minted and verified a key, then crashed; the record was restored to the rotation
+    # before, and the file's data written over by hand, the file removed. The restored rotation was rolled back, and
+    # nothing else named the later rotation's key: the live path never held it. The versions the restore undid name
+    # it: a resumed rotation about to be undone retires such keys a full grace later, unless a path holds them
+    # (sweep seed 12222).
+    (F180, "stripe_key", [("tick", "r1", ()), ("rotate", True, (CallFault(6, "crash_after"),)), ("state", "older"),
+                          ("foreign", "garbage"), ("edit", "delete")], None, 12222),
+    # The record restored to its first rotation's `issuing` after `vault.path` changed (that rotation had completed
+    # at the old path); a crashed tick then wrote it once (its lease). The versions the restore undid were looked
+    # for as those before a version equal to the record read, which the lease write had changed: none found, the
+    # old path never read, and the rotation's key, live there, swept at once. The copy is now the newest version
+    # equal to an older one, whatever was written since (sweep seed 14045).
+    (F181, "webhook", [("tick", "r1", ()), ("edit", "path"), ("state", "older"), ("tick", "r1", (CallFault(2, "crash"),)),
+                       ("edit", "rename")], None, 14045),
     # Open, found by the 20,000-schedule sweep at the end of session 5. F132 and F133 pass at e023a0e (bisected to
     # 805e17c); F135's replay fails there too (its seed's bisect followed the jitter's draws, not a change of rule).
     (F132, "aws", [("pause", "r1", 8, 421.0, "r0"), ("state", "older"), ("edit", "path"), ("tick", "r0", (CallFault(10, "cas"),)),

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from rotator.core import machine
-from rotator.core.state import KeyRecord
-from rotator.engine.baseline import live_key_ids, rotation_key_overwritten
+from rotator.core.state import KeyRecord, StateRecord
+from rotator.engine.baseline import live_key_ids, retiring_from, rotation_key_overwritten
 from rotator.vault.history import paths_named, undone_versions
 from rotator.vault.livepath import LivePath
 
@@ -89,4 +89,36 @@ class RestoredSteps:
         for path in self._undone_paths:
             if self._already_completed(pending.rotation_id, LivePath(self.engine.store, *path.split("/", 1))):
                 return True
+        self._retire_undone_keys(undone)
         return False
+
+    def _retire_undone_keys(self, undone: list[StateRecord]) -> None:
+        """The keys the undone versions name that the record no longer knows (a later rotation that minted,
+        perhaps verified, and never went live: its record restored to before it, sim sweep seed 12222).
+        Nothing else names them: the live path never held them, and a restored record does not know every
+        path its credential went live at, so a bare listing of the provider's keys cannot retire them (F117).
+        Retired after a full grace from now, each only if the provider still lists it as active and no path
+        this credential may have made live (the file's, the record's, those the undone versions name) holds it."""
+        known = self.record.managed_key_ids()
+        named = {key.key_id for version in undone for key in _keys_of(version)} - known
+        if not named or not self.provider.can_list:
+            return
+        listed = [key for key in self._call(self.provider.list_keys) if key.key_id in named and key.active]
+        if not listed:
+            return
+        live: set[str] = set()
+        for path in self._known_live_paths():
+            live |= live_key_ids(self._call(path.read), self.provider)
+        now = self.engine.clock.now()
+        found = tuple(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id if key.mark else "recovered",
+                                              handle=dict(key.handle), issued_at=key.created_at or now),
+                                    "recovered", now + self.policy.grace, self.policy.clock)
+                      for key in listed if key.key_id not in live)
+        if found:
+            self._apply(machine.Forgotten(found), defer=True)
+            self.log.warning("state.restore_forgot_keys", key_ids=sorted(e.key.key_id for e in found))
+
+
+def _keys_of(record: StateRecord) -> list[KeyRecord]:
+    return [k for k in (record.current, record.pending.credential if record.pending else None, *(e.key for e in record.retiring))
+            if k is not None]

@@ -15,22 +15,24 @@ from rotator.vault.store import VaultStore
 
 def undone_versions(store: VaultStore, mount: str, path: str, *, version: int, record: StateRecord,
                     back: int = 10) -> list[StateRecord]:
-    """When `record` (read at `version`) is a copy of an earlier version, the
-    versions written between that one and the copy, newest first; empty when
-    it is no copy (up to `back` version reads). Versions deleted, destroyed
-    or malformed are passed over."""
-    between: list[StateRecord] = []
+    """When `record` (read at `version`) is a copy of an earlier version, or descends from one (the
+    rotator wrote since the restore: a lease taken, a step recorded, sim sweep seed 14045), the versions
+    written between the original and its copy, newest first; empty when no copy is found (up to `back`
+    version reads). The newest version equal to an older one is the copy. Versions deleted, destroyed or
+    malformed are passed over."""
+    read: list[StateRecord] = [record]  # newest first: `version`, then the older ones
     for older in range(version - 1, max(0, version - 1 - back), -1):
         data = store.read_version(mount, path, older)
         if data is None:
             continue
         try:
-            parsed = StateRecord.from_vault(data)
+            read.append(StateRecord.from_vault(data))
         except ValueError:
             continue
-        if parsed == record:
-            return between
-        between.append(parsed)
+    for copy, held in enumerate(read):
+        original = next((i for i in range(copy + 1, len(read)) if read[i] == held), None)
+        if original is not None:
+            return read[copy + 1:original]
     return []
 
 
