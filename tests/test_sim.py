@@ -125,6 +125,8 @@ F134 = "F134 restored-revoke-now-record-expired-a-key-at-once-after-a-crash"
 F135 = "F135 lost-record-and-renames-kept-a-revoke-now-target"
 F180 = "F180 restored-record-forgot-the-key-a-later-unfinished-rotation-minted"
 F181 = "F181 restore-followed-by-a-lease-write-hid-the-undone-versions"
+F182 = "F182 restored-records-completed-rotation-forgot-a-later-crashed-mint"
+F183 = "F183 revoke-now-kept-a-key-restored-by-hand-at-a-path-the-file-left"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -655,6 +657,19 @@ FINDINGS = [
     # equal to an older one, whatever was written since (sweep seed 14045).
     (F181, "webhook", [("tick", "r1", ()), ("edit", "path"), ("state", "older"), ("tick", "r1", (CallFault(2, "crash"),)),
                        ("edit", "rename")], None, 14045),
+    # A later rotation crashed right after its mint (`issuing`, no key recorded; marked at Stripe); the record was
+    # restored to the first rotation's start, which had completed, and the file renamed after a `vault.path` change.
+    # The file-less record found its rotation completed, and nothing named the later key. The versions the restore
+    # undid name that rotation: its marked keys are retired too, a full grace later (sweep seed 16904).
+    (F182, "webhook", [("tick", "r1", ()), ("rotate", True, ()), ("edit", "path"), ("advance", 86400),
+                       ("tick", "r1", (CallFault(5, "crash_after"),)), ("advance", 10800), ("tick", "r1", (CallFault(9, "crash"),)),
+                       ("state", "older"), ("edit", "rename")], None, 16904),
+    # The previous key written back by hand at the live path, then `vault.path` changed and `rotate --revoke-now`
+    # asked: the old key, held only at the path the file left (still marked as this credential's), was refused as
+    # "live" and kept its grace. A `--revoke-now` entry is kept only by the file's path and by a path another
+    # credential has taken on (sweep seed 13729).
+    (F183, "stripe_key", [("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()), ("foreign", "restore"), ("edit", "path"),
+                          ("rotate", True, ()), ("state", "older")], None, 13729),
     # Open, found by the 20,000-schedule sweep at the end of session 5. F132 and F133 pass at e023a0e (bisected to
     # 805e17c); F135's replay fails there too (its seed's bisect followed the jitter's draws, not a change of rule).
     (F132, "aws", [("pause", "r1", 8, 421.0, "r0"), ("state", "older"), ("edit", "path"), ("tick", "r0", (CallFault(10, "cas"),)),

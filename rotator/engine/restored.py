@@ -50,6 +50,7 @@ class RestoredSteps:
             found = self._forgotten(listed, keep=live_key_ids(content, self.provider), now=self.engine.clock.now())
             if found:
                 self._apply(machine.Forgotten(found))
+        self._retire_undone_keys(self._read_undone())  # a restore may have undone a later rotation's mint (sim F182)
         self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version,
                          **({"vault_path": str(path)} if live is not None else {}))
         self.status = "completed"
@@ -79,10 +80,7 @@ class RestoredSteps:
         pending = self.record.pending
         if pending is None or pending.rotation_id == self._started_here or self._undone_paths is not None:
             return False
-        records = self.engine.records
-        name = self.cred.spec.name
-        undone = self._call(lambda: undone_versions(records.store, records.mount, records.record_path(name),
-                                                    version=self._initial_version, record=self._initial))
+        undone = self._read_undone()
         first = self._initial.pending
         known = {str(live) for live in self._known_live_paths(first.target if first else None)}
         self._undone_paths = [path for path in paths_named(undone) if path not in known]
@@ -92,18 +90,34 @@ class RestoredSteps:
         self._retire_undone_keys(undone)
         return False
 
+    def _read_undone(self) -> list[StateRecord]:
+        """The versions a restore of the record undid (`history.undone_versions`), read once a run."""
+        if self._undone is None:
+            records, name = self.engine.records, self.cred.spec.name
+            self._undone = self._call(lambda: undone_versions(records.store, records.mount, records.record_path(name),
+                                                              version=self._initial_version, record=self._initial))
+        return self._undone
+
     def _retire_undone_keys(self, undone: list[StateRecord]) -> None:
         """The keys the undone versions name that the record no longer knows (a later rotation that minted,
         perhaps verified, and never went live: its record restored to before it, sim sweep seed 12222).
         Nothing else names them: the live path never held them, and a restored record does not know every
         path its credential went live at, so a bare listing of the provider's keys cannot retire them (F117).
         Retired after a full grace from now, each only if the provider still lists it as active and no path
-        this credential may have made live (the file's, the record's, those the undone versions name) holds it."""
+        this credential may have made live (the file's, the record's, those the undone versions name) holds it.
+        Keys made by a rotation those versions had under way before it recorded its key (`issuing`: a crash
+        right after the mint, sim sweep seed 16904) are found by their mark. Once a run."""
+        if self._undone_retired:
+            return
+        self._undone_retired = True
         known = self.record.managed_key_ids()
         named = {key.key_id for version in undone for key in _keys_of(version)} - known
-        if not named or not self.provider.can_list:
+        rotations = {version.pending.rotation_id for version in undone if version.pending is not None}
+        if not (named or rotations) or not self.provider.can_list:
             return
-        listed = [key for key in self._call(self.provider.list_keys) if key.key_id in named and key.active]
+        name = self.cred.spec.name
+        listed = [key for key in self._call(self.provider.list_keys) if key.active and key.key_id not in known and (
+            key.key_id in named or (key.mark is not None and key.mark.credential == name and key.mark.rotation_id in rotations))]
         if not listed:
             return
         live: set[str] = set()

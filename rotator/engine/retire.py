@@ -40,7 +40,7 @@ class RetireSteps:
             self.log = log
             return
         try:
-            if self._is_named_live(key_id):
+            if self._is_named_live(key_id, revoke_now=entry.immediate):
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
             self.ensure_lease()  # after the reads, right before the call: a holder that stalled in them stops here
             if deactivate:

@@ -69,6 +69,8 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
         self._behind_checked = False  # whether this run compared a resumed rotation with the live path
         self._initial, self._initial_version = record, version
         self._undone_paths: list[str] | None = None  # what a restore of the record undid names (RestoredSteps)
+        self._undone: list[StateRecord] | None = None  # the versions it undid, once read
+        self._undone_retired = False  # the keys only they name were looked for
         _register_record_secrets(record, provider)
 
     # -- persistence -------------------------------------------------------------
