@@ -129,6 +129,9 @@ class Pending(_Frozen):
     # MOUNT/PATH this rotation writes (its file's `vault.path`), so that a
     # removed file's unfinished rotation is looked for where it went live.
     target: str | None = None
+    # The paths `target` named before `vault.path` moved on (taking the lease points `target` at the file's
+    # path), newest first: the rotation may have gone live at one of them before the record said so (sim F132, F133).
+    earlier_targets: list[str] = Field(default_factory=list)
 
 
 class Retiring(_Frozen):

@@ -218,9 +218,7 @@ class IssueSteps:
         lives = self._known_live_paths(first.target if first else None)
         try:
             read = [(live, self._call(live.read)) for live in lives]
-            went = next((live for live, content in read
-                         if first is not None and str(live) == first.target and content.data is not None
-                         and self._went_live_in(content, first.rotation_id)), None)
+            went = self._went_live_where_it_wrote(read, first)
             if went is not None:
                 # It went live where it was writing: the newest, whatever an older path holds (sim F112). Where
                 # `vault.path` has moved on since, it is recovered there: the usual steps look at the new path.

@@ -10,7 +10,7 @@ from typing import Any
 
 from rotator.audit.events import redact_text
 from rotator.core.errors import CasMismatchError, LeaseLostError, RotatorError
-from rotator.core.state import Lease, StateRecord
+from rotator.core.state import Lease, Pending, StateRecord
 from rotator.engine.results import _StaleRecordError
 
 
@@ -69,11 +69,19 @@ class Persistence:
             if pending is not None and pending.target != str(self._live):
                 # Where the rotation writes, known before it writes: a removed
                 # file's rotation is finished (or undone) where it went live.
-                update["pending"] = pending.model_copy(update={"target": str(self._live)})
+                update["pending"] = self._retargeted(pending)
         if defer:
             self._defer(self.record.model_copy(update=update))
             return
         self._write(self.record.model_copy(update=update))
+
+    def _retargeted(self, pending: Pending) -> Pending:
+        """`pending` writing the file's path from now on; the path it wrote before joins its earlier targets
+        (at most 4): it may have gone live there, a crash after that write and before the record said so,
+        and only the record remembers the path (sim F132, F133)."""
+        here = str(self._live)
+        earlier = [p for p in dict.fromkeys((pending.target, *pending.earlier_targets)) if p and p != here]
+        return pending.model_copy(update={"target": here, "earlier_targets": earlier[:4]})
 
     def persist(self, record: StateRecord) -> None:
         """Write the record back, renewing the lease; a lost CAS means the lease is gone."""

@@ -75,9 +75,11 @@ class PromoteSteps:
         """Every path this credential may have made live: its file's first, the
         one its record last wrote, the one its rotation in flight writes (and
         wrote when this run read it: taking the lease points it at the file's),
-        those a restore of the record undid name (once read), and `also`."""
+        those it wrote before `vault.path` moved on (sim F132, F133), those a
+        restore of the record undid name (once read), and `also`."""
         pending, first = self.record.pending, self._initial.pending
         others = {self.record.live_path, pending.target if pending else None, first.target if first else None, *also,
+                  *(pending.earlier_targets if pending else ()), *(first.earlier_targets if first else ()),
                   *(self._undone_paths or ())} - {str(self._live), None}
         return [self._live, *(LivePath(self.engine.store, *p.split("/", 1)) for p in sorted(others) if p and "/" in p)]
 
@@ -223,6 +225,7 @@ class PromoteSteps:
                 since = (self.record.live_version or 0) if self.record.live_path in (None, str(self._live)) else 0
                 # Live once and superseded since (another record took the path on): a grace, not a revoke (sim F21).
                 superseded = bool(pending.data) and self._call(lambda: self._live.held_before(pending.data, since=since))
+                superseded = superseded or self._held_where_it_wrote_before(pending)  # sim F133
                 lost = self._needs_lost_secret(pending.credential)
                 if not superseded and not lost:
                     if self._is_named_live(credential.key_id):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rotator.core import machine
-from rotator.core.state import KeyRecord, StateRecord
+from rotator.core.state import KeyRecord, Pending, StateRecord
 from rotator.engine.baseline import live_key_ids, retiring_from, rotation_key_overwritten
 from rotator.vault.history import paths_named, undone_versions
 from rotator.vault.livepath import LivePath
@@ -70,6 +70,32 @@ class RestoredSteps:
     def _went_live_in(self, content: Any, rotation_id: str) -> bool:
         """The path's data is this credential's, and its metadata names `rotation_id` as the one that wrote it."""
         return content.owner() == self.cred.spec.name and content.custom_metadata.get("rotator-rotation-id") == rotation_id
+
+    def _went_live_where_it_wrote(self, read: list[tuple[LivePath, Any]], first: Pending | None) -> LivePath | None:
+        """Of the paths `read` (each with its content), the one the rotation `first` (the record's, as read)
+        was writing whose metadata names it: its target, else a path it wrote before `vault.path` moved on
+        (`earlier_targets`, newest first: taking the lease, which a failed pass did, points the target at the
+        file's path; sim F132)."""
+        if first is None:
+            return None
+        by_path = {str(live): (live, content) for live, content in read}
+        for path in (first.target, *first.earlier_targets):
+            live, content = by_path.get(path or "", (None, None))
+            if live is not None and content.data is not None and self._went_live_in(content, first.rotation_id):
+                return live
+        return None
+
+    def _held_where_it_wrote_before(self, pending: Pending) -> bool:
+        """A rotation being undone whose data a path it wrote before `vault.path` moved on holds (or held): a
+        crash after that live write, before its metadata or the record said so. It went live there, and the
+        path its credential writes now superseded it: a grace, not a revoke (sim F133)."""
+        for target in pending.earlier_targets if pending.data else ():
+            live = LivePath(self.engine.store, *target.split("/", 1))
+            if self._call(lambda at=live: at.version_holding(pending.data)) is not None:
+                return True
+            if self._call(lambda at=live: at.held_before(pending.data, since=0)):
+                return True
+        return False
 
     def _recover_from_undone(self) -> bool:
         """Before a resumed rotation is undone (rolled back, its keys swept): when the record read is a copy of
