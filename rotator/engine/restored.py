@@ -88,12 +88,14 @@ class RestoredSteps:
     def _held_where_it_wrote_before(self, pending: Pending) -> bool:
         """A rotation being undone whose data a path it wrote before `vault.path` moved on holds (or held): a
         crash after that live write, before its metadata or the record said so. It went live there, and the
-        path its credential writes now superseded it: a grace, not a revoke (sim F133)."""
+        path its credential writes now superseded it: a grace, not a revoke (sim F133). Not where another
+        credential has taken the path on since (adopted it): the key is live there, and never revoked."""
         for target in pending.earlier_targets if pending.data else ():
             live = LivePath(self.engine.store, *target.split("/", 1))
-            if self._call(lambda at=live: at.version_holding(pending.data)) is not None:
-                return True
-            if self._call(lambda at=live: at.held_before(pending.data, since=0)):
+            content = self._call(live.read)
+            if content.owner() not in (None, self.cred.spec.name):
+                continue
+            if content.data == dict(pending.data or {}) or self._call(lambda at=live: at.held_before(pending.data, since=0)):
                 return True
         return False
 
