@@ -117,6 +117,13 @@ def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False,
     return result
 
 
+def loaded_names(result: LoadResult) -> Callable[[], frozenset[str] | None]:
+    """For `Engine.configured`: the names of the credentials loaded, or None when some file failed to load
+    (its name is then unknown, so no name can be said to have no file)."""
+    names = None if result.failed_files else frozenset(result.credentials)
+    return lambda: names
+
+
 def build_store(settings: Settings) -> VaultStore:
     from rotator.vault.store import VaultStore
 

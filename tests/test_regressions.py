@@ -472,6 +472,47 @@ def test_renamed_file_carries_its_keys_on(world: World) -> None:
     assert world.violations == []
 
 
+def _renamed_twice_with_the_middle_record_lost(world: World, bao_client: Any, *, configured: bool) -> tuple[str, str]:
+    """A rotated; renamed to B, whose takeover minted a key (marked B) whose answer was lost; B's record then
+    lost; renamed to C, rotated with `--revoke-now`. Returns (the key B minted, C's live key)."""
+    world.keys.limit = 10
+    world.rotate()
+    world.name, world.cred = world.name + "-b", world.credential(name=world.name + "-b")
+    world.keys.fail("issue", "after")
+    world.clock.advance(timedelta(days=31))
+    assert world.reconcile().status == "failed"
+    minted = next(k for k in world.keys.keys.values() if k.mark is not None and k.mark.credential == world.name).key_id
+    bao_client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{world.prefix}/{world.name}", mount_point="secret")
+    world.name, world.cred = world.name + "-c", world.credential(name=world.name + "-c")
+    if configured:
+        world.engine.configured = lambda: frozenset({world.name})
+    world.clock.advance(timedelta(minutes=5))
+    assert world.reconcile(request=Request(revoke_now=True)).status == "completed"
+    return minted, world.live_key_id()  # type: ignore[return-value]
+
+
+def test_a_renamed_files_middle_name_lost_with_its_record_leaves_no_key(world: World) -> None:
+    """sim F135 on the real OpenBao: the old name's record says it moved to a name that has neither a file
+    nor a record any more; the keys marked with that name are this credential's, revoked at once under the
+    `--revoke-now` asked of the last name."""
+    minted, live = _renamed_twice_with_the_middle_record_lost(world, world.bao, configured=True)
+    revoked = minted != live and minted not in world.keys.keys
+    assert revoked, "the middle name's key must be revoked at once"
+    assert world.violations == []
+
+
+def test_a_middle_name_is_not_taken_for_gone_when_the_files_are_unknown(openbao, bao_client, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """The same, with no list of the files loaded (a file failed to load, or a caller that did not say): the
+    middle name might still be a file, so its keys are never taken by guess."""
+    world = make_world(openbao, bao_client, unique)
+    try:
+        minted, _ = _renamed_twice_with_the_middle_record_lost(world, bao_client, configured=False)
+        assert minted in world.keys.keys and world.keys.keys[minted].active
+    finally:
+        world.engine.close()
+        WORLDS.pop(world.world_id, None)
+
+
 def _two_rotations_by_a_daemon(openbao, iam_user, iam_admin, config_dir, unique: str) -> Any:  # type: ignore[no-untyped-def]
     """A real daemon over one AWS credential file (grace 1h, no deactivation delay) that has rotated twice;
     `first` is in its grace, `second` live. Real OpenBao, real moto."""

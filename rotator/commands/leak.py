@@ -30,7 +30,7 @@ def leaked(digest: str | None, wait_seconds: float, config_dir: Path | None) -> 
     from rotator.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _configure_logging, _load_credentials, _log, _settings
     from rotator.core.errors import RotatorError
     from rotator.engine import leak
-    from rotator.wiring import build_app
+    from rotator.wiring import build_app, loaded_names
 
     settings = _settings(config_dir)
     if digest is not None:
@@ -56,6 +56,7 @@ def leaked(digest: str | None, wait_seconds: float, config_dir: Path | None) -> 
     _on_interrupt(stop)
     try:
         app = build_app(settings, shutdown=stop)
+        app.engine.configured = loaded_names(loaded)
         matches = leak.find_matches(app.engine, loaded.credentials.values(), digests, concurrency=settings.max_concurrency)
     except RotatorError as exc:
         _log().error("leak.lookup_failed", error=redact_text(str(exc)))

@@ -35,7 +35,7 @@ def rotate(names: tuple[str, ...], everything: bool, provider_kind: str | None, 
     from rotator.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _configure_logging, _load_credentials, _log, _settings
     from rotator.core.errors import RotatorError
     from rotator.engine import mass
-    from rotator.wiring import build_app
+    from rotator.wiring import build_app, loaded_names
 
     settings = _settings(config_dir)
     err = mass.stderr()
@@ -67,6 +67,7 @@ def rotate(names: tuple[str, ...], everything: bool, provider_kind: str | None, 
         _log().error("rotation.failed", credential=creds[0].spec.name if len(creds) == 1 else None, step="start",
                      error=redact_text(str(exc)), will_retry=False, next_attempt_at=None)
         sys.exit(EXIT_FAILED)
+    app.engine.configured = loaded_names(loaded)
     progress.total = len(creds)
     outcomes = mass.rotate_many(app.engine, creds, revoke_now=revoke_now, concurrency=settings.max_concurrency,
                                 lease_wait=wait_seconds, stop=stop, on_done=progress.add)

@@ -39,7 +39,7 @@ from rotator.daemon.fileless_scan import find_fileless
 from rotator.daemon.prefetch import StatePrefetch
 from rotator.engine.results import ReconcileResult
 from rotator.vault.records import has_inline_secrets
-from rotator.wiring import App, load_credentials
+from rotator.wiring import App, load_credentials, loaded_names
 
 NEVER = datetime.max.replace(tzinfo=UTC)
 
@@ -118,6 +118,7 @@ class Daemon:
         on_loaded = self.prefetch.begin() if prefetch and not self._loaded_once else None
         result = load_credentials(self.app.settings, keep_last_good_policy=self._loaded_once, on_loaded=on_loaded)
         self._loaded_once = True
+        self.engine.configured = loaded_names(result)
         for problem in result.problems:
             self.log.error("config.invalid", file=problem.file, error=f"{problem.field}: {problem.message}")
         for warning in result.warnings:

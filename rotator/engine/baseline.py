@@ -84,6 +84,7 @@ def find_baseline(
     now: datetime,
     read_other: Callable[[str], tuple[StateRecord | None, int]],
     clock: str | None = None,
+    is_gone: Callable[[str], bool] = lambda name: False,
 ) -> Baseline | None:
     """The baseline to start from, None when the path is empty; a
     `PermanentError` when the path holds someone else's data."""
@@ -134,11 +135,15 @@ def find_baseline(
                 if current is not None:
                     retiring.append(retiring_from(current, "renamed", now + grace, clock))
                 current = held
-            if other.moved_to == name and is_fresh(record):
+            middle = other.moved_to if other.moved_to not in (None, name) and is_gone(other.moved_to) else None
+            if (other.moved_to == name or middle) and is_fresh(record):
                 # Taken over already, and this credential's own record lost since: the old record handed its
-                # keys over and holds none. The provider's marked keys of either name are found again.
+                # keys over and holds none. The provider's marked keys of either name are found again. Or taken
+                # over by a name that has neither a file nor a record any more (renamed again, its record lost,
+                # sim F135): the keys marked with that name are this credential's too.
                 known = {k.key_id for k in (current, *(e.key for e in retiring)) if k is not None}
-                retiring += _strays(record, provider, name=name, keep=known, grace=grace, now=now, read_other=read_other, clock=clock)
+                retiring += _strays(record, provider, name=name, keep=known, grace=grace, now=now, read_other=read_other, clock=clock,
+                                    also=frozenset({middle} if middle else ()))
             return Baseline(current, content.version, live_path, tuple(retiring), moved_from=(owner, version))
         raise PermanentError(
             f"{live_path} holds the data of credential {owner}, whose record does not say it wrote this path; "
@@ -189,13 +194,14 @@ def retiring_from(key: KeyRecord, by: str, after: datetime, clock: str | None) -
 
 
 def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str], grace: timedelta, now: datetime,
-            read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None) -> tuple[Retiring, ...]:
+            read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None,
+            also: frozenset[str] = frozenset()) -> tuple[Retiring, ...]:
     """Keys this credential's rotations made that a lost record forgot:
     retired after a full grace from now (one may still be in its grace)."""
     if not provider.can_list:
         return ()
     return forgotten_keys(record, provider.list_keys(), name=name, keep=keep, grace=grace, now=now, read_other=read_other, clock=clock,
-                          keeps_inactive=provider.retire_delay() is not None)
+                          keeps_inactive=provider.retire_delay() is not None, also=also)
 
 
 def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: str, keep: set[str], grace: timedelta,

@@ -135,6 +135,7 @@ class IssueSteps:
         return self._call(lambda: find_baseline(
             self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
             grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record, clock=self.policy.clock,
+            is_gone=self.engine.is_gone,
         ))
 
     def _sweep_stash(self, revoked: list[str]) -> list[str]:

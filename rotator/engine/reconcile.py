@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 from rotator import __version__
@@ -68,11 +69,21 @@ class Engine:
         self._policies: dict[tuple[str, str, str], Policy] = {}
         self._providers_lock = threading.Lock()
         self.notices = Notifier(self._read_secret)  # consumer notices (rotator.engine.notify): never block a rotation
+        # The names of every credential file the caller loaded (`wiring.loaded_names`); None: unknown (some file
+        # failed to load, or nobody said). Only `is_gone` reads it.
+        self.configured: Callable[[], Collection[str] | None] = lambda: None
 
     # -- wiring --------------------------------------------------------------
 
     def state_path(self, name: str) -> str:
         return f"{self.options.state_prefix}/{name}"
+
+    def is_gone(self, name: str) -> bool:
+        """No credential file is named `name` (every file loaded, none has that name) and no record either:
+        a renamed file's middle name whose record was lost (rotator.engine.baseline, sim F135). Unknown is
+        not gone."""
+        names = self.configured()
+        return names is not None and name not in names and self.read_record(name)[0] is None
 
     def read_record(self, name: str) -> tuple[StateRecord | None, int]:
         """The record as readers see it: no secret value (those are in the stash)."""

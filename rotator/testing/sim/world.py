@@ -142,8 +142,8 @@ class World:
         # Each slot is a host of its own (its own clock); its incarnations share that clock.
         identity = Identity(holder=actor, host=f"sim-{slot}", boot_id=f"sim-{slot}", pid_namespace=None, pid=0, start_ticks=None)
         options = EngineOptions(state_mount=MOUNT, state_prefix=STATE_PREFIX, lease_seconds=LEASE_SECONDS, clock_skew_allowance=SKEW_ALLOWANCE)
-        engine = Engine(store, options=options,  # type: ignore[arg-type]
-                        clock=clock, holder=actor, identity=identity)
+        engine = Engine(store, options=options, clock=clock, holder=actor, identity=identity)  # type: ignore[arg-type]
+        engine.configured = lambda: frozenset(c.spec.name for c in self.loaded())  # every file loads here
         return Process(actor, engine)
 
     def process(self, slot: str) -> Process:
