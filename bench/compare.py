@@ -105,8 +105,9 @@ class MinimalLoop(RawLoop):
     CALLS = [
         ("AWS ListAccessKeys", "the keys before the create: an unmarked key made since is this rotation's (a crash between create and tag, §6.4)"),
         ("Vault write: state record `issuing` (check-and-set)", "the rotation and its lease before the mint (§6.4, §6.5; docs/STATE.md write 1)"),
+        ("AWS TagUser (`rotator-issuing:NAME`)", "the rotation that is creating: a key it makes and no mark names yet is its own, the record lost or not (§6.4)"),
         ("AWS CreateAccessKey", "the new key"),
-        ("AWS TagUser", "its mark: a crash or a lost response leaves a key the sweep can find (§6.4, §6.8)"),
+        ("AWS TagUser", "its mark, the issuing tag cleared: a crash or a lost response leaves a key the sweep can find (§6.4, §6.8)"),
         ("Vault write: stash entry (cas=0)", "the new secret kept before it is used (§6.4; docs/STATE.md write 2)"),
         ("AWS GetCallerIdentity as the new key", "verified by using it (§6.2)"),
         ("Vault write: state record `verified`", "a crash after the live write is finished, not redone (docs/STATE.md write 3)"),
@@ -131,8 +132,11 @@ class MinimalLoop(RawLoop):
         rid = f"r{n + 1}"
         record = kv.create_or_update_secret(path=f"minimal/state/{user}", mount_point="secret", cas=record,
                                             secret={"phase": "issuing", "rotation": rid, "before": [k["AccessKeyId"] for k in before]})["data"]["version"]
+        issuing = " ".join([rid, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), *(k["AccessKeyId"] for k in before)])
+        self.iam.tag_user(UserName=user, Tags=[{"Key": f"rotator-issuing:{user}", "Value": issuing}])
         new = self.iam.create_access_key(UserName=user)["AccessKey"]
-        self.iam.tag_user(UserName=user, Tags=[{"Key": new["AccessKeyId"], "Value": f"rotator:{user}:{rid}"}])
+        self.iam.tag_user(UserName=user, Tags=[{"Key": new["AccessKeyId"], "Value": f"rotator:{user}:{rid}"},
+                                               {"Key": f"rotator-issuing:{user}", "Value": ""}])
         kv.create_or_update_secret(path=f"minimal/stash/{user}/{rid}", mount_point="secret", cas=0,
                                    secret={"access_key_id": new["AccessKeyId"], "secret_access_key": new["SecretAccessKey"]})
         with self._sts_lock:

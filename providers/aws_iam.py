@@ -7,8 +7,13 @@ Invariants:
 - each key the rotator makes is marked with a user tag whose key is the
   access key id (the convention the AWS console uses for key descriptions)
   and whose value is `rotator:CREDENTIAL:ROTATION_ID`; tagging is a second
-  call, so the mark is not atomic and the engine also finds unmarked keys
-  made since a crashed rotation began;
+  call, so the mark is not atomic: right before the create, a user tag
+  `rotator-issuing:CREDENTIAL` = `ROTATION_ID AT KEY_ID...` (the rotation,
+  when the tag was set, the keys it listed before) says a rotation is
+  creating, and the `TagUser` that marks the new key clears it (empty
+  value) in the same call; a key left unmarked (a crash, a lost answer) is
+  told from one a person made by that tag even when the state record is
+  lost too (rotator.core.provider.IssuingNote);
 - throttling and 5xx are transient; `LimitExceeded` is a state problem and
   permanent; a new key that STS does not accept yet is transient (keys take
   seconds to propagate), and the engine's verification budget covers it;
@@ -40,13 +45,15 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rotator.core.clock import parse_rfc3339, to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import NotFoundError, PermanentError, TransientError
-from rotator.core.provider import IssueContext, IssuedCredential, KeyMark, NoCapacityError, Provider, ProviderKey
+from rotator.core.provider import IssueContext, IssuedCredential, IssuingNote, KeyMark, NoCapacityError, Provider, ProviderKey
 from rotator.core.validators import Duration
 
 T = TypeVar("T")
 MARK_PREFIX = "rotator:"
+ISSUING_PREFIX = "rotator-issuing:"  # + the credential's name (≤ 63 of [a-z0-9._-]): a tag key of ≤ 79 characters
 _TRANSIENT_CODES = {
     "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
     "ServiceUnavailable", "ServiceFailure", "InternalFailure", "RequestTimeout", "RequestExpired",
@@ -137,6 +144,34 @@ def _parse_mark(value: str | None) -> KeyMark | None:
     return KeyMark(credential, rotation_id) if credential and rotation_id else None
 
 
+def issuing_tag(ctx: IssueContext, at: datetime) -> dict[str, str]:
+    """The user tag set right before a create: `rotator-issuing:CREDENTIAL` = `ROTATION_ID AT KEY_ID...`.
+    IAM's tag alphabet (letters, digits, spaces, `_.:/=+-@`) and sizes (key ≤ 128, value ≤ 256): a
+    rotation id (25), a time to the second (20) and the user's keys before the create (at most 2 of 20)."""
+    value = " ".join([ctx.rotation_id, to_rfc3339(at), *sorted(ctx.preexisting_key_ids)])
+    return {"Key": ISSUING_PREFIX + ctx.credential, "Value": value}
+
+
+def issuing_cleared(credential: str) -> dict[str, str]:
+    """The same tag emptied, set by the call that marks the new key: nothing is being created any more."""
+    return {"Key": ISSUING_PREFIX + credential, "Value": ""}
+
+
+def parse_issuing(tags: Mapping[str, str]) -> tuple[IssuingNote, ...]:
+    """The issuing notes among a user's tags (key -> value); empty or malformed ones say nothing."""
+    notes = []
+    for key, value in tags.items():
+        parts = value.split()
+        if not key.startswith(ISSUING_PREFIX) or len(parts) < 2:
+            continue
+        try:
+            at = parse_rfc3339(parts[1])
+        except ValueError:
+            continue
+        notes.append(IssuingNote(key.removeprefix(ISSUING_PREFIX), parts[0], at, frozenset(parts[2:])))
+    return tuple(notes)
+
+
 class AwsIamAccessKeyProvider(Provider):
     kind: ClassVar[str] = "aws.iam_access_key"
     scope_params: ClassVar[Mapping[str, str]] = {"user_name": "aws_users"}
@@ -221,7 +256,11 @@ class AwsIamAccessKeyProvider(Provider):
 
         # Create first: a listing before every create would cost a call per
         # rotation for what AWS checks anyway. A lost response is the
-        # engine's to handle (not retried: the next step sweeps).
+        # engine's to handle (not retried: the next step sweeps). Right before
+        # it, the issuing tag: a key this create makes and no mark names yet is
+        # told by it from one a person made, with the state record lost too.
+        note = issuing_tag(ctx, self.context.clock.now())
+        _aws(f"tagging IAM user {user} as issuing", lambda: iam.tag_user(UserName=user, Tags=[note]))
         created = _aws(f"creating an access key for {user}", create)
         if created is None:
             keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
@@ -240,7 +279,8 @@ class AwsIamAccessKeyProvider(Provider):
         try:
             _aws(
                 f"tagging access key {key_id}",
-                lambda: iam.tag_user(UserName=user, Tags=[{"Key": key_id, "Value": _mark_value(ctx.credential, ctx.rotation_id)}]),
+                lambda: iam.tag_user(UserName=user, Tags=[{"Key": key_id, "Value": _mark_value(ctx.credential, ctx.rotation_id)},
+                                                          issuing_cleared(ctx.credential)]),
             )
         except (TransientError, PermanentError):
             # Unmarked, it could be mistaken for a key the rotator did not make.
@@ -393,9 +433,11 @@ class AwsIamAccessKeyProvider(Provider):
         keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
         tags = _aws(f"listing tags of {user}", lambda: iam.list_user_tags(UserName=user)["Tags"])
         marks = {t["Key"]: _parse_mark(t["Value"]) for t in tags}
+        notes = parse_issuing({t["Key"]: t["Value"] for t in tags})
         return [
             ProviderKey(key_id=key["AccessKeyId"], handle={"user_name": user, "access_key_id": key["AccessKeyId"]},
-                        created_at=key.get("CreateDate"), active=key.get("Status") == "Active", mark=marks.get(key["AccessKeyId"]))
+                        created_at=key.get("CreateDate"), active=key.get("Status") == "Active", mark=marks.get(key["AccessKeyId"]),
+                        issuing=() if marks.get(key["AccessKeyId"]) else notes)
             for key in keys
         ]
 

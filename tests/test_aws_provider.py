@@ -118,10 +118,13 @@ def actions(proxy: CountingProxy) -> list[str | None]:
 
 
 def test_issue_with_room_creates_and_marks_and_lists_nothing(aws_calls: CountingProxy, iam_user: str, iam_admin) -> None:  # type: ignore[no-untyped-def]
-    """Create first: the 2-key limit is AWS's to check (LimitExceeded), not a listing before every create."""
+    """Create first: the 2-key limit is AWS's to check (LimitExceeded), not a listing before every create. Right
+    before it, the issuing tag (a key left unmarked is told by it from one a person made); the mark clears it."""
     provider = make_provider(iam_user)
     credential = provider.issue(IssueContext("ci", "r1"))
-    assert actions(aws_calls) == ["CreateAccessKey", "TagUser"]
+    assert actions(aws_calls) == ["TagUser", "CreateAccessKey", "TagUser"]
+    tags = {t["Key"]: t["Value"] for t in iam_admin.list_user_tags(UserName=iam_user)["Tags"]}
+    assert tags == {credential.key_id: "rotator:ci:r1", "rotator-issuing:ci": ""}
     keys = {k["AccessKeyId"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}
     assert keys == {credential.key_id}
 
@@ -134,7 +137,7 @@ def test_a_full_user_is_listed_only_after_aws_refused_the_create(aws_calls: Coun
     with pytest.raises(NoCapacityError, match="both are the rotator's") as caught:
         provider.issue(IssueContext("ci", "r1", managed_key_ids=frozenset({first, second})))
     assert caught.value.blocking_key_ids == {first, second}
-    assert actions(aws_calls) == ["CreateAccessKey", "ListAccessKeys"]
+    assert actions(aws_calls) == ["TagUser", "CreateAccessKey", "ListAccessKeys"]
     keys = {k["AccessKeyId"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}
     assert keys == {first, second}
 

@@ -127,6 +127,7 @@ F180 = "F180 restored-record-forgot-the-key-a-later-unfinished-rotation-minted"
 F181 = "F181 restore-followed-by-a-lease-write-hid-the-undone-versions"
 F182 = "F182 restored-records-completed-rotation-forgot-a-later-crashed-mint"
 F183 = "F183 revoke-now-kept-a-key-restored-by-hand-at-a-path-the-file-left"
+F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
@@ -326,7 +327,7 @@ def test_no_orphans_catches_the_adopted_over_key_left_behind(monkeypatch: pytest
 SAFETY = ("never-revoke-live", "live-works", "grace", "one-lease-holder")
 FINDINGS = [
     (F1, "deploy_key", [("tick", "r1", (CallFault(4, "lost"),))]),
-    (F1, "aws", [("tick", "r1", (CallFault(6, "lost"),))]),  # call 6: create_access_key
+    (F1, "aws", [("tick", "r1", (CallFault(7, "lost"),))]),  # call 7: create_access_key (6: the issuing tag)
     (F2, "aws", [("tick", "r0", ()), ("state", "older")]),
     (F3, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("state", "lost"), ("tick", "r0", ()), ("rotate", False, ())]),
     (F4, "aws", [("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()), ("advance", 25200)]),
@@ -359,7 +360,7 @@ FINDINGS = [
     (F19, "deploy_key", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", ()), ("state", "older"), ("edit", "delete")]),
     (F20, "aws", [("pause", "r1", 6, 900.0, "cli"), ("advance", 86400)]),
     (F22, "stripe_key", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("pause", "r0", 3, 900.0, "r1")]),
-    (F23, "aws", [("tick", "r1", ()), ("state", "lost"), ("edit", "path"), ("tick", "r0", (CallFault(13, "crash_after"),))]),
+    (F23, "aws", [("tick", "r1", ()), ("state", "lost"), ("edit", "path"), ("tick", "r0", (CallFault(14, "crash_after"),))]),
     (F24, "webhook", [("rotate", False, ()), ("rotate", False, ()), ("foreign", "restore"), ("advance", 25200), ("edit", "rename")]),
     (F25, "webhook", [("tick", "r1", ()), ("foreign", "garbage"), ("advance", 86400), ("tick", "r0", (CallFault(4, "lost"), CallFault(24, "crash"))),
                       ("edit", "path"), ("state", "older"), ("advance", 25200), ("tick", "r1", (CallFault(4, "crash_after"),)),
@@ -372,7 +373,7 @@ FINDINGS = [
     (F21, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(18, "crash_after"),)), ("edit", "rename")]),
     (F19, "webhook", [("rotate", False, ()), ("rotate", False, (CallFault(11, "429", 20.0), CallFault(18, "crash_after"))),
                       ("advance", 3600), ("edit", "flap")]),
-    (F40, "aws", [("tick", "r0", (CallFault(16, "crash"),)), ("state", "soft")]),
+    (F40, "aws", [("tick", "r0", (CallFault(17, "crash"),)), ("state", "soft")]),
     (F40, "stripe_key", [("tick", "r1", (CallFault(12, "crash_after"),)), ("state", "lost")]),
     (F40, "deploy_key", [("tick", "r1", ()), ("edit", "path"), ("state", "soft"), ("rotate", True, ())]),
     (F40, "deploy_key", [("tick", "r0", ()), ("state", "lost"), ("edit", "path"), ("rotate", True, ())]),
@@ -381,7 +382,7 @@ FINDINGS = [
     (F41, "webhook", [("pause", "r0", 0, 3600.0, "r1"), ("foreign", "garbage"), ("state", "lost")]),
     (F41, "aws", [("tick", "r1", ()), ("rotate", True, ()), ("foreign", "restore"), ("state", "soft")]),
     (F41, "deploy_key", [("rotate", False, ()), ("foreign", "garbage"), ("state", "soft"), ("rotate", True, ())]),
-    (F42, "aws", [("tick", "r0", (CallFault(10, "429", 1.0), CallFault(11, "429", 1.0)))]),
+    (F42, "aws", [("tick", "r0", (CallFault(11, "429", 1.0), CallFault(12, "429", 1.0)))]),
     (F43, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", ()), ("state", "older"), ("advance", 86400),
                       ("rotate", True, ())]),
     (F44, "aws", [("foreign", "garbage")]),
@@ -420,7 +421,7 @@ FINDINGS = [
     # the same rotation (same stash path) and promotes; r1's destroy then removes the live key's entry, so that key's
     # retirement (it needs the stashed secret) failed for ever.
     # (Its seed drives the retry jitter: with another, the verification's retries move the calls.)
-    (F61, "aws", [("tick", "r0", (CallFault(8, "crash_after"),)), ("advance", 25200), ("pause", "r1", 6, 900.0, "r0"), ("rotate", False, ())],
+    (F61, "aws", [("tick", "r0", (CallFault(9, "crash_after"),)), ("advance", 25200), ("pause", "r1", 6, 900.0, "r0"), ("rotate", False, ())],
      None, 600451),  # call 8: the stash write; r1's 6th Vault call: the stash entry's destroy
     # Renamed three times with the same live path; the second name never reached it (a lost stash answer): the
     # live path's metadata still names the first, whose record says it moved to the second. The third took the
@@ -440,7 +441,7 @@ FINDINGS = [
     # (by AWS's clock) before the rotation's start (by the replica's), so the sweep did not take it for this
     # rotation's; it stayed, and AWS's 2-key limit then blocked the rotation too.
     (F64, "aws", [("rotate", False, ()), ("edit", "path"), ("advance", 25200), ("advance", 25200), ("advance", 25200), ("skew", "r1", 60.0),
-                  ("advance", 25200), ("tick", "r1", (CallFault(5, "crash"),))], None, 612793),
+                  ("advance", 25200), ("tick", "r1", (CallFault(6, "crash"),))], None, 612793),
     # (Simulation) `rotate --revoke-now` finished the promotion an earlier one left (its metadata merge failed) after
     # someone wrote over the live data by hand: the key it made live is the pending one it finished, which the
     # simulation, looking at the data only, took for a target.
@@ -484,7 +485,7 @@ FINDINGS = [
     # The record's latest version deleted by hand while its file stays: it is written back from its newest
     # readable version (RecordStore.revive), so the rotation it had in flight (a create whose answer was lost)
     # is swept, not forgotten.
-    (F100, "aws", [("tick", "r1", (CallFault(6, "lost"),)), ("state", "soft")]),
+    (F100, "aws", [("tick", "r1", (CallFault(7, "lost"),)), ("state", "soft")]),
     # A record restored to a `--revoke-now` rotation's `issuing`, completed and followed by another since: the keys it
     # did not know get a full grace (that revoke-now was asked before they were made).
     (F101, "deploy_key", [("rotate", True, ()), ("rotate", True, (CallFault(3, "fail"),)), ("rotate", False, ()), ("state", "older")]),
@@ -493,7 +494,7 @@ FINDINGS = [
     # A rename taken over (the old record says moved_to, holds no key), then the new name's record lost: its baseline
     # finds the provider's keys marked with either name again (the old one's key in grace blocked AWS for good).
     (F103, "aws", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r0", ()), ("state", "lost"), ("advance", 86400)]),
-    (F103, "aws", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", (CallFault(11, "lost"),)), ("state", "lost")]),
+    (F103, "aws", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", (CallFault(12, "lost"),)), ("state", "lost")]),
     # A record restored to the rotation before the last, the live data then written over by hand: its next rotation
     # found AWS full with a key marked as its own that it did not know, and blocked for good ("remove it yourself").
     # That key is retired after a full grace (the inventory's rule), and the rotation waits for the room.
@@ -584,15 +585,15 @@ FINDINGS = [
                           ("state", "older")]),
     (F113, "stripe_key", [("tick", "r0", ()), ("edit", "path"), ("advance", 10800), ("state", "older"), ("tick", "r1", ()),
                           ("state", "older")]),
-    (F113, "aws", [("pause", "r0", 7, 900.0, "cli"), ("rotate", True, (CallFault(8, "crash_after"),)), ("advance", 86400),
+    (F113, "aws", [("pause", "r0", 7, 900.0, "cli"), ("rotate", True, (CallFault(9, "crash_after"),)), ("advance", 86400),
                    ("edit", "rename"), ("tick", "r1", ()), ("rotate", True, (CallFault(4, "fail"),)), ("state", "older"),
                    ("edit", "path")]),
     # A record restored to an older version, then a rotation on it crashed between AWS's create and its tag: the next
     # pass found the record behind the live path and dropped that rotation without its sweep, leaving the unmarked key.
-    (F114, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("rotate", False, (CallFault(4, "crash"),))]),
+    (F114, "aws", [("tick", "r0", ()), ("rotate", True, ()), ("state", "older"), ("rotate", False, (CallFault(7, "crash"),))]),
     # The same after `vault.path` changed, the create's answer lost (AWS made the key, untagged).
     (F114, "aws", [("tick", "r0", ()), ("pause", "r0", 0, 421.0, "cli"), ("state", "older"), ("edit", "path"), ("advance", 86400),
-                   ("tick", "r1", (CallFault(4, "lost"),))]),
+                   ("tick", "r1", (CallFault(7, "lost"),))]),
     # Simulation: a record soft-deleted by hand when quiescence began is revived by its first pass; quiescence had
     # counted the next rotations before, without it, and ended before that credential next acted (F96's rule).
     (F123, "deploy_key", [("tick", "r1", ()), ("rotate", True, ()), ("state", "older"), ("foreign", "garbage"), ("state", "soft")]),
@@ -693,6 +694,14 @@ FINDINGS = [
     # and no record, that the old record says it moved to, is a middle name: its keys are the taker's (sweep seed 1110).
     (F135, "stripe_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", (CallFault(10, "lost"),)), ("state", "lost"),
                           ("edit", "rename"), ("rotate", True, ())], None, 1110),
+    # An AWS key made and never tagged (the create's answer lost, or a crash right after it: call 4, after the
+    # issuing tag at 3), and then the state record lost (seed 2420), or restored to a version from before that
+    # rotation (seeds 2024, 1774): nothing the record says tells it from a key a person made; the
+    # `rotator-issuing:app` tag set before the create does. Caught by a lost record's baseline, the inventory after the
+    # restored record's promotion, and (the last) the look before a rotation replaces the issuing tag.
+    (F165, "aws", [("rotate", True, ()), ("rotate", True, (CallFault(4, "lost"),)), ("state", "lost")]),
+    (F165, "aws", [("rotate", False, ()), ("rotate", True, (CallFault(4, "crash_after"),)), ("state", "older")]),
+    (F165, "aws", [("pause", "r1", 3, 3600.0, "cli"), ("advance", 86400), ("tick", "r1", (CallFault(4, "lost"),)), ("state", "older")]),
 ]
 # F117's fix (the look at a removed file's idle record also listed the provider's keys) was taken out: a restored
 # record does not know every path its credential went live at, and it revoked a key live at one (seeds 2437, 6991,

@@ -102,8 +102,9 @@ def test_a_record_changed_behind_the_daemons_back_is_read_again_not_overwritten(
 # (docs/PERFORMANCE.md lists them with the bench's "contract minimum" loop).
 REVOKE_NOW_AWS_CALLS = [
     "ListAccessKeys",     # the keys before this rotation: an unmarked key made since is its own (crash between create and tag, §6.4)
+    "TagUser",            # rotator-issuing:NAME: a key the create makes and no mark names yet is this rotation's, record lost or not (§6.4)
     "CreateAccessKey",    # the new key (LimitExceeded alone would make it list the keys in the way)
-    "TagUser",            # its mark: a crash or a lost response leaves a key the sweep can find (§6.4, §6.8)
+    "TagUser",            # its mark, and the issuing tag cleared: a crash or a lost response leaves a key the sweep can find (§6.4, §6.8)
     "GetCallerIdentity",  # verified as itself before it goes live (§6.2)
     "ListAccessKeys",     # after the promotion: no key of this credential the record forgot (F50); all known, no tags read
     "DeleteAccessKey",    # --revoke-now: the old key goes at once; no deactivation first, which a zero delay makes pointless

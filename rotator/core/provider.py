@@ -57,6 +57,21 @@ class KeyMark:
 
 
 @dataclass(frozen=True)
+class IssuingNote:
+    """A rotation's note at the provider, set right before a create whose mark
+    is a second call (AWS: the `rotator-issuing:CREDENTIAL` user tag before
+    `CreateAccessKey`, cleared by the `TagUser` that marks the new key). It
+    outlives a crash between the two calls and a lost state record: an
+    unmarked key created at about `at`, and not in `before`, is that
+    rotation's (rotator.engine.baseline.issued_unmarked)."""
+
+    credential: str
+    rotation_id: str
+    at: datetime  # when the note was set, by the rotator's clock (to the second)
+    before: frozenset[str] = frozenset()  # the keys the rotation listed before its create
+
+
+@dataclass(frozen=True)
 class ProviderKey:
     """One key as the provider lists it. Never holds a secret value."""
 
@@ -66,6 +81,8 @@ class ProviderKey:
     active: bool = True
     last_used_at: datetime | None = None
     mark: KeyMark | None = None
+    # Unmarked keys only: the issuing notes set in the key's scope (an IAM user's), whichever rotation's.
+    issuing: tuple[IssuingNote, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,8 @@ class IssueContext:
     # at the provider (live + retiring). A provider must never count them
     # as unmanaged.
     managed_key_ids: frozenset[str] = frozenset()
+    # Keys the rotation listed at the provider when it began (non-atomic marks: its IssuingNote names them).
+    preexisting_key_ids: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -135,7 +154,9 @@ class Provider(ABC):
     retires_by_id: ClassVar[bool] = True
     # True where the mark is set in the same call that creates the key (a
     # title, a name). False where it is a second call (AWS user tags): then a
-    # crash between the two leaves an unmarked key, found by creation time.
+    # crash between the two leaves an unmarked key, found by creation time,
+    # and by the IssuingNote the provider set before the create (`issuing`
+    # on the keys it lists), which outlives a lost state record.
     is_marking_atomic: ClassVar[bool] = True
     # True where repeating a create whose response was lost makes no second
     # credential (Stripe replays an idempotency key). Otherwise the engine

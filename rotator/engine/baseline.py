@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from rotator.core.clock import parse_rfc3339
 from rotator.core.errors import PermanentError, TransientError
-from rotator.core.provider import Provider, ProviderKey
+from rotator.core.provider import KeyMark, Provider, ProviderKey
 from rotator.core.state import KeyRecord, Retiring, StateRecord
 from rotator.vault.livepath import ADOPT_HINT, LiveContent
 
@@ -85,6 +85,7 @@ def find_baseline(
     read_other: Callable[[str], tuple[StateRecord | None, int]],
     clock: str | None = None,
     is_gone: Callable[[str], bool] = lambda name: False,
+    skew: timedelta = timedelta(0),
 ) -> Baseline | None:
     """The baseline to start from, None when the path is empty; a
     `PermanentError` when the path holds someone else's data."""
@@ -93,7 +94,7 @@ def find_baseline(
         # this credential's rotations at the provider (minted or stashed
         # before the first live write, or live at a `vault.path` it left).
         strays = _strays(record, provider, name=name, keep=set(), grace=grace, now=now,
-                         read_other=read_other, clock=clock) if is_fresh(record) else ()
+                         read_other=read_other, clock=clock, skew=skew) if is_fresh(record) else ()
         return Baseline(None, content.version, live_path, strays) if strays else None
     owner = content.owner()
     meta_key = content.custom_metadata.get("rotator-key-id") or None
@@ -110,7 +111,7 @@ def find_baseline(
         # written over it by hand (the metadata left as it was) does not.
         named_live = meta_key if meta_key and not names_keys(provider) else None
         strays = _strays(record, provider, name=name, keep={k for k in (named_live, current.key_id if current else None) if k},
-                         grace=grace, now=now, read_other=read_other, clock=clock) if is_fresh(record) else ()
+                         grace=grace, now=now, read_other=read_other, clock=clock, skew=skew) if is_fresh(record) else ()
         return Baseline(current, content.version, live_path, under_revoke_now(content, superseded + strays, now=now))
     if owner is not None:
         owner, other, version = _moved_on(owner, *read_other(owner), name=name, live_path=live_path, read_other=read_other)
@@ -143,7 +144,7 @@ def find_baseline(
                 # sim F135): the keys marked with that name are this credential's too.
                 known = {k.key_id for k in (current, *(e.key for e in retiring)) if k is not None}
                 retiring += _strays(record, provider, name=name, keep=known, grace=grace, now=now, read_other=read_other, clock=clock,
-                                    also=frozenset({middle} if middle else ()))
+                                    also=frozenset({middle} if middle else ()), skew=skew)
             return Baseline(current, content.version, live_path, tuple(retiring), moved_from=(owner, version))
         raise PermanentError(
             f"{live_path} holds the data of credential {owner}, whose record does not say it wrote this path; "
@@ -195,23 +196,42 @@ def retiring_from(key: KeyRecord, by: str, after: datetime, clock: str | None) -
 
 def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str], grace: timedelta, now: datetime,
             read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None,
-            also: frozenset[str] = frozenset()) -> tuple[Retiring, ...]:
+            also: frozenset[str] = frozenset(), skew: timedelta = timedelta(0)) -> tuple[Retiring, ...]:
     """Keys this credential's rotations made that a lost record forgot:
     retired after a full grace from now (one may still be in its grace)."""
     if not provider.can_list:
         return ()
     return forgotten_keys(record, provider.list_keys(), name=name, keep=keep, grace=grace, now=now, read_other=read_other, clock=clock,
-                          keeps_inactive=provider.retire_delay() is not None, also=also)
+                          keeps_inactive=provider.retire_delay() is not None, also=also, skew=skew)
+
+
+CREATE_CALL_TIME = timedelta(seconds=30)  # an issuing note to its create: one call (connect 5 s + read 15 s at most)
+
+
+def issued_unmarked(key: ProviderKey, skew: timedelta) -> KeyMark | None:
+    """The rotation whose issuing note (rotator.core.provider.IssuingNote) names this unmarked key: made
+    within the clock skew allowance (and one call's time) of the note, and not among the keys it listed
+    before. Such a key never reached the rotator's hands (issue() returns a key once marked), so it was
+    never live. None where no note fits, or notes of two credentials do."""
+    if key.mark is not None or key.created_at is None:
+        return None
+    margin = max(timedelta(seconds=5), skew)
+    fits = {KeyMark(n.credential, n.rotation_id) for n in key.issuing
+            if key.key_id not in n.before and n.at - margin <= key.created_at <= n.at + margin + CREATE_CALL_TIME}
+    return fits.pop() if len(fits) == 1 else None
 
 
 def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: str, keep: set[str], grace: timedelta,
                    now: datetime, read_other: Callable[[str], tuple[StateRecord | None, int]], clock: str | None,
-                   keeps_inactive: bool = True, also: frozenset[str] = frozenset()) -> tuple[Retiring, ...]:
+                   keeps_inactive: bool = True, also: frozenset[str] = frozenset(),
+                   skew: timedelta = timedelta(0)) -> tuple[Retiring, ...]:
     """The listed keys marked as this credential's that `record` does not
     know (nor `keep`), as retiring after a full grace from now. Keys marked
     with an old name whose record says it moved here (a renamed file,
     contract §6.9), directly or along a chain of renames, are this
-    credential's too. `keeps_inactive`: an inactive
+    credential's too. An unmarked key an issuing note of this credential
+    names (`issued_unmarked`) is its too, and revoked at once: it was never
+    live. `keeps_inactive`: an inactive
     key still has to be retired (AWS: deactivated, not yet deleted).
     `also`: more credential names whose keys count as this one's."""
     known = record.managed_key_ids() | keep
@@ -233,12 +253,14 @@ def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: 
 
     found = []
     for key in listed:
-        if key.key_id in known or key.mark is None or not ours(key.mark.credential):
+        mark = key.mark or issued_unmarked(key, skew)
+        if key.key_id in known or mark is None or not ours(mark.credential):
             continue
         if not key.active and not keeps_inactive:
             continue  # revoked already (an expired Stripe key stays listed)
-        found.append(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id, handle=dict(key.handle),
-                                       issued_at=key.created_at or now), "recovered", now + grace, clock))
+        entry = retiring_from(KeyRecord(key_id=key.key_id, rotation_id=mark.rotation_id, handle=dict(key.handle),
+                                        issued_at=key.created_at or now), "recovered", now + grace, clock)
+        found.append(entry if key.mark else entry.model_copy(update={"revoke_after": now, "immediate": True}))
     return tuple(found)
 
 

@@ -19,6 +19,7 @@ from rotator.engine.baseline import (
     Baseline,
     find_baseline,
     is_behind,
+    issued_unmarked,
     live_key_ids,
     needs_baseline,
     pending_revoke_now,
@@ -45,9 +46,11 @@ class IssueSteps:
             self._fail("start", exc)
             return
         preexisting: tuple[str, ...] = ()
+        noted: tuple[Any, ...] = ()
         if self.provider.can_list and not self.provider.is_marking_atomic:
             try:
                 preexisting = tuple(self._call(self.provider.list_key_ids))
+                noted = self._noted_strays(preexisting, found)  # before this rotation's issuing note replaces the last
             except RotatorError as exc:
                 self._fail("issue", exc)
                 return
@@ -57,6 +60,8 @@ class IssueSteps:
         if found is not None:
             record = transitions.apply(record, machine.Baselined(found.current, found.live_version, found.live_path, found.retiring), self.policy, now)
         started = transitions.apply(record, machine.Started(rotation_id, action.reason, action.revoke_now, preexisting, str(self._live)), self.policy, now)
+        if noted:
+            started = transitions.apply(started, machine.Forgotten(noted), self.policy, now)
         self._started_here = rotation_id
         self.request = None
         self._started_monotonic = time.monotonic()
@@ -136,6 +141,7 @@ class IssueSteps:
             self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
             grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record, clock=self.policy.clock,
             is_gone=self.engine.is_gone,
+            skew=self.policy.skew_allowance,
         ))
 
     def _sweep_stash(self, revoked: list[str]) -> list[str]:
@@ -165,6 +171,8 @@ class IssueSteps:
             return False
         if key.mark is not None:
             return key.mark.credential == self.cred.spec.name and key.mark.rotation_id == pending.rotation_id
+        if (noted := issued_unmarked(key, self.policy.skew_allowance)) is not None:  # any rotation's: never live
+            return noted.credential == self.cred.spec.name
         if self.provider.is_marking_atomic or key.key_id in pending.preexisting_key_ids or key.created_at is None:
             return False
         # An unmarked key made since this rotation began, on a scope the
@@ -185,7 +193,8 @@ class IssueSteps:
             return
         self._apply(machine.IssueBegun())
         crashpoint("after-issuing-marker")
-        ctx = IssueContext(credential=self.cred.spec.name, rotation_id=pending.rotation_id, managed_key_ids=frozenset(self.record.managed_key_ids()))
+        ctx = IssueContext(credential=self.cred.spec.name, rotation_id=pending.rotation_id, managed_key_ids=frozenset(self.record.managed_key_ids()),
+                           preexisting_key_ids=frozenset(pending.preexisting_key_ids))
         try:
             credential = self._issue_with_room(ctx)
         except RotatorError as exc:

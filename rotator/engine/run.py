@@ -274,7 +274,7 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
         not know (nor `keep`), retiring a full grace from `now`."""
         return forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=keep, grace=self.policy.grace, now=now,
                               read_other=self.engine.read_record, clock=self.policy.clock,
-                              keeps_inactive=self.policy.retire_delay is not None)
+                              keeps_inactive=self.policy.retire_delay is not None, skew=self.policy.skew_allowance)
 
     def _retire_forgotten(self, *, revoke_now: bool) -> None:
         """After a promotion: keys of this credential at the provider that
@@ -299,6 +299,18 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
             self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
             self._apply(machine.Forgotten(found))
 
+
+    def _noted_strays(self, ids: tuple[str, ...], found: Any) -> tuple[Retiring, ...]:
+        """Unmarked keys the last issuing note of this credential names (rotator.core.provider.IssuingNote: a
+        crash or a lost answer between create and mark) that the record does not know (lost or restored since),
+        revoked at once: never live. Tags are read only where `ids` (listed) holds a key nobody here knows."""
+        known = set(self.record.managed_key_ids())
+        if found is not None:
+            known |= {k.key_id for k in (found.current, *(e.key for e in found.retiring)) if k is not None}
+        if set(ids) <= known:
+            return ()
+        unmarked = [k for k in self._call(self.provider.list_keys_without_use) if k.mark is None]
+        return self._forgotten(unmarked, keep=known, now=self.engine.clock.now())
 
     def _inventory(self) -> list[ProviderKey]:
         """The provider's keys as `forgotten_keys` reads them (marks, not last

@@ -1,9 +1,11 @@
 """Simulated AWS IAM access keys (two per user, deactivate before delete).
 
 The provider makes the calls providers/aws_iam.py makes, in its order (the
-named replays in tests/test_sim.py point at calls by index): create first,
-the keys listed only when AWS refused it (LimitExceeded); ids alone where
-the engine asks for ids; no last use where it asks for none.
+named replays in tests/test_sim.py point at calls by index): the issuing tag
+(`rotator-issuing:CREDENTIAL`, a TagUser) then the create, the keys listed
+only when AWS refused it (LimitExceeded); the mark and the issuing tag
+cleared in one TagUser; ids alone where the engine asks for ids; no last use
+where it asks for none.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from pydantic import BaseModel
-from rotator_providers.aws_iam import AwsIamParams
+from rotator_providers.aws_iam import AwsIamParams, issuing_cleared, issuing_tag, parse_issuing
 
 from rotator.core.errors import NotFoundError, PermanentError, TransientError
 from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError, ProviderKey
@@ -38,7 +40,7 @@ class AwsIam(Service):
 
     def __init__(self, now: Callable[[], datetime], *, boundary: Boundary | None = None) -> None:
         super().__init__(now, boundary=boundary)
-        self.tags: dict[str, str] = {}  # the user's tags: access key id -> mark
+        self.tags: dict[str, str] = {}  # the user's tags: access key id -> mark, rotator-issuing:NAME -> note
 
     def user_keys(self) -> list[SimKey]:
         return self.existing()
@@ -82,6 +84,8 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
 
     def issue(self, ctx: IssueContext) -> IssuedCredential:
         iam = self.service
+        note = issuing_tag(ctx, self.context.clock.now())
+        self._call("tag_user", lambda: iam.tags.__setitem__(note["Key"], note["Value"]), mutating=True)
         try:
             key = self._call("create_access_key", lambda: iam.create(self.actor), mutating=True)
         except LimitExceeded:
@@ -90,9 +94,9 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
                 raise PermanentError(f"AWS LimitExceeded while creating an access key for {self.params.user_name}") from None
             raise NoCapacityError(f"IAM user {self.params.user_name} already has 2 access keys (AWS's limit)",
                                   blocking_key_ids=frozenset(keys)) from None
-        mark = mark_text(ctx.credential, ctx.rotation_id)
+        tags = {key.key_id: mark_text(ctx.credential, ctx.rotation_id), issuing_cleared(ctx.credential)["Key"]: ""}
         try:
-            self._call("tag_user", lambda: iam.tags.__setitem__(key.key_id, mark), target=key.key_id, mutating=True)
+            self._call("tag_user", lambda: iam.tags.update(tags), target=key.key_id, mutating=True)
         except (TransientError, PermanentError):
             self._call("delete_access_key", lambda: iam.delete(key.key_id), target=key.key_id, mutating=True)
             raise
@@ -163,8 +167,10 @@ class SimAwsIamAccessKeyProvider(_SimProvider):
         user = self.params.user_name
         keys = self._call("list_access_keys", lambda: [(k.key_id, k.created_at, k.active) for k in iam.user_keys()])
         tags = self._call("list_user_tags", lambda: dict(iam.tags))
+        notes = parse_issuing(tags)
         return [ProviderKey(key_id=key_id, handle={"user_name": user, "access_key_id": key_id}, created_at=created,
-                            active=active, mark=parse_mark(tags.get(key_id))) for key_id, created, active in keys]
+                            active=active, mark=parse_mark(tags.get(key_id)), issuing=() if parse_mark(tags.get(key_id)) else notes)
+                for key_id, created, active in keys]
 
     def list_keys(self) -> list[ProviderKey]:
         iam = self.service

@@ -8,7 +8,7 @@ the same errors. Every API call passes through the service's `boundary`,
 where the simulation injects faults (see `rotator.testing.sim.faults`).
 
 What each copies from the real thing:
-- AWS IAM: two keys per user (LimitExceeded), Active/Inactive, create then
+- AWS IAM: two keys per user (LimitExceeded), Active/Inactive, an issuing tag then create then
   tag (a second call: the mark is not atomic), last use, STS accepting a
   new key only after it propagated;
 - GitHub deploy keys: marked by title in the create call, listed, read,
