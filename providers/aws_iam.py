@@ -45,15 +45,13 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rotator.core.clock import parse_rfc3339, to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import NotFoundError, PermanentError, TransientError
-from rotator.core.provider import IssueContext, IssuedCredential, IssuingNote, KeyMark, NoCapacityError, Provider, ProviderKey
+from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError, Provider, ProviderKey
 from rotator.core.validators import Duration
+from rotator_providers.aws_tags import issuing_cleared, issuing_tag, mark_value, parse_issuing, parse_mark
 
 T = TypeVar("T")
-MARK_PREFIX = "rotator:"
-ISSUING_PREFIX = "rotator-issuing:"  # + the credential's name (≤ 63 of [a-z0-9._-]): a tag key of ≤ 79 characters
 _TRANSIENT_CODES = {
     "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
     "ServiceUnavailable", "ServiceFailure", "InternalFailure", "RequestTimeout", "RequestExpired",
@@ -131,45 +129,6 @@ def _aws(what: str, fn: Callable[[], T]) -> T:
         if translated is exc:
             raise
         raise translated from None
-
-
-def _mark_value(credential: str, rotation_id: str) -> str:
-    return f"{MARK_PREFIX}{credential}:{rotation_id}"
-
-
-def _parse_mark(value: str | None) -> KeyMark | None:
-    if not value or not value.startswith(MARK_PREFIX):
-        return None
-    credential, _, rotation_id = value.removeprefix(MARK_PREFIX).rpartition(":")
-    return KeyMark(credential, rotation_id) if credential and rotation_id else None
-
-
-def issuing_tag(ctx: IssueContext, at: datetime) -> dict[str, str]:
-    """The user tag set right before a create: `rotator-issuing:CREDENTIAL` = `ROTATION_ID AT KEY_ID...`.
-    IAM's tag alphabet (letters, digits, spaces, `_.:/=+-@`) and sizes (key ≤ 128, value ≤ 256): a
-    rotation id (25), a time to the second (20) and the user's keys before the create (at most 2 of 20)."""
-    value = " ".join([ctx.rotation_id, to_rfc3339(at), *sorted(ctx.preexisting_key_ids)])
-    return {"Key": ISSUING_PREFIX + ctx.credential, "Value": value}
-
-
-def issuing_cleared(credential: str) -> dict[str, str]:
-    """The same tag emptied, set by the call that marks the new key: nothing is being created any more."""
-    return {"Key": ISSUING_PREFIX + credential, "Value": ""}
-
-
-def parse_issuing(tags: Mapping[str, str]) -> tuple[IssuingNote, ...]:
-    """The issuing notes among a user's tags (key -> value); empty or malformed ones say nothing."""
-    notes = []
-    for key, value in tags.items():
-        parts = value.split()
-        if not key.startswith(ISSUING_PREFIX) or len(parts) < 2:
-            continue
-        try:
-            at = parse_rfc3339(parts[1])
-        except ValueError:
-            continue
-        notes.append(IssuingNote(key.removeprefix(ISSUING_PREFIX), parts[0], at, frozenset(parts[2:])))
-    return tuple(notes)
 
 
 class AwsIamAccessKeyProvider(Provider):
@@ -279,7 +238,7 @@ class AwsIamAccessKeyProvider(Provider):
         try:
             _aws(
                 f"tagging access key {key_id}",
-                lambda: iam.tag_user(UserName=user, Tags=[{"Key": key_id, "Value": _mark_value(ctx.credential, ctx.rotation_id)},
+                lambda: iam.tag_user(UserName=user, Tags=[{"Key": key_id, "Value": mark_value(ctx.credential, ctx.rotation_id)},
                                                           issuing_cleared(ctx.credential)]),
             )
         except (TransientError, PermanentError):
@@ -432,7 +391,7 @@ class AwsIamAccessKeyProvider(Provider):
         iam = self.iam
         keys = _aws(f"listing access keys of {user}", lambda: iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
         tags = _aws(f"listing tags of {user}", lambda: iam.list_user_tags(UserName=user)["Tags"])
-        marks = {t["Key"]: _parse_mark(t["Value"]) for t in tags}
+        marks = {t["Key"]: parse_mark(t["Value"]) for t in tags}
         notes = parse_issuing({t["Key"]: t["Value"] for t in tags})
         return [
             ProviderKey(key_id=key["AccessKeyId"], handle={"user_name": user, "access_key_id": key["AccessKeyId"]},

@@ -15,7 +15,7 @@ from aws_world import AwsWorld
 from rotator.core.crashpoints import crash_env
 from rotator.core.provider import IssuingNote, KeyMark, ProviderKey
 from rotator.engine.baseline import issued_unmarked
-from rotator_providers.aws_iam import ISSUING_PREFIX, parse_issuing
+from rotator_providers.aws_tags import ISSUING_PREFIX, parse_issuing
 
 
 def _tags(w: AwsWorld) -> dict[str, str]:

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from pydantic import BaseModel
-from rotator_providers.aws_iam import AwsIamParams, issuing_cleared, issuing_tag, parse_issuing
+from rotator_providers.aws_iam import AwsIamParams
+from rotator_providers.aws_tags import issuing_cleared, issuing_tag, parse_issuing
 
 from rotator.core.errors import NotFoundError, PermanentError, TransientError
 from rotator.core.provider import IssueContext, IssuedCredential, NoCapacityError, ProviderKey
