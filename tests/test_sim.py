@@ -527,8 +527,19 @@ FINDINGS = [
     # A rotation that minted a key and was undoing it (the live data written over by hand) crashed; the record was then
     # restored to the version before it (idle: nothing pending or retiring) and the file removed. The live path names
     # the record's own rotation, so the record is not behind it; the key is found at the provider by its mark.
+    # Fixed (restore5): the look at the idle record also lists the provider's keys, and retires one the record does
+    # not know only where the versions of the record that marked it name its rotation and no path they name (nor any
+    # the run knows) holds it (rotator/engine/forgotten.py).
     (F117, "deploy_key", [("pause", "r1", 2, 900.0, "cli"), ("foreign", "garbage"), ("rotate", False, (CallFault(11, "crash"),)),
                           ("state", "older"), ("edit", "delete")]),
+    # What the first fix of F117 (55ab0e6, taken out in 24dd666) got wrong: a rotation live at the path `vault.path`
+    # moved to, the record restored to before it and the file removed (or renamed): "no live path holds it" read only
+    # the paths the restored record knows, and revoked the key live at the new one (sweep seeds 7411, 6991, 2437).
+    (F117, "aws", [("tick", "r0", ()), ("edit", "path"), ("rotate", True, ()), ("state", "older"), ("edit", "delete")], None, 7411),
+    (F117, "deploy_key", [("tick", "r0", ()), ("edit", "path"), ("rotate", True, ()), ("state", "older"), ("edit", "delete")],
+     None, 6991),
+    (F117, "webhook", [("tick", "r1", ()), ("edit", "path"), ("rotate", True, ()), ("state", "older"), ("edit", "rename"),
+                       ("tick", "r1", ()), ("advance", 86400)], None, 2437),
     # A record restored behind the live path, whose rotation since minted a key and was being undone (crashed), the file
     # then removed: the catching-up wrote the record twice (caught up, then the keys it forgot), and the first write
     # hit a 429; the failure's write kept the caught-up record without the dropped rotation's key, which was left.
@@ -630,12 +641,18 @@ FINDINGS = [
     # the version before that promotion: finding the rotation completed did not time that grace again, so the old key
     # was deactivated 10 s before a grace had passed since its successor went live.
     (F130, "aws", [("tick", "r1", ()), ("edit", "path"), ("state", "lost"), ("tick", "r1", ()), ("state", "older")]),
-    # Open. A record restored twice after `vault.path` changed, the file then renamed and the new name adopting the
+    # A record restored twice after `vault.path` changed, the file then renamed and the new name adopting the
     # path: the old name's file-less record finished its restored promotion at the old path, and its after-promotion
     # inventory retired the key the new name had adopted, live at the new path (the second try no longer counted that
-    # path among its own). Sweep seed 2402; found at 22:30, not fixed this round.
+    # path among its own). Sweep seed 2402. Fixed (restore5): a key a record forgot is retired only where the
+    # versions of the record that marked it name its rotation and no path they name (nor any the run knows) holds it
+    # (rotator/engine/forgotten.py), wherever such keys are found (after a promotion, a recovery, a record behind).
     (F131, "aws", [("pause", "r1", 6, 421.0, "r0"), ("rotate", True, ()), ("edit", "path"), ("rotate", False, ()), ("state", "older"),
                    ("state", "older"), ("edit", "rename")]),
+    # Seed 2402 itself (shrunk at d6032f3): the record restored to the first rotation's `issuing`, recovered where that
+    # rotation went live (the old path, F112), took the key live at the file's own path for one it forgot.
+    (F131, "aws", [("pause", "r1", 6, 421.0, "r0"), ("rotate", True, ()), ("edit", "path"), ("rotate", False, ()), ("state", "older"),
+                   ("advance", 1200), ("tick", "r1", ()), ("edit", "rename")], None, 2402),
     # A rotation's live write landed and it crashed before the metadata merge (which still named the rotation
     # before, a `--revoke-now` one); the record was then restored to that earlier rotation's `verified`. Its resumed
     # promotion wrote its old key over the newer one (the path's metadata named this very rotation, so the path was
@@ -703,10 +720,7 @@ FINDINGS = [
     (F165, "aws", [("rotate", False, ()), ("rotate", True, (CallFault(4, "crash_after"),)), ("state", "older")]),
     (F165, "aws", [("pause", "r1", 3, 3600.0, "cli"), ("advance", 86400), ("tick", "r1", (CallFault(4, "lost"),)), ("state", "older")]),
 ]
-# F117's fix (the look at a removed file's idle record also listed the provider's keys) was taken out: a restored
-# record does not know every path its credential went live at, and it revoked a key live at one (seeds 2437, 6991,
-# 7411); F131 is open.
-OPEN_FINDINGS: set[str] = {F117, F131}
+OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
 FIXED_CASES: set[tuple[str, str]] = set()
 

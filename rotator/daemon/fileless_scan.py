@@ -10,8 +10,10 @@ Invariants:
 - a record with nothing pending or retiring is compared with its live path
   once per version of the record (`Engine.reconcile(look_behind=True)`):
   restored to an older version, it learns of the rotations since and
-  retires the keys they left; up to date, it costs those reads and no
-  write.
+  retires the keys they left (and, a full grace later, those of a
+  rotation since that never went live, where no path they can have
+  reached holds them: rotator.engine.forgotten); up to date, it costs
+  those reads and a key listing, and no write.
 """
 
 from __future__ import annotations

@@ -166,20 +166,23 @@ class Engine:
         would stay (docs/CONTRACT-NOTES.md, "Issue 10: a removed file's idle record"). Its live paths are
         read (no write when the record is up to date); one whose metadata names a rotation the record does
         not know takes that path's key back as current and retires every other key of this credential
-        after a full grace, under the lease."""
+        after a full grace, under the lease. Not behind, the provider's keys it does not know that no path
+        they can have reached holds (a rotation since that never went live, sim F117) are retired after a
+        full grace (`_Run.idle_forgotten`)."""
         run = _Run(self, cred, provider, policy, record, version, None)
         try:
             behind = run.behind_live()
+            forgotten = run.idle_forgotten() if behind is None else ()  # sim F117
         except RotatorError as exc:
             get_logger().warning("state.look_behind_failed", credential=cred.spec.name, error=str(exc))
             return ReconcileResult("failed", record, version)  # looked at again: the daemon remembers only an idle look
-        if behind is None:
+        if behind is None and not forgotten:
             return ReconcileResult("idle", record, version)
         if record.lease is not None and self.lease_held_by_other(record.lease, self.clock.now()):
             return ReconcileResult("locked", record, version)
         try:
             run.take_lease()
-            return run.catch_up(*behind)
+            return run.catch_up(*behind) if behind is not None else run.take_forgotten(forgotten)
         except CasMismatchError:
             return ReconcileResult("locked", record, version)
 

@@ -5,7 +5,7 @@ the steps, apply the outcome and persist the record, until there is nothing left
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,8 @@ from rotator.core.errors import CasMismatchError, LeaseLostError, NotFoundError,
 from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import Retiring, StateRecord
 from rotator.engine import retry
-from rotator.engine.baseline import forgotten_keys, live_key_ids
+from rotator.engine.baseline import forgotten_keys
+from rotator.engine.forgotten import ForgottenSteps
 from rotator.engine.issue import IssueSteps
 from rotator.engine.persistence import Persistence
 from rotator.engine.promote import PromoteSteps
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from rotator.engine.reconcile import Engine
 
 
-class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
+class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
     """One reconcile of one credential, holding its lease."""
 
     def __init__(
@@ -127,9 +128,7 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
     def behind_live(self) -> tuple[Any, LivePath] | None:
         """An idle record looked at again (a removed file's, `Engine._look_behind`). Reads only: the first
         live path it may have written whose metadata names a rotation of this credential it does not know.
-        (Not the provider's keys it does not know, sim F117: a restored record does not know every path its
-        credential went live at since a `vault.path` change, so it cannot show that no live path holds one;
-        a key live at such a path was revoked, sweep seeds 2437, 6991, 7411.)"""
+        (Keys it does not know that never went live: `ForgottenSteps.idle_forgotten`, sim F117.)"""
         for live in self._known_live_paths():
             content = self._call(live.read)
             if self._behind_at(content, live):
@@ -141,6 +140,21 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
         self._behind_checked = True
         try:
             self._recover_if_behind(content, live)
+        except LeaseLostError as exc:
+            self.log.warning("lease.lost", error=str(exc))
+            return ReconcileResult("locked", self._public(), self.version, self.events)
+        except RotatorError as exc:
+            self.log.warning("state.look_behind_failed", error=str(exc))
+            self.release()
+            return ReconcileResult("failed", self._public(), self.version, self.events)
+        return self.execute()
+
+    def take_forgotten(self, found: tuple[Retiring, ...]) -> ReconcileResult:
+        """`Engine._look_behind`, under the lease: the keys `idle_forgotten` found are retired a full grace
+        from then (sim F117), then what is due is done."""
+        try:
+            self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
+            self._apply(machine.Forgotten(found))
         except LeaseLostError as exc:
             self.log.warning("lease.lost", error=str(exc))
             return ReconcileResult("locked", self._public(), self.version, self.events)
@@ -269,12 +283,14 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
     # -- steps ---------------------------------------------------------------------
 
 
-    def _forgotten(self, listed: Iterable[ProviderKey], *, keep: set[str], now: datetime) -> tuple[Retiring, ...]:
+    def _forgotten(self, listed: list[ProviderKey], *, keep: set[str], now: datetime) -> tuple[Retiring, ...]:
         """`baseline.forgotten_keys` for this credential: the listed keys marked as its own that the record does
-        not know (nor `keep`), retiring a full grace from `now`."""
-        return forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=keep, grace=self.policy.grace, now=now,
-                              read_other=self.engine.read_record, clock=self.policy.clock,
-                              keeps_inactive=self.policy.retire_delay is not None, skew=self.policy.skew_allowance)
+        not know (nor `keep`), retiring a full grace from `now`; of those, only the ones shown live at no path
+        they can have reached (`ForgottenSteps._live_nowhere`, sim F131)."""
+        found = forgotten_keys(self.record, listed, name=self.cred.spec.name, keep=keep, grace=self.policy.grace, now=now,
+                               read_other=self.engine.read_record, clock=self.policy.clock,
+                               keeps_inactive=self.policy.retire_delay is not None, skew=self.policy.skew_allowance)
+        return self._live_nowhere(found, listed) if found else ()
 
     def _retire_forgotten(self, *, revoke_now: bool) -> None:
         """After a promotion: keys of this credential at the provider that
@@ -287,9 +303,6 @@ class _Run(RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
         now = self.engine.clock.now()
         try:
             found = self._forgotten(self._inventory(), keep=set(), now=now)
-            if found:
-                live = live_key_ids(self._call(self._live.read), self.provider)
-                found = tuple(e for e in found if e.key.key_id not in live)
         except RotatorError as exc:
             self.log.warning("inventory.failed", error=str(exc))
             return

@@ -44,3 +44,29 @@ def paths_named(records: list[StateRecord]) -> list[str]:
             if path and "/" in path and path not in out:
                 out.append(path)
     return out
+
+
+def recent_versions(store: VaultStore, mount: str, path: str, *, version: int, record: StateRecord,
+                    back: int = 10) -> list[StateRecord]:
+    """`record` (read at `version`) and the versions before it, newest first, up to `back` in all (KV v2
+    keeps 10 by default). Versions deleted, destroyed or malformed are passed over."""
+    out = [record]
+    for older in range(version - 1, max(0, version - back), -1):
+        data = store.read_version(mount, path, older)
+        if data is None:
+            continue
+        try:
+            out.append(StateRecord.from_vault(data))
+        except ValueError:
+            continue
+    return out
+
+
+def rotation_paths(records: list[StateRecord], rotation_id: str) -> list[str] | None:
+    """The live paths named by those versions in which `rotation_id` is the rotation in flight or the
+    current one: every path that rotation can have written its key to, as far as those versions tell.
+    None when no version names it so (where it went live is not known: one naming it only as retiring
+    says where its successor went live, not where it did)."""
+    naming = [r for r in records if (r.pending is not None and r.pending.rotation_id == rotation_id)
+              or (r.current is not None and r.current.rotation_id == rotation_id)]
+    return paths_named(naming) if naming else None
