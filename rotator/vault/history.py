@@ -64,9 +64,13 @@ def recent_versions(store: VaultStore, mount: str, path: str, *, version: int, r
 
 def rotation_paths(records: list[StateRecord], rotation_id: str) -> list[str] | None:
     """The live paths named by those versions in which `rotation_id` is the rotation in flight or the
-    current one: every path that rotation can have written its key to, as far as those versions tell.
-    None when no version names it so (where it went live is not known: one naming it only as retiring
-    says where its successor went live, not where it did)."""
+    current one (its earlier targets too): every path that rotation can have written its key to, as far as
+    those versions tell. None when no version names it so (where it went live is not known: one naming it
+    only as retiring says where its successor went live, not where it did)."""
     naming = [r for r in records if (r.pending is not None and r.pending.rotation_id == rotation_id)
               or (r.current is not None and r.current.rotation_id == rotation_id)]
-    return paths_named(naming) if naming else None
+    if not naming:
+        return None
+    paths = paths_named(naming)
+    earlier = [p for r in naming if r.pending is not None and r.pending.rotation_id == rotation_id for p in r.pending.earlier_targets]
+    return paths + [p for p in dict.fromkeys(earlier) if p not in paths]
