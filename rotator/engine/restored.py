@@ -149,7 +149,9 @@ class RestoredSteps:
         if not listed:
             return
         live: set[str] = set()
-        for path in self._known_live_paths():
+        paths = {str(path): path for path in self._known_live_paths()}  # and those the undone versions name (read or not yet)
+        paths.update({p: LivePath(self.engine.store, *p.split("/", 1)) for p in paths_named(undone) if p not in paths})
+        for path in paths.values():
             live |= live_key_ids(self._call(path.read), self.provider)
         now = self.engine.clock.now()
         found = tuple(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id if key.mark else "recovered",
