@@ -119,6 +119,7 @@ F125 = "F125 restored-rotation-promoted-over-a-later-one-at-a-path-only-the-undo
 F126 = "F126 removed-files-record-retired-a-key-another-record-took-on-since"
 F130 = "F130 restored-record-lost-the-promotions-timing-of-a-lost-records-old-key"
 F131 = "F131 removed-files-record-finished-a-promotion-and-retired-the-key-live-at-the-renamed-files-path"
+F150 = "F150 own-steps-back-to-an-earlier-state-taken-for-a-restore-revoked-the-live-key"
 F132 = "F132 restored-record-with-a-lost-cas-after-vault-path-and-rename-revoked-early"
 F133 = "F133 crashed-rotations-after-vault-path-and-rename-revoked-early"
 F134 = "F134 restored-revoke-now-record-expired-a-key-at-once-after-a-crash"
@@ -719,6 +720,16 @@ FINDINGS = [
     (F165, "aws", [("rotate", True, ()), ("rotate", True, (CallFault(4, "lost"),)), ("state", "lost")]),
     (F165, "aws", [("rotate", False, ()), ("rotate", True, (CallFault(4, "crash_after"),)), ("state", "older")]),
     (F165, "aws", [("pause", "r1", 3, 3600.0, "cli"), ("advance", 86400), ("tick", "r1", (CallFault(4, "lost"),)), ("state", "older")]),
+    # No restore at all: a lost create's sweep sent a rotation from `issuing` back to `intent`, and the next issue
+    # wrote `issuing` again, within one lease (the lease not renewed: the same expiry), so that version equals the one
+    # two before. The versions a restore undid are looked for from the newest version equal to an older one (F181):
+    # this one was taken for a restore, the version between for an undone one, and the path `vault.path` had left
+    # (named there) was read. Its metadata named a rotation the record had known and retired since, so the file-less
+    # record took itself for behind that old path: it dropped its rotation and revoked its current key, live at the
+    # file's last path (sweep seed 484, found by helper restore5 on 2524489).
+    (F150, "webhook", [("rotate", False, ()), ("rotate", False, ()), ("rotate", True, (CallFault(10, "429", retry_after=20),)),
+                       ("edit", "path"), ("tick", "r0", ()), ("rotate", False, (CallFault(5, "429", retry_after=300),)),
+                       ("edit", "delete")], None, 484),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -246,7 +246,8 @@ class IssueSteps:
         metadata names a rotation the record does not know, at a version the record has not seen."""
         rotation = content.custom_metadata.get("rotator-rotation-id") or None
         at = (str(live_path or self._live), content.version)  # a version the record wrote or caught up with: not behind
-        return content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation, at=at)
+        return (content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation, at=at)
+                and not self._known_since_restore(rotation))  # one it knew since a restore and retired: sim F150
 
     def _recover_if_behind(self, content: Any, live_path: LivePath | None = None) -> bool:
         """The live path holds a later rotation of this credential than the

@@ -10,7 +10,7 @@ from typing import Any
 from rotator.core import machine
 from rotator.core.state import KeyRecord, Pending, StateRecord
 from rotator.engine.baseline import live_key_ids, retiring_from, rotation_key_overwritten
-from rotator.vault.history import paths_named, undone_versions
+from rotator.vault.history import paths_named, restore_split
 from rotator.vault.livepath import LivePath
 
 
@@ -122,9 +122,17 @@ class RestoredSteps:
         """The versions a restore of the record undid (`history.undone_versions`), read once a run."""
         if self._undone is None:
             records, name = self.engine.records, self.cred.spec.name
-            self._undone = self._call(lambda: undone_versions(records.store, records.mount, records.record_path(name),
-                                                              version=self._initial_version, record=self._initial))
+            self._since_copy, self._undone = self._call(lambda: restore_split(
+                records.store, records.mount, records.record_path(name), version=self._initial_version, record=self._initial))
         return self._undone
+
+    def _known_since_restore(self, rotation: str | None) -> bool:
+        """`rotation` is one a version from the copy on (the restored state, and what the rotator wrote since)
+        named: the record knew it, though it may have retired it since. A path naming it is one the record has
+        moved on from, not one it is behind (sim F150: no restore at all, a version equal to the one two before
+        taken for a copy, and the path `vault.path` had left, naming a rotation retired since, taken for newer:
+        the record dropped its rotation and revoked its live key)."""
+        return rotation is not None and any(rotation in _rotations_of(version) for version in self._since_copy)
 
     def _retire_undone_keys(self, undone: list[StateRecord]) -> None:
         """The keys the undone versions name that the record no longer knows (a later rotation that minted,
@@ -166,3 +174,8 @@ class RestoredSteps:
 def _keys_of(record: StateRecord) -> list[KeyRecord]:
     return [k for k in (record.current, record.pending.credential if record.pending else None, *(e.key for e in record.retiring))
             if k is not None]
+
+
+def _rotations_of(record: StateRecord) -> set[str]:
+    named = {k.rotation_id for k in _keys_of(record)}
+    return named | ({record.pending.rotation_id} if record.pending is not None else set())

@@ -71,6 +71,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
         self._initial, self._initial_version = record, version
         self._undone_paths: list[str] | None = None  # what a restore of the record undid names (RestoredSteps)
         self._undone: list[StateRecord] | None = None  # the versions it undid, once read
+        self._since_copy: list[StateRecord] = []  # the versions from its copy on (RestoredSteps._known_since_restore)
         self._undone_retired = False  # the keys only they name were looked for
         _register_record_secrets(record, provider)
 

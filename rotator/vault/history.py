@@ -20,6 +20,13 @@ def undone_versions(store: VaultStore, mount: str, path: str, *, version: int, r
     written between the original and its copy, newest first; empty when no copy is found (up to `back`
     version reads). The newest version equal to an older one is the copy. Versions deleted, destroyed or
     malformed are passed over."""
+    return restore_split(store, mount, path, version=version, record=record, back=back)[1]
+
+
+def restore_split(store: VaultStore, mount: str, path: str, *, version: int, record: StateRecord,
+                  back: int = 10) -> tuple[list[StateRecord], list[StateRecord]]:
+    """`undone_versions`, with the versions from `record` back to the copy (newest first, the copy last):
+    what the record has known since the restore. Both empty when no copy is found."""
     read: list[StateRecord] = [record]  # newest first: `version`, then the older ones
     for older in range(version - 1, max(0, version - 1 - back), -1):
         data = store.read_version(mount, path, older)
@@ -32,8 +39,8 @@ def undone_versions(store: VaultStore, mount: str, path: str, *, version: int, r
     for copy, held in enumerate(read):
         original = next((i for i in range(copy + 1, len(read)) if read[i] == held), None)
         if original is not None:
-            return read[copy + 1:original]
-    return []
+            return read[:copy + 1], read[copy + 1:original]
+    return [], []
 
 
 def paths_named(records: list[StateRecord]) -> list[str]:
