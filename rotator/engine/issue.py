@@ -269,9 +269,10 @@ class IssueSteps:
         live = live_key_ids(content, self.provider)
         listed = self._call(self.provider.list_keys) if self.provider.can_list else []
         # One write for both outcomes: a failed write of the first alone would leave the record caught up
-        # but without the keys it forgot, the dropped rotation's own among them (sim F118).
-        self._apply(machine.Recovered(current, content.version, str(live_path or self._live)), defer=True)
+        # but without the keys it forgot, the dropped rotation's own among them (sim F118). The forgotten keys
+        # first: their proof reads paths, and a failed read must fail before anything is applied (sim F151).
         found = list(self._forgotten(listed, keep=live, now=now))
+        self._apply(machine.Recovered(current, content.version, str(live_path or self._live)), defer=True)
         minted = pending.credential if pending is not None else None
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.

@@ -45,11 +45,12 @@ class RestoredSteps:
             content, self.provider, current, rotation_id=rotation_id, name=self.cred.spec.name, grace=self.policy.grace,
             now=self.engine.clock.now(), revoke_now=False, clock=self.policy.clock))
         listed = self._call(self.provider.list_keys) if live is not None and self.provider.can_list else []
+        # The forgotten keys' proof reads paths: done before anything is applied, so a failed read leaves nothing
+        # half recorded (sim F151).
+        found = self._forgotten(listed, keep=live_key_ids(content, self.provider), now=self.engine.clock.now()) if listed else ()
         self._apply(machine.Recovered(current, content.version, str(path), overwritten))
-        if listed:
-            found = self._forgotten(listed, keep=live_key_ids(content, self.provider), now=self.engine.clock.now())
-            if found:
-                self._apply(machine.Forgotten(found))
+        if found:
+            self._apply(machine.Forgotten(found))
         self._retire_undone_keys(self._read_undone())  # a restore may have undone a later rotation's mint (sim F182)
         self.log.warning("rotation.already_completed", key_id=current.key_id if current else None, vault_version=content.version,
                          **({"vault_path": str(path)} if live is not None else {}))
