@@ -121,6 +121,7 @@ F130 = "F130 restored-record-lost-the-promotions-timing-of-a-lost-records-old-ke
 F131 = "F131 removed-files-record-finished-a-promotion-and-retired-the-key-live-at-the-renamed-files-path"
 F150 = "F150 own-steps-back-to-an-earlier-state-taken-for-a-restore-revoked-the-live-key"
 F151 = "F151 catch-up-applied-before-the-forgotten-keys-proof-whose-read-failed-left-a-key"
+F152 = "F152 forgotten-key-shown-live-nowhere-restored-by-hand-at-its-path-then-revoked"
 F132 = "F132 restored-record-with-a-lost-cas-after-vault-path-and-rename-revoked-early"
 F133 = "F133 crashed-rotations-after-vault-path-and-rename-revoked-early"
 F134 = "F134 restored-revoke-now-record-expired-a-key-at-once-after-a-crash"
@@ -738,6 +739,14 @@ FINDINGS = [
     (F151, "webhook", [("rotate", False, ()), ("advance", 86400), ("tick", "r0", ()), ("foreign", "garbage"), ("state", "older"),
                        ("tick", "r0", (CallFault(13, "429", retry_after=300),)), ("rotate", False, (CallFault(18, "429", retry_after=300),))],
      None, 4243),
+    # The idle look of a removed file's record (the file gone while a replica ran) showed a forgotten key live nowhere
+    # (its path, only the record's versions named, held hand-written data) and retired it after a grace; the path was
+    # then restored by hand to that key and the file renamed: at the end of the grace the retirement read only the
+    # paths the record knows and revoked the key, live again (sweep seed 9346, found by restore5 on 7c7cd0f, its own
+    # 72096e2). The paths the proof placed the key at are kept in its retiring entry and read again before the revoke.
+    (F152, "webhook", [("tick", "r0", ()), ("edit", "path"), ("pause", "r1", 0, 3600.0, "cli"), ("foreign", "garbage"),
+                       ("state", "older"), ("edit", "flap"), ("foreign", "restore"), ("edit", "rename"), ("advance", 86400)],
+     None, 9346),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

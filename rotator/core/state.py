@@ -151,6 +151,9 @@ class Retiring(_Frozen):
     next_attempt_at: datetime | None = None
     last_error: str | None = None
     superseded_at: datetime | None = None  # when its successor went live
+    # A key the record forgot, retired once shown live nowhere: the paths it can have gone live at (its
+    # rotation's, rotator.engine.forgotten), read again before it is revoked (sim F152).
+    paths: list[str] = Field(default_factory=list)
     # Usage-aware revocation (contract §6.10): set while the provider reports
     # the key used after its successor went live; no secret values.
     held_since: datetime | None = None  # the first check that found it in use

@@ -49,7 +49,8 @@ class ForgottenSteps:
                 continue
             if self._held_at_any(entry.key.key_id, paths):
                 continue
-            out.append(entry)
+            # A removed file's record (every path counts for it): read again before it is revoked (sim F152).
+            out.append(entry if self.policy.has_file else entry.model_copy(update={"paths": paths}))
         return tuple(out)
 
     def _history_of(self, name: str) -> list[StateRecord]:

@@ -60,7 +60,8 @@ class PromoteSteps:
             return named.key_id if named else None
 
         pending = self.record.pending
-        lives = self._known_live_paths()
+        # And where a key the record forgot can have gone live: the proof that it was live nowhere may be old (sim F152).
+        lives = self._known_live_paths(*next((e.paths for e in self.record.retiring if e.key.key_id == key_id), []))
         # What the record knows of the key's values: data written over it by hand that holds none of them does not hold it.
         known = next((k for k in (self.record.current, pending.credential if pending else None, *(e.key for e in self.record.retiring))
                       if k is not None and k.key_id == key_id), None)
