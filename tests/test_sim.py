@@ -130,6 +130,7 @@ F180 = "F180 restored-record-forgot-the-key-a-later-unfinished-rotation-minted"
 F181 = "F181 restore-followed-by-a-lease-write-hid-the-undone-versions"
 F182 = "F182 restored-records-completed-rotation-forgot-a-later-crashed-mint"
 F183 = "F183 revoke-now-kept-a-key-restored-by-hand-at-a-path-the-file-left"
+F184 = "F184 recovered-rotation-over-keyless-data-kept-a-lost-records-early-grace"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -691,6 +692,13 @@ FINDINGS = [
     # credential has taken on (sweep seed 13729).
     (F183, "stripe_key", [("tick", "r0", ()), ("advance", 86400), ("tick", "r1", ()), ("foreign", "restore"), ("edit", "path"),
                           ("rotate", True, ()), ("state", "older")], None, 13729),
+    # A lost record's baseline took the old key on as superseded (timed from the rotation's start); the rotation
+    # completed 10 s later; the record restored to that rotation's `issuing`, the live data then written over by hand
+    # with no key in it. The rotation was found completed, but F130's re-timing of such entries ran only where the
+    # live data held a key: the old key was deactivated 10 s before a grace had passed since its successor went
+    # live. The rotation recovered went live by now whatever the data holds since (sweep seed 18542).
+    (F184, "aws", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "lost"), ("tick", "r0", ()), ("state", "older"),
+                   ("foreign", "restore")], None, 18542),
     # Found by the 20,000-schedule sweep at the end of session 5 (they pass at e023a0e; bisected to 805e17c). F132:
     # a rotation completed at the old path, its record restored to its `verified`, `vault.path` changed; the next
     # pass found it live where it was writing and recovered it there (F112), but that record write lost its

@@ -59,12 +59,13 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             })
         case Recovered():
             # Keys taken on as superseded before any successor was live (a lost record's baseline) whose
-            # successor's promotion the restored record never saw: where the live path holds a key (that
-            # successor, or a later one) it happened by now, so their grace runs from no earlier than now (as
-            # `_promoted` would have timed them; sim F130). With none held, they wait for the next promotion.
+            # successor's promotion the restored record never saw: the rotation recovered (or the later one the
+            # record is behind) went live by now, so their grace runs from no earlier than now (as `_promoted`
+            # would have timed them; sim F130), also where the live data has been written over by hand since
+            # and holds no key (sweep seed 18542, F184).
             retiring = [
                 e.model_copy(update={"superseded_at": now, "revoke_after": now + policy.grace, "clock": policy.clock})
-                if outcome.current is not None and e.superseded_at is None and e.stage == "active" and not e.immediate
+                if e.superseded_at is None and e.stage == "active" and not e.immediate
                 and e.revoke_after < now + policy.grace
                 else e
                 for e in record.retiring
