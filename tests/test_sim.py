@@ -131,6 +131,7 @@ F181 = "F181 restore-followed-by-a-lease-write-hid-the-undone-versions"
 F182 = "F182 restored-records-completed-rotation-forgot-a-later-crashed-mint"
 F183 = "F183 revoke-now-kept-a-key-restored-by-hand-at-a-path-the-file-left"
 F184 = "F184 recovered-rotation-over-keyless-data-kept-a-lost-records-early-grace"
+F185 = "F185 lost-record-revoked-a-revoke-now-rotations-own-key-at-once"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -699,6 +700,12 @@ FINDINGS = [
     # live. The rotation recovered went live by now whatever the data holds since (sweep seed 18542).
     (F184, "aws", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "lost"), ("tick", "r0", ()), ("state", "older"),
                    ("foreign", "restore")], None, 18542),
+    # A `--revoke-now` rotation completed; the next rotation's live write landed and it crashed before its metadata
+    # merge (the metadata still naming the `--revoke-now` rotation and its key); the record then lost. The rebuilt
+    # record found that rotation's own key among its forgotten ones and, under its `rotator-revoke-now`, revoked it
+    # at once, 0:00 after its successor went live. The request was for the keys before it (sweep seed 85589).
+    (F185, "webhook", [("tick", "r1", ()), ("rotate", True, (CallFault(2, "fail"), CallFault(3, "lost"))),
+                       ("rotate", False, (CallFault(6, "crash_after"),)), ("state", "lost")], None, 85589),
     # Found by the 20,000-schedule sweep at the end of session 5 (they pass at e023a0e; bisected to 805e17c). F132:
     # a rotation completed at the old path, its record restored to its `verified`, `vault.path` changed; the next
     # pass found it live where it was writing and recovered it there (F112), but that record write lost its

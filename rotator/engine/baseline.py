@@ -276,8 +276,13 @@ def under_revoke_now(content: LiveContent, entries: tuple[Retiring, ...], *, now
         promoted = parse_rfc3339(meta["rotator-rotated-at"])
     except ValueError:
         return entries
-    return tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) if e.key.issued_at <= promoted else e
-                 for e in entries)
+    # Not that rotation's own key (the metadata names it; data written over it since, say a later rotation whose
+    # metadata merge never landed): the request was for the keys before it (sim F185).
+    own = {meta.get("rotator-key-id") or None} - {None}
+    rotation = meta.get("rotator-rotation-id") or None
+    return tuple(e.model_copy(update={"revoke_after": now, "immediate": True})
+                 if e.key.issued_at <= promoted and e.key.key_id not in own and (rotation is None or e.key.rotation_id != rotation)
+                 else e for e in entries)
 
 
 def live_key_ids(content: LiveContent, provider: Provider) -> set[str]:
