@@ -118,9 +118,10 @@ def load_credentials(settings: Settings, *, keep_last_good_policy: bool = False,
 
 
 def loaded_names(result: LoadResult) -> Callable[[], frozenset[str] | None]:
-    """For `Engine.configured`: the names of the credentials loaded, or None when some file failed to load
-    (its name is then unknown, so no name can be said to have no file)."""
-    names = None if result.failed_files else frozenset(result.credentials)
+    """For `Engine.configured`: the names of the credentials loaded, or None when some file did not load
+    (failed, refused by the policy, or clashing: its name is then unknown or unmanaged, so no name can be
+    said to have no file)."""
+    names = None if result.failed_files or result.problems else frozenset(result.credentials)
     return lambda: names
 
 

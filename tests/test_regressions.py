@@ -513,6 +513,21 @@ def test_a_middle_name_is_not_taken_for_gone_when_the_files_are_unknown(openbao,
         WORLDS.pop(world.world_id, None)
 
 
+def test_the_names_loaded_are_unknown_when_any_file_did_not_load() -> None:
+    """`Engine.is_gone` trusts the names loaded only when every file loaded: a file that failed, was refused
+    by the policy or clashed with another may carry the very name (sim F135's rule never guesses)."""
+    from rotator.config.spec import LoadResult
+    from rotator.core.errors import ConfigProblem
+    from rotator.wiring import loaded_names
+
+    every = LoadResult(credentials={"a": None, "b": None})  # type: ignore[dict-item]
+    assert loaded_names(every)() == frozenset({"a", "b"})
+    refused = LoadResult(credentials={"a": None}, problems=[ConfigProblem("c.yaml", "owner", "refused by the policy")])  # type: ignore[dict-item]
+    assert loaded_names(refused)() is None
+    failed = LoadResult(credentials={"a": None}, failed_files={"c.yaml"})  # type: ignore[dict-item]
+    assert loaded_names(failed)() is None
+
+
 def _two_rotations_by_a_daemon(openbao, iam_user, iam_admin, config_dir, unique: str) -> Any:  # type: ignore[no-untyped-def]
     """A real daemon over one AWS credential file (grace 1h, no deactivation delay) that has rotated twice;
     `first` is in its grace, `second` live. Real OpenBao, real moto."""
