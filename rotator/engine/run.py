@@ -139,23 +139,22 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
     def catch_up(self, content: Any, live: LivePath) -> ReconcileResult:
         """`Engine._look_behind`, under the lease: the record catches up with `live`, then does what is due."""
         self._behind_checked = True
-        try:
-            self._recover_if_behind(content, live)
-        except LeaseLostError as exc:
-            self.log.warning("lease.lost", error=str(exc))
-            return ReconcileResult("locked", self._public(), self.version, self.events)
-        except RotatorError as exc:
-            self.log.warning("state.look_behind_failed", error=str(exc))
-            self.release()
-            return ReconcileResult("failed", self._public(), self.version, self.events)
-        return self.execute()
+        return self._then_execute(lambda: self._recover_if_behind(content, live))
 
     def take_forgotten(self, found: tuple[Retiring, ...]) -> ReconcileResult:
         """`Engine._look_behind`, under the lease: the keys `idle_forgotten` found are retired a full grace
         from then (sim F117), then what is due is done."""
-        try:
+        def retire() -> None:
             self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
             self._apply(machine.Forgotten(found))
+
+        return self._then_execute(retire)
+
+    def _then_execute(self, step: Callable[[], object]) -> ReconcileResult:
+        """An idle record's look (`catch_up`, `take_forgotten`): `step`, then `execute`; a failed step is
+        logged as the look's (`state.look_behind_failed`) and the lease released."""
+        try:
+            step()
         except LeaseLostError as exc:
             self.log.warning("lease.lost", error=str(exc))
             return ReconcileResult("locked", self._public(), self.version, self.events)

@@ -27,15 +27,7 @@ def restore_split(store: VaultStore, mount: str, path: str, *, version: int, rec
                   back: int = 10) -> tuple[list[StateRecord], list[StateRecord]]:
     """`undone_versions`, with the versions from `record` back to the copy (newest first, the copy last):
     what the record has known since the restore. Both empty when no copy is found."""
-    read: list[StateRecord] = [record]  # newest first: `version`, then the older ones
-    for older in range(version - 1, max(0, version - 1 - back), -1):
-        data = store.read_version(mount, path, older)
-        if data is None:
-            continue
-        try:
-            read.append(StateRecord.from_vault(data))
-        except ValueError:
-            continue
+    read = _versions(store, mount, path, version=version, record=record, older=back)
     for copy, held in enumerate(read):
         # Two equal versions with nothing between say nothing (a write repeated: a check-and-set race's retry).
         original = next((i for i in range(copy + 2, len(read)) if read[i] == held), None)
@@ -58,9 +50,14 @@ def recent_versions(store: VaultStore, mount: str, path: str, *, version: int, r
                     back: int = 10) -> list[StateRecord]:
     """`record` (read at `version`) and the versions before it, newest first, up to `back` in all (KV v2
     keeps 10 by default). Versions deleted, destroyed or malformed are passed over."""
+    return _versions(store, mount, path, version=version, record=record, older=back - 1)
+
+
+def _versions(store: VaultStore, mount: str, path: str, *, version: int, record: StateRecord, older: int) -> list[StateRecord]:
+    """`record` (read at `version`), then up to `older` versions before it that parse, newest first."""
     out = [record]
-    for older in range(version - 1, max(0, version - back), -1):
-        data = store.read_version(mount, path, older)
+    for at in range(version - 1, max(0, version - 1 - older), -1):
+        data = store.read_version(mount, path, at)
         if data is None:
             continue
         try:
