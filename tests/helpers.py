@@ -137,3 +137,16 @@ class DaemonProcess:
 
     def output(self) -> str:
         return "".join(self.lines) + "".join(self.err)
+
+
+def write_versions(kv: Any, path: str, *records: Any, restores: bool = True) -> int:
+    """Each state record written at `path` of `kv` (mount `secret`), in order; the last version. With
+    `restores`, one equal to a record written before is written back as a copy of that version's data (a
+    restore: the same `write_id`), else written anew (a new `write_id`, as every rotator write)."""
+    version, written = 0, {}
+    for record in records:
+        key = record.model_dump_json()
+        data = written[key] if restores and key in written else record.to_vault()
+        written.setdefault(key, data)
+        version = kv.write("secret", path, data, cas=version)
+    return version

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from rotator.core.state import KeyRecord, Pending, Retiring, StateRecord
 from rotator.testing.sim.kv import KvModel
 from rotator.vault.history import recent_versions, restore_split, rotation_paths
+from helpers import write_versions
 
 PATH = "rotator/state/app"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -28,11 +29,8 @@ def _rotating(before: StateRecord, rotation: str, target: str, earlier: tuple[st
     return before.model_copy(update={"pending": pending})
 
 
-def _write(kv: KvModel, *records: StateRecord) -> int:
-    version = 0
-    for record in records:
-        version = kv.write("secret", PATH, record.to_vault(), cas=version)
-    return version
+def _write(kv: KvModel, *records: StateRecord, restores: bool = True) -> int:
+    return write_versions(kv, PATH, *records, restores=restores)
 
 
 def test_a_rotation_is_placed_by_the_versions_that_had_it_in_flight_or_current() -> None:
@@ -72,6 +70,6 @@ def test_the_versions_from_a_restores_copy_on_are_told_from_those_it_undid() -> 
     version = _write(kv, first, later, first, leased)
     since, undone = restore_split(kv, "secret", PATH, version=version, record=leased)
     assert [r.current.rotation_id for r in undone if r.current] == ["r2"]
-    assert since == [leased, first]
+    assert [r.model_copy(update={"write_id": None}) for r in since] == [leased, first]
     plain = KvModel()
     assert restore_split(plain, "secret", PATH, version=_write(plain, first, later), record=later) == ([], [])

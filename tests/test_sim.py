@@ -132,6 +132,8 @@ F182 = "F182 restored-records-completed-rotation-forgot-a-later-crashed-mint"
 F183 = "F183 revoke-now-kept-a-key-restored-by-hand-at-a-path-the-file-left"
 F184 = "F184 recovered-rotation-over-keyless-data-kept-a-lost-records-early-grace"
 F185 = "F185 lost-record-revoked-a-revoke-now-rotations-own-key-at-once"
+F186 = "F186 a-rotations-issuing-written-twice-taken-for-a-restore-gave-its-own-unstashed-key-a-grace"
+F187 = "F187 lost-records-failed-baseline-write-released-an-empty-record-that-forgot-the-keys"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -762,6 +764,21 @@ FINDINGS = [
     (F152, "webhook", [("tick", "r0", ()), ("edit", "path"), ("pause", "r1", 0, 3600.0, "cli"), ("foreign", "garbage"),
                        ("state", "older"), ("edit", "flap"), ("foreign", "restore"), ("edit", "rename"), ("advance", 86400)],
      None, 9346),
+    # No restore at all (F150's shape): a lost lease write, then a pass whose sweep sent its rotation from `issuing`
+    # back to `intent` and issued again in the same lease, so the record's version equalled the one two before and was
+    # taken for a copy; the create's answer then lost to a crash (the key never stashed). The `--revoke-now` that
+    # finished the rotation took that key for one an undone version had made and retired it after a full grace,
+    # instead of sweeping it at once as the rotation's own unrecorded mint (sweep seed 19289). Each record write now
+    # carries its own `write_id`: only a copy equals an older version.
+    (F186, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", (CallFault(1, "lost"),)),
+                       ("tick", "r1", (CallFault(13, "crash_after"),)), ("advance", 1200), ("rotate", True, ())], None, 19289),
+    # The state record lost; the next pass's baseline (the live key as current, the superseded one retiring) was
+    # refused by a 429 on its first write, and the pass then "released" the lease it had never written: a new, empty
+    # record that knew no key, whose `rotation.started` was logged besides. The file renamed with its path changed,
+    # that empty record (a removed file's) never took a baseline, and its superseded key was left at the provider
+    # (sweep seed 14480). A run that wrote nothing has nothing to release.
+    (F187, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("state", "lost"), ("tick", "r0", (CallFault(4, "429", retry_after=90),)),
+                          ("edit", "rename"), ("edit", "path")], None, 14480),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

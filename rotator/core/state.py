@@ -19,6 +19,7 @@ inline; schema version 1 records held them in Vault too, and still load.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from datetime import datetime
 from typing import Any, Literal
 
@@ -204,13 +205,17 @@ class StateRecord(_Frozen):
     params: dict[str, Any] | None = None
     source: str | None = None  # the credential file it was last reconciled from
     grace_seconds: float | None = None  # the file's grace then: a removed file's promotion still gets it
+    # Random, new at every write (`to_vault`): only a copy of a version (a restore) equals it, so the
+    # versions a restore undid are told from a rotation that wrote the same content again (sim F186).
+    write_id: str | None = None
 
     @classmethod
     def new(cls, credential: str, provider: str) -> StateRecord:
         return cls(credential=credential, provider=provider)
 
     def to_vault(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The record as written to Vault, with a new `write_id`."""
+        return self.model_copy(update={"write_id": secrets.token_hex(8)}).model_dump(mode="json")
 
     @classmethod
     def from_vault(cls, data: dict[str, Any], *, where: str = "a state record") -> StateRecord:

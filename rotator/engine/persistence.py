@@ -93,6 +93,12 @@ class Persistence:
     def release(self) -> None:
         if self._released and not self._dirty:
             return  # the last write released it already
+        if not self._wrote:
+            # Nothing of this run reached Vault (its lease was only deferred, its first write failed): there is
+            # nothing to release, and writing the record back would make one that knows nothing (a lost record's
+            # baseline refused, sim F187), announcing what it never held.
+            self._durable = []
+            return
         try:
             self._write(self.record.model_copy(update={"lease": None}))
         except RotatorError as exc:  # it expires by itself

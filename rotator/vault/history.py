@@ -18,8 +18,9 @@ def undone_versions(store: VaultStore, mount: str, path: str, *, version: int, r
     """When `record` (read at `version`) is a copy of an earlier version, or descends from one (the
     rotator wrote since the restore: a lease taken, a step recorded, sim sweep seed 14045), the versions
     written between the original and its copy, newest first; empty when no copy is found (up to `back`
-    version reads). The newest version equal to an older one, with a version between, is the copy.
-    Versions deleted, destroyed or malformed are passed over."""
+    version reads). The newest version equal to an older one, with a version between, is the copy: each
+    write carries a new random `write_id`, so only a copy equals an older version (records written before
+    it was kept compare by content alone, sim F186). Versions deleted, destroyed or malformed are passed over."""
     return restore_split(store, mount, path, version=version, record=record, back=back)[1]
 
 
@@ -29,7 +30,7 @@ def restore_split(store: VaultStore, mount: str, path: str, *, version: int, rec
     what the record has known since the restore. Both empty when no copy is found."""
     read = _versions(store, mount, path, version=version, record=record, older=back)
     for copy, held in enumerate(read):
-        # Two equal versions with nothing between say nothing (a write repeated: a check-and-set race's retry).
+        # Two equal versions with nothing between say nothing (a copy of the version just before changes nothing).
         original = next((i for i in range(copy + 2, len(read)) if read[i] == held), None)
         if original is not None:
             return read[:copy + 1], read[copy + 1:original]

@@ -203,7 +203,9 @@ class RecordStore:
         destroy the entries it no longer names. Returns the record as kept
         in memory (secrets inline, stash references set) and its version."""
         record = self.stash(scrub_errors(record, scrub), secret_fields=secret_fields)
-        version = self.store.write(self.mount, self.record_path(record.credential), public_view(record, secret_fields).to_vault(), cas=cas)
+        data = public_view(record, secret_fields).to_vault()
+        record = record.model_copy(update={"write_id": data["write_id"]})  # in memory as in Vault
+        version = self.store.write(self.mount, self.record_path(record.credential), data, cas=cas)
         if previous is not None:
             self._forget_dropped(previous, record)
         return record, version
