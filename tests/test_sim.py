@@ -134,6 +134,7 @@ F184 = "F184 recovered-rotation-over-keyless-data-kept-a-lost-records-early-grac
 F185 = "F185 lost-record-revoked-a-revoke-now-rotations-own-key-at-once"
 F186 = "F186 a-rotations-issuing-written-twice-taken-for-a-restore-gave-its-own-unstashed-key-a-grace"
 F187 = "F187 lost-records-failed-baseline-write-released-an-empty-record-that-forgot-the-keys"
+F188 = "F188 revoke-now-promotions-failed-inventory-gave-a-forgotten-key-its-grace"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -779,6 +780,13 @@ FINDINGS = [
     # (sweep seed 14480). A run that wrote nothing has nothing to release.
     (F187, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("state", "lost"), ("tick", "r0", (CallFault(4, "429", retry_after=90),)),
                           ("edit", "rename"), ("edit", "path")], None, 14480),
+    # `vault.path` changed and the record restored to before the last rotation (it forgot that rotation's key, live
+    # at the path the file left); `rotate --revoke-now` then promoted, and its look for forgotten keys (the inventory)
+    # hit a 429 reading the old path: "best effort, the next promotion looks again". The next promotion was a
+    # scheduled one, which gave the forgotten key a full grace (sweep seed 14835). A `--revoke-now` promotion is
+    # finished only once that look has succeeded: until then it stays `promoted`, retried like its metadata merge.
+    (F188, "deploy_key", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "path"), ("state", "older"),
+                          ("rotate", True, (CallFault(15, "429", retry_after=300),))], None, 14835),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -264,8 +264,8 @@ def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime)
             "last_error": outcome.error,
         }))
     errors = {"last_error": outcome.error, "last_error_step": outcome.step, "last_error_at": now}
-    if outcome.step == "metadata":
-        # The credential is live: retried with backoff until written, never blocked.
+    if outcome.step in {"metadata", "inventory"}:
+        # The credential is live: retried with backoff until written (or looked), never blocked.
         attempts = record.attempts + 1
         return record.model_copy(update={"attempts": attempts, "next_attempt_at": now + backoff(attempts, outcome.retry_after), **errors})
     if outcome.step == "verify" or (outcome.step == "promote" and not outcome.transient):

@@ -176,8 +176,16 @@ class PromoteSteps:
         self.request = None
         promoted = transitions.apply(self.record, machine.Promoted(version, draw_jitter(self.cred.spec.schedule), live_path=str(self._live)),
                                  self.policy, self.engine.clock.now())
+        before = self.record
         self._defer(promoted)
-        self._retire_forgotten(revoke_now=revoke_now)  # reads only, or writes what it found with the promotion
+        failed = self._retire_forgotten(revoke_now=revoke_now)  # reads only, or writes what it found with the promotion
+        if failed is not None and revoke_now:
+            # `--revoke-now` asks for every key older than the new one to go now, those the record forgot too: the
+            # promotion stays unfinished (`promoted`, retried with backoff like its metadata merge) until that look
+            # succeeds; a later scheduled promotion would give them a full grace (sim F188).
+            self.record = before
+            self._fail("inventory", failed)
+            return
         if self._dirty and not self._next_is_retirement():
             # Otherwise written with the retirement's outcome (`--revoke-now`):
             # after a crash before it the promotion is found done and redone.

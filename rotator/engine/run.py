@@ -292,25 +292,27 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
                                keeps_inactive=self.policy.retire_delay is not None, skew=self.policy.skew_allowance)
         return self._live_nowhere(found, listed) if found else ()
 
-    def _retire_forgotten(self, *, revoke_now: bool) -> None:
+    def _retire_forgotten(self, *, revoke_now: bool) -> RotatorError | None:
         """After a promotion: keys of this credential at the provider that
         the record does not know (it was restored from an older version, or
         lost: a later rotation's key, stashed or in grace) are retired after
-        a full grace. Never the live one. Best effort: the next promotion
-        looks again."""
+        a full grace (at once under `revoke_now`). Never the live one. A
+        failed look is returned: best effort, the next promotion looks again,
+        except under `--revoke-now` (`_finish_promotion`)."""
         if not self.provider.can_list:
-            return
+            return None
         now = self.engine.clock.now()
         try:
             found = self._forgotten(self._inventory(), keep=set(), now=now)
         except RotatorError as exc:
             self.log.warning("inventory.failed", error=str(exc))
-            return
+            return exc
         if found and revoke_now:  # incident response: everything older than the new key goes now
             found = tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found)
         if found:
             self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
             self._apply(machine.Forgotten(found))
+        return None
 
 
     def _noted_strays(self, ids: tuple[str, ...], found: Any) -> tuple[Retiring, ...]:
