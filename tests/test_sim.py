@@ -135,6 +135,7 @@ F185 = "F185 lost-record-revoked-a-revoke-now-rotations-own-key-at-once"
 F186 = "F186 a-rotations-issuing-written-twice-taken-for-a-restore-gave-its-own-unstashed-key-a-grace"
 F187 = "F187 lost-records-failed-baseline-write-released-an-empty-record-that-forgot-the-keys"
 F188 = "F188 revoke-now-promotions-failed-inventory-gave-a-forgotten-key-its-grace"
+F189 = "F189 revoke-now-finishing-a-restored-rotation-gave-an-undone-rotations-key-its-grace"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -787,6 +788,13 @@ FINDINGS = [
     # finished only once that look has succeeded: until then it stays `promoted`, retried like its metadata merge.
     (F188, "deploy_key", [("tick", "r1", ()), ("rotate", False, ()), ("edit", "path"), ("state", "older"),
                           ("rotate", True, (CallFault(15, "429", retry_after=300),))], None, 14835),
+    # Two `--revoke-now` rotations; the second minted, stashed and verified its key, then crashed; the record restored
+    # to the first one's unfinished promotion. A third `rotate --revoke-now` (while a replica stalled) finished that
+    # promotion and found the second rotation's key among the undone versions' (F180): it retired it after a full
+    # grace, and the after-promotion look (which revokes at once under `--revoke-now`) then knew it (sweep seed
+    # 20437). Under a `--revoke-now` (asked now, or of the rotation being finished) those keys go at once too.
+    (F189, "stripe_key", [("rotate", True, ()), ("rotate", True, (CallFault(6, "crash"),)), ("state", "older"),
+                          ("pause", "r0", 0, 421.0, "cli")], None, 20437),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

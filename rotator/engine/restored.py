@@ -9,7 +9,7 @@ from typing import Any
 
 from rotator.core import machine
 from rotator.core.state import KeyRecord, Pending, StateRecord
-from rotator.engine.baseline import live_key_ids, retiring_from, rotation_key_overwritten
+from rotator.engine.baseline import live_key_ids, pending_revoke_now, retiring_from, rotation_key_overwritten
 from rotator.vault.history import paths_named, restore_split
 from rotator.vault.livepath import LivePath
 
@@ -163,9 +163,13 @@ class RestoredSteps:
         for path in paths.values():
             live |= live_key_ids(self._call(path.read), self.provider)
         now = self.engine.clock.now()
+        # Under a `--revoke-now` (asked of this run, or of the rotation it finishes) they go at once, as the keys
+        # the after-promotion look finds do: listed here first, that look would know them (sim F189).
+        revoke_now = (self.request is not None and self.request.revoke_now) or pending_revoke_now(self.record)
         found = tuple(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id if key.mark else "recovered",
                                               handle=dict(key.handle), issued_at=key.created_at or now),
-                                    "recovered", now + self.policy.grace, self.policy.clock)
+                                    "recovered", now if revoke_now else now + self.policy.grace, self.policy.clock,
+                                    immediate=revoke_now)
                       for key in listed if key.key_id not in live)
         if found:
             self._apply(machine.Forgotten(found), defer=True)
