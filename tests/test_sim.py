@@ -136,6 +136,7 @@ F186 = "F186 a-rotations-issuing-written-twice-taken-for-a-restore-gave-its-own-
 F187 = "F187 lost-records-failed-baseline-write-released-an-empty-record-that-forgot-the-keys"
 F188 = "F188 revoke-now-promotions-failed-inventory-gave-a-forgotten-key-its-grace"
 F189 = "F189 revoke-now-finishing-a-restored-rotation-gave-an-undone-rotations-key-its-grace"
+F190 = "F190 forgotten-key-whose-rotation-only-its-stash-entry-named-left-unproven"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -795,6 +796,17 @@ FINDINGS = [
     # 20437). Under a `--revoke-now` (asked now, or of the rotation being finished) those keys go at once too.
     (F189, "stripe_key", [("rotate", True, ()), ("rotate", True, (CallFault(6, "crash"),)), ("state", "older"),
                           ("pause", "r0", 0, 421.0, "cli")], None, 20437),
+    # A key minted and stashed, then the record lost (17091: with a crash right after the stash write, the live
+    # data then written over by hand and the file renamed) or restored past the ten versions KV keeps (14540: the
+    # `verified` write refused by a 429, `vault.path` changed before): no readable record version and no live path's
+    # metadata named its rotation, so the proof that it is live nowhere (F131) had nothing to read and the key was
+    # left (`inventory.unproven_key`). Its stash entry, written before any live write, now keeps the paths the
+    # rotation was writing (`targets`): they are the proof's paths when nothing else names the rotation.
+    (F190, "stripe_key", [("tick", "r1", (CallFault(6, "crash_after"),)), ("state", "lost"), ("foreign", "garbage"),
+                          ("tick", "r1", ()), ("edit", "rename")], None, 17091),
+    (F190, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()), ("advance", 10800),
+                       ("advance", 10800), ("advance", 400), ("edit", "path"), ("rotate", True, (CallFault(21, "429", retry_after=300),)),
+                       ("state", "older"), ("tick", "r1", ()), ("rotate", False, (CallFault(4, "429", retry_after=90),))], None, 14540),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -5,8 +5,9 @@ live at holds it (sim F117, F131).
 A restored record does not know every path its credential went live at since: `vault.path` changed, a
 file was renamed and the new name adopted the path. The key's mark names its rotation; the versions of
 the record that marked it (KV v2 keeps its recent ones) name the paths that rotation was writing or held
-live, and a live path whose metadata names that rotation was written by it. A key whose rotation
-neither names has no such proof and is left alone (a key left behind is reported; a live key revoked
+live, and a live path whose metadata names that rotation was written by it; failing both, the rotation's
+stash entry names the paths it was writing when it minted. A key whose rotation none names has no such
+proof and is left alone (a key left behind is reported; a live key revoked
 breaks consumers).
 """
 
@@ -29,8 +30,9 @@ class ForgottenSteps:
         reached (sim F131: the key a renamed file had adopted, live at a path only the restore's undone
         versions named, was revoked at once). Where its rotation can have gone live: the paths the versions
         of the marking credential's record name for it (`rotation_paths`), and any path the run knows (the
-        record's as read too) whose metadata names that rotation (it wrote there). A key with neither is
-        kept out: where it went live is not known."""
+        record's as read too) whose metadata names that rotation (it wrote there); with neither, the paths
+        its stash entry says it was writing (sim F190). A key with none is kept out: where it went live is
+        not known."""
         marks = {k.key_id: k.mark.credential for k in listed if k.mark is not None}
         histories: dict[str, list[StateRecord]] = {}
         known = [(live, self._call(live.read)) for live in self._known_live_paths(self._initial.live_path)]
@@ -42,6 +44,10 @@ class ForgottenSteps:
                 histories[owner] = self._history_of(owner)
             paths = [str(live) for live, content in known if content.custom_metadata.get("rotator-rotation-id") == rotation]
             paths += [p for p in rotation_paths(histories[owner], rotation) or [] if p not in paths]
+            if not paths:
+                # Nothing else names the rotation (its record lost, or restored past the versions KV keeps): its stash
+                # entry, written before any live write, says which paths it was writing (sim F190).
+                paths = self._call(lambda: self.engine.records.stashed_targets(owner, rotation, entry.key.key_id))
             if not paths:
                 self.log.warning("inventory.unproven_key", key_id=entry.key.key_id, marked_by=owner,
                                  reason="neither the live paths nor its record's readable versions name its rotation: "

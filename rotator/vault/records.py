@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rotator.core import machine
 from rotator.core.crashpoints import crashpoint
@@ -55,6 +55,9 @@ class StashEntry(BaseModel):
     key_id: str
     handle: dict[str, str]  # the whole handle, so an orphan can be revoked from the entry alone
     data: dict[str, str] | None = None  # the live fields
+    # The live paths its rotation was writing when it was stashed (its target, then its earlier ones): where it
+    # can have gone live, for a record that forgot the rotation (lost, or restored past the kept versions, sim F190).
+    targets: list[str] = Field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"StashEntry(key_id={self.key_id!r})"
@@ -215,6 +218,11 @@ class RecordStore:
         the record naming them (written later) is returned."""
         return _map_keys(record, lambda key, is_pending: self._stashed(record, key, is_pending, secret_fields))
 
+    def stashed_targets(self, name: str, rotation_id: str, key_id: str) -> list[str]:
+        """The paths this rotation's stash entry says it was writing, if the entry holds `key_id` (else none)."""
+        entry = _parse(self.store.read_data(self.mount, self.stash_path(name, rotation_id)))
+        return list(entry.targets) if entry is not None and entry.key_id == key_id else []
+
     def is_stashed(self, name: str, rotation_id: str, key_id: str) -> bool:
         """Whether this rotation's stash entry holds `key_id` (after a write whose answer was lost)."""
         entry = _parse(self.store.read_data(self.mount, self.stash_path(name, rotation_id)))
@@ -226,7 +234,10 @@ class RecordStore:
         if key.stash is not None or not (secret_parts or data):
             return key
         path = self.stash_path(record.credential, key.rotation_id)
-        entry = StashEntry(credential=record.credential, rotation_id=key.rotation_id, key_id=key.key_id, handle=dict(key.handle), data=data)
+        pending = record.pending if is_pending else None
+        targets = [p for p in dict.fromkeys((pending.target, *pending.earlier_targets)) if p] if pending is not None else []
+        entry = StashEntry(credential=record.credential, rotation_id=key.rotation_id, key_id=key.key_id, handle=dict(key.handle), data=data,
+                           targets=targets)
         self._put(path, entry)
         crashpoint("after-stash-entry")  # tests: a crash between the stash and the record
         return key.model_copy(update={"stash": path, "stashed_fields": secret_parts})
@@ -251,7 +262,8 @@ class RecordStore:
             # The same key stashed again (a lost record rebuilt from the live
             # path knows its handle, not its live fields): what is held is
             # kept and only completed, never emptied (sim F16).
-            entry = entry.model_copy(update={"handle": {**entry.handle, **held.handle}, "data": held.data or entry.data})
+            entry = entry.model_copy(update={"handle": {**entry.handle, **held.handle}, "data": held.data or entry.data,
+                                             "targets": list(dict.fromkeys((*held.targets, *entry.targets)))})
             payload = entry.model_dump(mode="json")
         else:
             # Another key of this rotation: written over only if the record no
