@@ -137,6 +137,7 @@ F187 = "F187 lost-records-failed-baseline-write-released-an-empty-record-that-fo
 F188 = "F188 revoke-now-promotions-failed-inventory-gave-a-forgotten-key-its-grace"
 F189 = "F189 revoke-now-finishing-a-restored-rotation-gave-an-undone-rotations-key-its-grace"
 F190 = "F190 forgotten-key-whose-rotation-only-its-stash-entry-named-left-unproven"
+F191 = "F191 restored-record-behind-the-live-path-blocked-on-aws-limit-by-its-live-key"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -807,6 +808,13 @@ FINDINGS = [
     (F190, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()), ("advance", 10800),
                        ("advance", 10800), ("advance", 400), ("edit", "path"), ("rotate", True, (CallFault(21, "429", retry_after=300),)),
                        ("state", "older"), ("tick", "r1", ()), ("rotate", False, (CallFault(4, "429", retry_after=90),))], None, 14540),
+    # AWS: the record restored to before the last rotation (current: the old key), no rotation pending, so nothing
+    # compared it with the live path; its next rotation found the user full, the other key (live at the path, the
+    # rotation the record forgot) held live by the proof (F131) and so not retired: blocked for good
+    # (LimitExceeded), and both keys stayed once the data was written over by hand (sweep seed 58308). With a key
+    # in the way, the live path is read first: a record behind it catches up (the old key retiring after a grace).
+    (F191, "aws", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("tick", "r0", ()),
+                   ("foreign", "garbage")], None, 58308),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -200,6 +200,8 @@ class IssueSteps:
         except RotatorError as exc:
             self._fail("issue", exc)
             return
+        if credential is None:
+            return  # caught up with the live path (`_recover_if_behind`)
         register_secret(*self.provider.secret_values(credential.data, credential.handle))
         crashpoint("after-issue")
         try:
@@ -336,7 +338,9 @@ class IssueSteps:
         except _MayHaveActed as wrapped:
             raise wrapped.error from None
 
-    def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential:
+    def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential | None:
+        """The new credential, room made for it; None when the record was found behind the live path instead
+        (caught up: the rotation dropped, the next one starts from the key live there)."""
         try:
             return self._mint(ctx)
         except NoCapacityError as exc:
@@ -345,6 +349,13 @@ class IssueSteps:
             pending = self.record.pending
             if not in_the_way:
                 raise
+            if pending is not None and not self._behind_checked:
+                # The key in the way may be the live one, of a rotation the record does not know (it was restored
+                # from an older version and nothing pending compared it with the live path): it catches up, and its
+                # old key retires after a grace, instead of a block nothing lifts (sim F191).
+                self._behind_checked = True
+                if self._recover_if_behind(self._call(self._live.read)):
+                    return None
             if pending is not None and self.provider.can_list:
                 # A key one of our own rotations left (a lost create) is in the way.
                 listed = [k for k in self._call(self.provider.list_keys) if k.key_id in in_the_way]
