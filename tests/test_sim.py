@@ -138,6 +138,7 @@ F188 = "F188 revoke-now-promotions-failed-inventory-gave-a-forgotten-key-its-gra
 F189 = "F189 revoke-now-finishing-a-restored-rotation-gave-an-undone-rotations-key-its-grace"
 F190 = "F190 forgotten-key-whose-rotation-only-its-stash-entry-named-left-unproven"
 F191 = "F191 restored-record-behind-the-live-path-blocked-on-aws-limit-by-its-live-key"
+F192 = "F192 lost-record-under-revoke-now-gave-a-key-made-in-the-promotions-second-its-grace"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -815,6 +816,12 @@ FINDINGS = [
     # in the way, the live path is read first: a record behind it catches up (the old key retiring after a grace).
     (F191, "aws", [("tick", "r1", ()), ("advance", 86400), ("tick", "r0", ()), ("state", "older"), ("tick", "r0", ()),
                    ("foreign", "garbage")], None, 58308),
+    # `rotate --revoke-now` completed while the revoke of an older key failed (retried 30 s later); the record was then
+    # lost. The rebuilt record's F120 rule (the keys made before a `--revoke-now` promotion go at once) compared that
+    # key's creation time, with its fraction of a second, with the metadata's `rotator-rotated-at`, which has whole
+    # seconds: made 0.3 s "after" the promotion's second, the key got a full grace (sweep seed 54438).
+    (F192, "stripe_key", [("tick", "r1", (CallFault(4, "lost"),)), ("rotate", False, ()), ("rotate", True, (CallFault(3, "fail"),)),
+                          ("state", "lost")], None, 54438),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

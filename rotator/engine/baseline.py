@@ -273,7 +273,8 @@ def under_revoke_now(content: LiveContent, entries: tuple[Retiring, ...], *, now
     if meta.get("rotator-revoke-now") != "true" or not meta.get("rotator-rotated-at"):
         return entries
     try:
-        promoted = parse_rfc3339(meta["rotator-rotated-at"])
+        # Written in whole seconds: a key made in that second, before the promotion, has a fraction (sim F192).
+        promoted = parse_rfc3339(meta["rotator-rotated-at"]) + timedelta(seconds=1)
     except ValueError:
         return entries
     # Not that rotation's own key (the metadata names it; data written over it since, say a later rotation whose
@@ -281,7 +282,7 @@ def under_revoke_now(content: LiveContent, entries: tuple[Retiring, ...], *, now
     own = {meta.get("rotator-key-id") or None} - {None}
     rotation = meta.get("rotator-rotation-id") or None
     return tuple(e.model_copy(update={"revoke_after": now, "immediate": True})
-                 if e.key.issued_at <= promoted and e.key.key_id not in own and (rotation is None or e.key.rotation_id != rotation)
+                 if e.key.issued_at < promoted and e.key.key_id not in own and (rotation is None or e.key.rotation_id != rotation)
                  else e for e in entries)
 
 
