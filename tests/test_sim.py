@@ -139,6 +139,7 @@ F189 = "F189 revoke-now-finishing-a-restored-rotation-gave-an-undone-rotations-k
 F190 = "F190 forgotten-key-whose-rotation-only-its-stash-entry-named-left-unproven"
 F191 = "F191 restored-record-behind-the-live-path-blocked-on-aws-limit-by-its-live-key"
 F192 = "F192 lost-record-under-revoke-now-gave-a-key-made-in-the-promotions-second-its-grace"
+F193 = "F193 forgotten-key-never-stashed-left-unproven"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -822,6 +823,14 @@ FINDINGS = [
     # seconds: made 0.3 s "after" the promotion's second, the key got a full grace (sweep seed 54438).
     (F192, "stripe_key", [("tick", "r1", (CallFault(4, "lost"),)), ("rotate", False, ()), ("rotate", True, (CallFault(3, "fail"),)),
                           ("state", "lost")], None, 54438),
+    # A rotation crashed between its mint and its stash write (the key marked, never recorded); the record restored
+    # to before it. Nothing named the rotation, and it has no stash entry either (F190's proof had no paths): the key
+    # was left through a `--revoke-now` (sweep seed 50681). A rotation writes its stash entry before the record names
+    # the key and the record before any live write: a marked key whose rotation has no stash entry never went live,
+    # and is retired like one shown live nowhere.
+    (F193, "stripe_key", [("rotate", True, ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, (CallFault(4, "crash"),)),
+                          ("state", "older"), ("rotate", True, ()), ("rotate", False, ()),
+                          ("rotate", False, (CallFault(10, "429", retry_after=300),)), ("pause", "r0", 0, 900.0, "cli")], None, 50681),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -6,8 +6,9 @@ A restored record does not know every path its credential went live at since: `v
 file was renamed and the new name adopted the path. The key's mark names its rotation; the versions of
 the record that marked it (KV v2 keeps its recent ones) name the paths that rotation was writing or held
 live, and a live path whose metadata names that rotation was written by it; failing both, the rotation's
-stash entry names the paths it was writing when it minted. A key whose rotation none names has no such
-proof and is left alone (a key left behind is reported; a live key revoked
+stash entry names the paths it was writing when it minted, and a rotation with no stash entry never
+recorded its key (so never wrote it live). A key whose rotation none names has no such proof and is left
+alone (a key left behind is reported; a live key revoked
 breaks consumers).
 """
 
@@ -31,8 +32,9 @@ class ForgottenSteps:
         versions named, was revoked at once). Where its rotation can have gone live: the paths the versions
         of the marking credential's record name for it (`rotation_paths`), and any path the run knows (the
         record's as read too) whose metadata names that rotation (it wrote there); with neither, the paths
-        its stash entry says it was writing (sim F190). A key with none is kept out: where it went live is
-        not known."""
+        its stash entry says it was writing (sim F190), and a rotation with no stash entry at all never
+        recorded its key, so never made it live (sim F193). A key with none of these is kept out: where it
+        went live is not known."""
         marks = {k.key_id: k.mark.credential for k in listed if k.mark is not None}
         histories: dict[str, list[StateRecord]] = {}
         known = [(live, self._call(live.read)) for live in self._known_live_paths(self._initial.live_path)]
@@ -47,7 +49,15 @@ class ForgottenSteps:
             if not paths:
                 # Nothing else names the rotation (its record lost, or restored past the versions KV keeps): its stash
                 # entry, written before any live write, says which paths it was writing (sim F190).
-                paths = self._call(lambda: self.engine.records.stashed_targets(owner, rotation, entry.key.key_id))
+                targets = self._call(lambda: self.engine.records.stashed_targets(owner, rotation, entry.key.key_id))
+                if targets is None:
+                    # No stash entry at all: the entry is written before the record names the key, the record before
+                    # any live write, and the entry is destroyed only once the key is revoked. Minted and never
+                    # recorded (a crash or a lost answer right after the mint): it never went live (sim F193).
+                    if not self._held_at_any(entry.key.key_id, []):
+                        out.append(entry if self.policy.has_file else entry.model_copy(update={"paths": []}))
+                    continue
+                paths = targets
             if not paths:
                 self.log.warning("inventory.unproven_key", key_id=entry.key.key_id, marked_by=owner,
                                  reason="neither the live paths nor its record's readable versions name its rotation: "

@@ -218,9 +218,13 @@ class RecordStore:
         the record naming them (written later) is returned."""
         return _map_keys(record, lambda key, is_pending: self._stashed(record, key, is_pending, secret_fields))
 
-    def stashed_targets(self, name: str, rotation_id: str, key_id: str) -> list[str]:
-        """The paths this rotation's stash entry says it was writing, if the entry holds `key_id` (else none)."""
-        entry = _parse(self.store.read_data(self.mount, self.stash_path(name, rotation_id)))
+    def stashed_targets(self, name: str, rotation_id: str, key_id: str) -> list[str] | None:
+        """The paths this rotation's stash entry says it was writing, if the entry holds `key_id` (else none);
+        None when the rotation has no stash entry at all (nor one that does not parse)."""
+        data = self.store.read_data(self.mount, self.stash_path(name, rotation_id))
+        if data is None:
+            return None
+        entry = _parse(data)
         return list(entry.targets) if entry is not None and entry.key_id == key_id else []
 
     def is_stashed(self, name: str, rotation_id: str, key_id: str) -> bool:
