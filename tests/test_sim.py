@@ -140,6 +140,7 @@ F190 = "F190 forgotten-key-whose-rotation-only-its-stash-entry-named-left-unprov
 F191 = "F191 restored-record-behind-the-live-path-blocked-on-aws-limit-by-its-live-key"
 F192 = "F192 lost-record-under-revoke-now-gave-a-key-made-in-the-promotions-second-its-grace"
 F193 = "F193 forgotten-key-never-stashed-left-unproven"
+F194 = "F194 idle-record-restored-behind-the-live-path-retired-on-its-old-schedule"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -831,6 +832,15 @@ FINDINGS = [
     (F193, "stripe_key", [("rotate", True, ()), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, (CallFault(4, "crash"),)),
                           ("state", "older"), ("rotate", True, ()), ("rotate", False, ()),
                           ("rotate", False, (CallFault(10, "429", retry_after=300),)), ("pause", "r0", 0, 900.0, "cli")], None, 50681),
+    # `rotate --revoke-now` completed while one older key's revoke hit a 429 (retried 5 min later); the record was then
+    # restored to a version from before that rotation, with nothing pending: nothing compared it with the live path
+    # (only a rotation in flight, or a removed file's idle record, is), so it retired on its old schedule and the
+    # older key kept its grace though the live path's metadata says `--revoke-now` (sweep seeds 95318, 91331, 83626,
+    # 91323). A retirement reads the file's live path anyway (is the key live?): a record behind it catches up first.
+    (F194, "webhook", [("tick", "r0", ()), ("advance", 86400), ("tick", "r0", ()), ("rotate", True, (CallFault(16, "429", retry_after=300),)),
+                       ("state", "older")], None, 95318),
+    (F194, "deploy_key", [("tick", "r0", ()), ("state", "lost"), ("tick", "r1", ()), ("rotate", True, (CallFault(1, "lost"),)),
+                          ("state", "older")], None, 83626),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -274,7 +274,13 @@ class IssueSteps:
         # but without the keys it forgot, the dropped rotation's own among them (sim F118). The forgotten keys
         # first: their proof reads paths, and a failed read must fail before anything is applied (sim F151).
         found = list(self._forgotten(listed, keep=live, now=now))
+        old = self.record.current
         self._apply(machine.Recovered(current, content.version, str(live_path or self._live)), defer=True)
+        if old is not None and pending is None:
+            # The key the record had as current, superseded by the live path's rotation: at once where that one
+            # was asked with `--revoke-now` (its metadata says so) and came after the key (sim F194).
+            self._defer(self.record.model_copy(update={"retiring": [
+                under_revoke_now(content, (e,), now=now)[0] if e.key.key_id == old.key_id else e for e in self.record.retiring]}))
         minted = pending.credential if pending is not None else None
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.

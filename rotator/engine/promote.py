@@ -45,11 +45,12 @@ class PromoteSteps:
         self.emit("credential.verified", key_id=credential.key_id, attempts=attempts)
         crashpoint("after-verify")
 
-    def _is_named_live(self, key_id: str, *, revoke_now: bool = False) -> bool:
+    def _is_named_live(self, key_id: str, *, revoke_now: bool = False, read: Any = None) -> bool:
         """Whether a path this credential may have made live holds `key_id`. `revoke_now` (a `--revoke-now`
         entry): a path the file no longer names that is still this credential's own (`vault.path` changed
         since, its data restored there by hand, sim sweep seed 13729) does not keep a key its owner asked to
-        revoke at once; the file's path, and a path another credential has taken on, still do."""
+        revoke at once; the file's path, and a path another credential has taken on, still do. `read`: what the
+        file's path held when just read (`RetireSteps._caught_up_before_retiring`), not read again."""
         if self._described_key is not None and key_id != self._described_key:
             # This run's own metadata write (under its lease) just named
             # another key as live, after its check-and-set live write.
@@ -69,8 +70,9 @@ class PromoteSteps:
         secrets = self.provider.secret_values(known.handle) if known is not None else []
         if revoke_now:
             lives = [live for live in lives if str(live) == str(self._live) or self._call(live.read).owner() != self.cred.spec.name]
+        here = str(self._live)
         return any(live.names_as_live(key_id, key_in=key_in if names_keys(self.provider) else None, value_sha256=hashes,
-                                      secrets=secrets) for live in lives)
+                                      secrets=secrets, read=read if str(live) == here else None) for live in lives)
 
     def _known_live_paths(self, *also: str | None) -> list[LivePath]:
         """Every path this credential may have made live: its file's first, the

@@ -40,7 +40,11 @@ class RetireSteps:
             self.log = log
             return
         try:
-            if self._is_named_live(key_id, revoke_now=entry.immediate):
+            read = self._live_before_retiring()
+            if read is True:
+                self.log = log
+                return  # caught up with the live path: what is due is decided again
+            if self._is_named_live(key_id, revoke_now=entry.immediate, read=read):
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
             self.ensure_lease()  # after the reads, right before the call: a holder that stalled in them stops here
             if deactivate:
@@ -65,6 +69,18 @@ class RetireSteps:
             self._apply(machine.Revoked(key_id))
         self.log = log
         crashpoint(f"after-{step}")
+
+    def _live_before_retiring(self) -> Any:
+        """An idle record (a file's, nothing pending) about to retire a key, once a run: the file's live path,
+        read for the retirement's own check (is the key live?), is first compared with the record. Restored to
+        an older version, the record is behind it (a rotation it does not know went live there): it catches up
+        (True), and keys it forgot are retired from then, at once under that rotation's `--revoke-now` (sim
+        F194). Otherwise what was read (None: not read here)."""
+        if not self.policy.has_file or self.record.pending is not None or self._behind_checked:
+            return None
+        self._behind_checked = True
+        content = self._call(self._live.read)
+        return True if self._recover_if_behind(content) else content
 
     def _taken_on_by_another(self, entry: Retiring, step: str) -> bool:
         """A removed file's record retiring a key that the credential now writing

@@ -144,7 +144,7 @@ class LivePath:
         self.store.merge_custom_metadata(self.mount, self.path, metadata)
 
     def names_as_live(self, key_id: str, *, key_in: Callable[[Mapping[str, str]], str | None] | None = None,
-                      value_sha256: Collection[str] = (), secrets: Collection[str] = ()) -> bool:
+                      value_sha256: Collection[str] = (), secrets: Collection[str] = (), read: LiveContent | None = None) -> bool:
         """Whether the path says `key_id` is the live credential. Its latest
         data is the truth wherever it names a key (an id field such as
         `access_key_id`; or, with `key_in`, the id the provider derives from
@@ -161,11 +161,15 @@ class LivePath:
         `key_in` (the provider names keys in its data), the data holds no
         credential and so not this one, whatever the metadata says; the
         metadata decides only for providers that cannot name keys in data,
-        and where the data is deleted."""
-        meta = self.store.read_metadata(self.mount, self.path)
-        if meta is None:
-            return False
-        live = self.store.read_version(self.mount, self.path, meta.current_version) if meta.current_version else None
+        and where the data is deleted. `read`: what `read()` just returned, used instead of reading again."""
+        if read is not None:
+            live, custom = read.data, read.custom_metadata
+        else:
+            meta = self.store.read_metadata(self.mount, self.path)
+            if meta is None:
+                return False
+            live = self.store.read_version(self.mount, self.path, meta.current_version) if meta.current_version else None
+            custom = meta.custom_metadata
         if live:
             values = {k: str(v) for k, v in live.items()}
             if key_id in values.values():
@@ -177,4 +181,4 @@ class LivePath:
                 return any(sha256_hex(v) in value_sha256 or any(x and x in v for x in secrets) for v in values.values())
             if key_in is not None:
                 return False  # the provider names keys in data, and this data (written by hand) names none
-        return meta.custom_metadata.get("rotator-key-id") == key_id
+        return custom.get("rotator-key-id") == key_id

@@ -153,6 +153,8 @@ def _state_fault(world: World, what: str) -> None:
         if not older:
             return
         kv._write(MOUNT, path, kv.peek(MOUNT, path, older[len(older) // 2]) or {}, current)
+        for request in world.revoke_now:
+            request.undone = request.undone or request.completed_at is not None
     world.faults[f"state_{'soft_deleted' if what == 'soft' else what}"] += 1
 
 
@@ -279,7 +281,7 @@ def quiesce(world: World) -> None:
             return
         now = world.clock.now()
         if not checked and now >= checkpoint:
-            invariants.check_revoke_now(world)
+            invariants.check_revoke_now(world, undone_too=False)
             checked = True
         wake = _next_wake(world)
         if not checked:
@@ -287,12 +289,11 @@ def quiesce(world: World) -> None:
         if wake is None or wake > horizon:
             break
         world.clock.advance(max(1.0, (wake - now).total_seconds() + 1.0 + max(abs(o) for o in world.offsets.values())))
-    if not checked:
-        invariants.check_revoke_now(world)
     # A revocation the provider confirmed may take a moment to reach its API
     # (Stripe's expiry: 20 s here; STS: 5 s): time runs on past it (F40).
     last_pass = world.clock.now()
     world.clock.advance(SETTLE_SECONDS)
+    invariants.check_revoke_now(world)  # every request by the end, those a restore undid too (sim F194)
     invariants.check_orphans(world, graced_at=last_pass)
 
 

@@ -26,6 +26,9 @@ class RevokeNow:
     started_at: datetime
     completed_at: datetime | None = None
     targets: frozenset[str] = frozenset()  # rotator-made keys that existed when it was asked
+    # The state record was restored to an older version after it completed: the request is undone in the record,
+    # and is honoured when the record next acts (compared with the live path then), not within the window.
+    undone: bool = False
 
 
 @dataclass
