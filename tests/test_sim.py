@@ -141,6 +141,7 @@ F191 = "F191 restored-record-behind-the-live-path-blocked-on-aws-limit-by-its-li
 F192 = "F192 lost-record-under-revoke-now-gave-a-key-made-in-the-promotions-second-its-grace"
 F193 = "F193 forgotten-key-never-stashed-left-unproven"
 F194 = "F194 idle-record-restored-behind-the-live-path-retired-on-its-old-schedule"
+F195 = "F195 resumed-rotations-issue-replaced-the-issuing-note-of-an-untagged-key"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -841,6 +842,12 @@ FINDINGS = [
                        ("state", "older")], None, 95318),
     (F194, "deploy_key", [("tick", "r0", ()), ("state", "lost"), ("tick", "r1", ()), ("rotate", True, (CallFault(1, "lost"),)),
                           ("state", "older")], None, 83626),
+    # AWS: a rotation crashed right after its create (the key untagged; the `rotator-issuing` note names the moment);
+    # the record then restored to that rotation's `intent`. Resumed, it issued again: its own issuing note replaced
+    # the one that told the untagged key apart, and nothing looked first (F165's look ran only when a rotation
+    # started), so the key stayed (sweep seed 86231). A resumed rotation's issue looks first too.
+    (F195, "aws", [("tick", "r0", (CallFault(16, "crash"),)), ("advance", 86400), ("tick", "r0", (CallFault(16, "crash_after"),)),
+                   ("advance", 3600), ("rotate", True, (CallFault(12, "cas"),)), ("state", "older")], None, 86231),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

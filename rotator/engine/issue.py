@@ -186,8 +186,10 @@ class IssueSteps:
         assert pending is not None
         try:
             # A rotation started by this very run cannot have completed before.
-            if pending.rotation_id != self._started_here and self._already_completed(pending.rotation_id):
-                return
+            if pending.rotation_id != self._started_here:
+                if self._already_completed(pending.rotation_id):
+                    return
+                self._retire_noted_strays()  # before this issue's note replaces the last one (sim F195)
         except RotatorError as exc:
             self._fail("issue", exc)
             return
@@ -345,8 +347,7 @@ class IssueSteps:
             raise wrapped.error from None
 
     def _issue_with_room(self, ctx: IssueContext) -> IssuedCredential | None:
-        """The new credential, room made for it; None when the record was found behind the live path instead
-        (caught up: the rotation dropped, the next one starts from the key live there)."""
+        """The new credential, room made for it; None: the record was behind the live path (caught up)."""
         try:
             return self._mint(ctx)
         except NoCapacityError as exc:
@@ -356,9 +357,8 @@ class IssueSteps:
             if not in_the_way:
                 raise
             if pending is not None and not self._behind_checked:
-                # The key in the way may be the live one, of a rotation the record does not know (it was restored
-                # from an older version and nothing pending compared it with the live path): it catches up, and its
-                # old key retires after a grace, instead of a block nothing lifts (sim F191).
+                # The key in the way may be the live one of a rotation the record forgot (restored): it catches
+                # up, its old key retiring after a grace, instead of a block nothing lifts (sim F191).
                 self._behind_checked = True
                 if self._recover_if_behind(self._call(self._live.read)):
                     return None

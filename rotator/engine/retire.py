@@ -76,8 +76,8 @@ class RetireSteps:
         an older version, the record is behind it (a rotation it does not know went live there): it catches up
         (True), and keys it forgot are retired from then, at once under that rotation's `--revoke-now` (sim
         F194). Otherwise what was read (None: not read here)."""
-        if not self.policy.has_file or self.record.pending is not None or self._behind_checked:
-            return None
+        if not self.policy.has_file or self.record.pending is not None or self._behind_checked or self._described_key is not None:
+            return None  # (a run that just described the path itself knows what it holds)
         self._behind_checked = True
         content = self._call(self._live.read)
         return True if self._recover_if_behind(content) else content

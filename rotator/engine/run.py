@@ -327,6 +327,15 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
         unmarked = [k for k in self._call(self.provider.list_keys_without_use) if k.mark is None]
         return self._forgotten(unmarked, keep=known, now=self.engine.clock.now())
 
+    def _retire_noted_strays(self) -> None:
+        """A rotation resumed from Vault, about to issue again: its issue replaces the last issuing note, the
+        only thing that tells an unmarked key made under it (a crash right after the create) from one a person
+        made. Looked at first, as a start does (`_noted_strays`); found ones go with the issue's own write."""
+        if self.provider.can_list and not self.provider.is_marking_atomic:
+            noted = self._noted_strays(tuple(self._call(self.provider.list_key_ids)), None)
+            if noted:
+                self._apply(machine.Forgotten(noted), defer=True)
+
     def _inventory(self) -> list[ProviderKey]:
         """The provider's keys as `forgotten_keys` reads them (marks, not last
         use). Where the ids alone cost less (AWS: one ListAccessKeys, not
