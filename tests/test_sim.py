@@ -142,6 +142,7 @@ F192 = "F192 lost-record-under-revoke-now-gave-a-key-made-in-the-promotions-seco
 F193 = "F193 forgotten-key-never-stashed-left-unproven"
 F194 = "F194 idle-record-restored-behind-the-live-path-retired-on-its-old-schedule"
 F195 = "F195 resumed-rotations-issue-replaced-the-issuing-note-of-an-untagged-key"
+F196 = "F196 key-with-no-successor-yet-retired-right-before-its-successors-promotion"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -848,6 +849,14 @@ FINDINGS = [
     # started), so the key stayed (sweep seed 86231). A resumed rotation's issue looks first too.
     (F195, "aws", [("tick", "r0", (CallFault(16, "crash"),)), ("advance", 86400), ("tick", "r0", (CallFault(16, "crash_after"),)),
                    ("advance", 3600), ("rotate", True, (CallFault(12, "cas"),)), ("state", "older")], None, 86231),
+    # The live data written over by hand; the record restored to its rotation's start, the file renamed: the old
+    # name's record found the rotation completed and retired the key the undone versions named after a grace from
+    # then, with no successor live yet (its data hidden by hand). The new name took that entry over and, seven hours
+    # later, its first rotation retired the key (due) in `intent`, right before promoting its successor: 0:00 after
+    # it (sweep seed 16314). An entry no successor has gone live for yet (`superseded_at` unset) waits, in a rotation
+    # about to issue, for that promotion, which times its grace (a stuck rotation still never holds it up).
+    (F196, "stripe_key", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "older"), ("edit", "rename"), ("tick", "r1", ()),
+                          ("advance", 25200), ("tick", "r0", (CallFault(6, "429", retry_after=20),))], None, 16314),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -105,10 +105,15 @@ def _retirement_due(entry: Retiring, policy: Policy, now: datetime) -> bool:
     return entry.delete_after is None or now >= entry.delete_after
 
 
-def _retirement_action(record: StateRecord, policy: Policy, now: datetime) -> Action | None:
+def _retirement_action(record: StateRecord, policy: Policy, now: datetime, *, before_promotion: bool = False) -> Action | None:
+    """`before_promotion`: a rotation about to issue; an entry no successor has gone live for yet (`superseded_at`
+    unset: taken on, or found, while the live path held no key of the credential) waits for its promotion, which
+    times its grace (sim F196). A stuck rotation does not wait: retirement then runs on its own (`next_action`)."""
     live = record.current.key_id if record.current else None
     for entry in record.retiring:
         if entry.key.key_id == live or not _retirement_due(entry, policy, now):
+            continue
+        if before_promotion and entry.superseded_at is None and not entry.immediate:
             continue
         if not entry.immediate and not is_in_window(policy, now):
             continue
@@ -163,8 +168,9 @@ def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: 
     if pending.phase == "issuing":
         return SweepOrphans()
     if pending.phase == "intent":
-        # Retire what is due first: it may free the slot the new key needs.
-        return _retirement_action(record, policy, now) or Issue()
+        # Retire what is due first: it may free the slot the new key needs (and, where it does not, the issue
+        # makes room from keys past grace itself).
+        return _retirement_action(record, policy, now, before_promotion=True) or Issue()
     if pending.phase == "issued":
         return Verify()
     return Promote()
