@@ -857,6 +857,12 @@ FINDINGS = [
     # about to issue, for that promotion, which times its grace (a stuck rotation still never holds it up).
     (F196, "stripe_key", [("tick", "r1", ()), ("foreign", "garbage"), ("state", "older"), ("edit", "rename"), ("tick", "r1", ()),
                           ("advance", 25200), ("tick", "r0", (CallFault(6, "429", retry_after=20),))], None, 16314),
+    # The same shape found completed over data written by hand (F184's re-timing): the entries were marked as
+    # superseded at the recovery, though no key was live, so the successor's promotion 7 minutes later did not time
+    # them again, and a replica retired one 5:55 after it (sweep seed 3987). With no key live they stay unsuperseded.
+    (F196, "deploy_key", [("tick", "r1", ()), ("state", "lost"), ("pause", "r0", 3, 900.0, "r1"), ("state", "older"), ("foreign", "garbage"),
+                          ("tick", "r1", (CallFault(10, "429", retry_after=20), CallFault(16, "lost"), CallFault(20, "lost"))),
+                          ("advance", 400)], None, 3987),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

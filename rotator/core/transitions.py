@@ -63,8 +63,11 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
             # record is behind) went live by now, so their grace runs from no earlier than now (as `_promoted`
             # would have timed them; sim F130), also where the live data has been written over by hand since
             # and holds no key (sweep seed 18542, F184).
+            # Where the live data holds no key now (written over by hand), no successor is live yet: the entries
+            # keep `superseded_at` unset, so the next promotion times them again (sim F196, seed 3987).
+            live_now = outcome.current is not None
             retiring = [
-                e.model_copy(update={"superseded_at": now, "revoke_after": now + policy.grace, "clock": policy.clock})
+                e.model_copy(update={"superseded_at": now if live_now else None, "revoke_after": now + policy.grace, "clock": policy.clock})
                 if e.superseded_at is None and e.stage == "active" and not e.immediate
                 and e.revoke_after < now + policy.grace
                 else e
