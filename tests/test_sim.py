@@ -863,6 +863,11 @@ FINDINGS = [
     (F196, "deploy_key", [("tick", "r1", ()), ("state", "lost"), ("pause", "r0", 3, 900.0, "r1"), ("state", "older"), ("foreign", "garbage"),
                           ("tick", "r1", (CallFault(10, "429", retry_after=20), CallFault(16, "lost"), CallFault(20, "lost"))),
                           ("advance", 400)], None, 3987),
+    # A removed file's record (renamed, its path's data written over by hand) found a key it forgot and retired it a
+    # grace from then; the new name adopted the path and promoted its successor there an hour later: the old record
+    # revoked the key 4:52 after that promotion (sweep seed 38357). It now reads when the paths were last promoted.
+    (F196, "webhook", [("rotate", False, ()), ("edit", "path"), ("advance", 86400), ("tick", "r1", ()), ("state", "older"),
+                       ("foreign", "garbage"), ("edit", "rename")], None, 38357),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

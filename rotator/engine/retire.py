@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from rotator.core import machine, transitions, usage
-from rotator.core.clock import to_rfc3339
+from rotator.core.clock import parse_rfc3339, to_rfc3339
 from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import PermanentError, RotatorError, TransientError
 from rotator.core.state import KeyRecord, Retiring
@@ -30,7 +30,8 @@ class RetireSteps:
             # for nothing; the key is deleted instead (docs/CONTRACT-NOTES.md, issue 15).
             deactivate = False
         step = "deactivate" if deactivate else "revoke"
-        if not self.policy.has_file and not entry.immediate and self._taken_on_by_another(entry, step):
+        if not self.policy.has_file and not entry.immediate and (self._taken_on_by_another(entry, step)
+                                                                 or self._successor_live_since(entry, step)):
             self.log = log
             return
         if not self._may_retire_for_use(entry, step):
@@ -107,6 +108,32 @@ class RetireSteps:
             self._fail(step, exc, key_id=key_id)
             return True
         return False
+
+    def _successor_live_since(self, entry: Retiring, step: str) -> bool:
+        """A removed file's record retiring a key no successor had gone live for when it was found (its data
+        written over by hand, `superseded_at` unset): a credential that wrote one of the paths since (a renamed
+        file that adopted it) promoted its successor there, and the key keeps a grace from that promotion (sim
+        F196, seed 38357). True when postponed (or a read failed: tried again later)."""
+        if entry.superseded_at is not None:
+            return False
+        grace, now = self.policy.grace, self.engine.clock.now()
+        try:
+            times = [parse_rfc3339(at) for live in self._known_live_paths(*entry.paths)
+                     if (at := self._call(live.read).custom_metadata.get("rotator-rotated-at"))]
+        except RotatorError as exc:
+            self._fail(step, exc, key_id=entry.key.key_id)
+            return True
+        except ValueError:
+            return False
+        later = [t for t in times if t > entry.revoke_after - grace and now < t + grace]
+        if not later:
+            return False
+        at = max(later)
+        self._defer(self.record.model_copy(update={"retiring": [
+            e.model_copy(update={"superseded_at": at, "revoke_after": at + grace}) if e.key.key_id == entry.key.key_id else e
+            for e in self.record.retiring]}))
+        self._write_outcome()
+        return True
 
     def _retired_without_secrets(self, entry: Retiring, step: str) -> bool:
         """Its stash entry is gone (`RecordStore.hydrate`): only the handle's
