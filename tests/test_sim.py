@@ -143,6 +143,7 @@ F193 = "F193 forgotten-key-never-stashed-left-unproven"
 F194 = "F194 idle-record-restored-behind-the-live-path-retired-on-its-old-schedule"
 F195 = "F195 resumed-rotations-issue-replaced-the-issuing-note-of-an-untagged-key"
 F196 = "F196 key-with-no-successor-yet-retired-right-before-its-successors-promotion"
+F197 = "F197 revoke-now-caught-up-with-the-live-path-for-room-dropped-its-request"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -868,6 +869,10 @@ FINDINGS = [
     # revoked the key 4:52 after that promotion (sweep seed 38357). It now reads when the paths were last promoted.
     (F196, "webhook", [("rotate", False, ()), ("edit", "path"), ("advance", 86400), ("tick", "r1", ()), ("state", "older"),
                        ("foreign", "garbage"), ("edit", "rename")], None, 38357),
+    # AWS: the live path restored by hand to the previous key, the record restored to before the last rotation; then
+    # `rotate --revoke-now`: the user full, the record caught up with the live path (F191) and the rotation was dropped,
+    # and with it the request it had taken: nothing was revoked at once (sweep seed 36188). The request now carries on.
+    (F197, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "restore"), ("state", "older"), ("rotate", True, ())], None, 36188),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

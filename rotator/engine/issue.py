@@ -63,7 +63,7 @@ class IssueSteps:
         if noted:
             started = transitions.apply(started, machine.Forgotten(noted), self.policy, now)
         self._started_here = rotation_id
-        self.request = None
+        self._request_taken, self.request = self.request, None
         self._started_monotonic = time.monotonic()
 
         def announce() -> None:
@@ -202,8 +202,9 @@ class IssueSteps:
         except RotatorError as exc:
             self._fail("issue", exc)
             return
-        if credential is None:
-            return  # caught up with the live path (`_recover_if_behind`)
+        if credential is None:  # caught up with the live path: a manual request gets a rotation of its own (F197)
+            self.request = self._request_taken
+            return
         register_secret(*self.provider.secret_values(credential.data, credential.handle))
         crashpoint("after-issue")
         try:
@@ -391,9 +392,8 @@ class IssueSteps:
             return self._mint(ctx)
 
     def _stash_landed(self, credential: IssuedCredential) -> bool:
-        """After a failed stash write: did it apply all the same (a lost
-        response)? Unsure counts as yes: a key left unstashed is swept (it
-        carries this rotation's mark), a key revoked under a stash is not."""
+        """After a failed stash write: did it apply all the same (a lost response)? Unsure counts as yes: a
+        key left unstashed is swept (it carries this rotation's mark), a key revoked under a stash is not."""
         pending = self.record.pending
         assert pending is not None
         try:

@@ -65,6 +65,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
         self._wrote = False
         self._durable: list[Callable[[], None]] = []
         self._started_here: str | None = None  # the rotation this run started
+        self._request_taken: Request | None = None  # the request it started it for
         self._described_key: str | None = None  # the key this run's metadata write named as live
         self._wrote_live: int | None = None  # the live version this run's own check-and-set write made
         self._behind_checked = False  # whether this run compared a resumed rotation with the live path
