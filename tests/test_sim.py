@@ -144,6 +144,7 @@ F194 = "F194 idle-record-restored-behind-the-live-path-retired-on-its-old-schedu
 F195 = "F195 resumed-rotations-issue-replaced-the-issuing-note-of-an-untagged-key"
 F196 = "F196 key-with-no-successor-yet-retired-right-before-its-successors-promotion"
 F197 = "F197 revoke-now-caught-up-with-the-live-path-for-room-dropped-its-request"
+F198 = "F198 restored-rotation-took-its-own-stashed-key-for-an-undone-ones-and-minted-for-ever"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -873,6 +874,13 @@ FINDINGS = [
     # `rotate --revoke-now`: the user full, the record caught up with the live path (F191) and the rotation was dropped,
     # and with it the request it had taken: nothing was revoked at once (sweep seed 36188). The request now carries on.
     (F197, "aws", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "restore"), ("state", "older"), ("rotate", True, ())], None, 36188),
+    # A rotation's `verified` write lost, the record restored to its start: resumed, the look at what the restore undid
+    # took the rotation's own stashed key for an undone rotation's and retired it; the issue then met its own stash
+    # entry naming that key and stopped (another process took over?), every pass minting a key and revoking it, and
+    # the first key stayed at quiescence (sweep seed 47218, after 2416587). The rotation in flight's own keys are its
+    # sweep's, never the undone versions'.
+    (F198, "webhook", [("tick", "r1", ()), ("rotate", False, (CallFault(3, "lost"),)), ("rotate", True, (CallFault(11, "lost"),)),
+                       ("state", "older")], None, 47218),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

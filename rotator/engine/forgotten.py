@@ -8,8 +8,7 @@ the record that marked it (KV v2 keeps its recent ones) name the paths that rota
 live, and a live path whose metadata names that rotation was written by it; failing both, the rotation's
 stash entry names the paths it was writing when it minted, and a rotation with no stash entry never
 recorded its key (so never wrote it live). A key whose rotation none names has no such proof and is left
-alone (a key left behind is reported; a live key revoked
-breaks consumers).
+alone (a key left behind is reported; a live key revoked breaks consumers).
 """
 
 from __future__ import annotations

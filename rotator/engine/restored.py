@@ -148,8 +148,12 @@ class RestoredSteps:
             return
         self._undone_retired = True
         known = self.record.managed_key_ids()
-        named = {key.key_id for version in undone for key in _keys_of(version)} - known
-        rotations = {version.pending.rotation_id for version in undone if version.pending is not None}
+        # The rotation in flight's own keys are its sweep's (or, stashed, its issue's): taken for forgotten here,
+        # its issue again would meet its own stash entry naming a retiring key, and mint and revoke for ever
+        # (sim F198, seed 47218).
+        own = self.record.pending.rotation_id if self.record.pending is not None else None
+        named = {key.key_id for version in undone for key in _keys_of(version) if key.rotation_id != own} - known
+        rotations = {version.pending.rotation_id for version in undone if version.pending is not None} - {own}
         if not (named or rotations) or not self.provider.can_list:
             return
         name = self.cred.spec.name
