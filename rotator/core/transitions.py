@@ -132,7 +132,7 @@ def apply(record: StateRecord, outcome: Outcome, policy: Policy, now: datetime) 
         case RolledBack():
             return _rolled_back(record, outcome, policy, now)
         case Deactivated(key_id=key_id):
-            return _update_retiring(record, key_id, lambda e: e.model_copy(update={
+            return update_retiring(record, key_id, lambda e: e.model_copy(update={
                 "stage": "deactivated",
                 "delete_after": now if e.immediate else now + (policy.retire_delay or timedelta(0)),
                 "attempts": 0, "next_attempt_at": None, "last_error": None,
@@ -261,7 +261,7 @@ def _rolled_back(record: StateRecord, outcome: RolledBack, policy: Policy, now: 
 def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime) -> StateRecord:
     if outcome.step in {"deactivate", "revoke"} and outcome.key_id is not None:
         # Revocation is retried until the provider confirms, whatever the error.
-        return _update_retiring(record, outcome.key_id, lambda e: e.model_copy(update={
+        return update_retiring(record, outcome.key_id, lambda e: e.model_copy(update={
             "attempts": e.attempts + 1,
             "next_attempt_at": now + backoff(e.attempts + 1, outcome.retry_after),
             "last_error": outcome.error,
@@ -296,5 +296,6 @@ def will_retry(record: StateRecord, policy: Policy) -> bool:
     return not is_blocked(record, policy)
 
 
-def _update_retiring(record: StateRecord, key_id: str, change) -> StateRecord:  # type: ignore[no-untyped-def]
+def update_retiring(record: StateRecord, key_id: str, change) -> StateRecord:  # type: ignore[no-untyped-def]
+    """`record` with the retiring entry of `key_id` replaced by `change(entry)`."""
     return record.model_copy(update={"retiring": [change(e) if e.key.key_id == key_id else e for e in record.retiring]})

@@ -45,19 +45,16 @@ class ForgottenSteps:
                 histories[owner] = self._history_of(owner)
             paths = [str(live) for live, content in known if content.custom_metadata.get("rotator-rotation-id") == rotation]
             paths += [p for p in rotation_paths(histories[owner], rotation) or [] if p not in paths]
+            never_stashed = False
             if not paths:
                 # Nothing else names the rotation (its record lost, or restored past the versions KV keeps): its stash
-                # entry, written before any live write, says which paths it was writing (sim F190).
+                # entry, written before any live write, says which paths it was writing (sim F190). No entry at all:
+                # the entry is written before the record names the key, the record before any live write, and the
+                # entry is destroyed only once the key is revoked. Minted and never recorded (a crash or a lost
+                # answer right after the mint): it never went live (sim F193).
                 targets = self._call(lambda: self.engine.records.stashed_targets(owner, rotation, entry.key.key_id))
-                if targets is None:
-                    # No stash entry at all: the entry is written before the record names the key, the record before
-                    # any live write, and the entry is destroyed only once the key is revoked. Minted and never
-                    # recorded (a crash or a lost answer right after the mint): it never went live (sim F193).
-                    if not self._held_at_any(entry.key.key_id, []):
-                        out.append(entry if self.policy.has_file else entry.model_copy(update={"paths": []}))
-                    continue
-                paths = targets
-            if not paths:
+                never_stashed, paths = targets is None, targets or []
+            if not paths and not never_stashed:
                 self.log.warning("inventory.unproven_key", key_id=entry.key.key_id, marked_by=owner,
                                  reason="neither the live paths nor its record's readable versions name its rotation: "
                                         "where it went live is not known")

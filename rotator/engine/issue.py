@@ -282,8 +282,7 @@ class IssueSteps:
         if old is not None and pending is None:
             # The key the record had as current, superseded by the live path's rotation: at once where that one
             # was asked with `--revoke-now` (its metadata says so) and came after the key (sim F194).
-            self._defer(self.record.model_copy(update={"retiring": [
-                under_revoke_now(content, (e,), now=now)[0] if e.key.key_id == old.key_id else e for e in self.record.retiring]}))
+            self._defer(transitions.update_retiring(self.record, old.key_id, lambda e: under_revoke_now(content, (e,), now=now)[0]))
         minted = pending.credential if pending is not None else None
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
             # The dropped rotation's own key (never live, or superseded since): unlistable ones too.

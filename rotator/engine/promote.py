@@ -50,7 +50,7 @@ class PromoteSteps:
         entry): a path the file no longer names that is still this credential's own (`vault.path` changed
         since, its data restored there by hand, sim sweep seed 13729) does not keep a key its owner asked to
         revoke at once; the file's path, and a path another credential has taken on, still do. `read`: what the
-        file's path held when just read (`RetireSteps._caught_up_before_retiring`), not read again."""
+        file's path held when just read (`RetireSteps._live_before_retiring`), not read again."""
         if self._described_key is not None and key_id != self._described_key:
             # This run's own metadata write (under its lease) just named
             # another key as live, after its check-and-set live write.

@@ -30,8 +30,15 @@ class RetireSteps:
             # for nothing; the key is deleted instead (docs/CONTRACT-NOTES.md, issue 15).
             deactivate = False
         step = "deactivate" if deactivate else "revoke"
-        if not self.policy.has_file and not entry.immediate and (self._taken_on_by_another(entry, step)
-                                                                 or self._successor_live_since(entry, step)):
+        reads: dict[str, Any] = {}  # what the two checks below read, each path once
+
+        def read(live: Any) -> Any:
+            if str(live) not in reads:
+                reads[str(live)] = self._call(live.read)
+            return reads[str(live)]
+
+        if not self.policy.has_file and not entry.immediate and (self._taken_on_by_another(entry, step, read)
+                                                                 or self._successor_live_since(entry, step, read)):
             self.log = log
             return
         if not self._may_retire_for_use(entry, step):
@@ -83,17 +90,17 @@ class RetireSteps:
         content = self._call(self._live.read)
         return True if self._recover_if_behind(content) else content
 
-    def _taken_on_by_another(self, entry: Retiring, step: str) -> bool:
+    def _taken_on_by_another(self, entry: Retiring, step: str, read: Any) -> bool:
         """A removed file's record retiring a key that the credential now writing
         its live path has taken on since (renamed twice, the path restored by
         hand and adopted: live again there, and superseded there later): that
         record names it, as current or retiring after this one, and retires it
         on its own schedule; this one lets go of it (sim F126). True when
-        handled here (let go, or a read failed: tried again later)."""
+        handled here (let go, or a read failed: tried again later). `read`: a live path's content."""
         key_id = entry.key.key_id
         try:
             for live in self._known_live_paths():
-                owner = self._call(live.read).owner()
+                owner = read(live).owner()
                 if owner is None or owner == self.cred.spec.name:
                     continue
                 other, _ = self._call(lambda o=owner: self.engine.read_record(o))  # type: ignore[misc]
@@ -109,7 +116,7 @@ class RetireSteps:
             return True
         return False
 
-    def _successor_live_since(self, entry: Retiring, step: str) -> bool:
+    def _successor_live_since(self, entry: Retiring, step: str, read: Any) -> bool:
         """A removed file's record retiring a key no successor had gone live for when it was found (its data
         written over by hand, `superseded_at` unset): a credential that wrote one of the paths since (a renamed
         file that adopted it) promoted its successor there, and the key keeps a grace from that promotion (sim
@@ -119,7 +126,7 @@ class RetireSteps:
         grace, now = self.policy.grace, self.engine.clock.now()
         try:
             times = [parse_rfc3339(at) for live in self._known_live_paths(*entry.paths)
-                     if (at := self._call(live.read).custom_metadata.get("rotator-rotated-at"))]
+                     if (at := read(live).custom_metadata.get("rotator-rotated-at"))]
         except RotatorError as exc:
             self._fail(step, exc, key_id=entry.key.key_id)
             return True
@@ -129,9 +136,8 @@ class RetireSteps:
         if not later:
             return False
         at = max(later)
-        self._defer(self.record.model_copy(update={"retiring": [
-            e.model_copy(update={"superseded_at": at, "revoke_after": at + grace}) if e.key.key_id == entry.key.key_id else e
-            for e in self.record.retiring]}))
+        self._defer(transitions.update_retiring(self.record, entry.key.key_id,
+                                                lambda e: e.model_copy(update={"superseded_at": at, "revoke_after": at + grace})))
         self._write_outcome()
         return True
 
