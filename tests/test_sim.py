@@ -284,6 +284,31 @@ def test_a_crash_drops_the_process_and_a_fresh_one_resumes() -> None:
     assert len([k for k in world.service.existing()]) == 1, "the crash's unstashed key was swept"
 
 
+def test_a_fresh_process_never_replays_a_dead_ones_stripe_create() -> None:
+    """Seed 80620, about one run in 300: the simulated Stripe providers put
+    `id(self)` in their idempotency keys, and a fresh process's provider could
+    get a freed one's address, so its create replayed a dead process's answer
+    (an old key). A real process's keys carry a random part; the sim numbers
+    its provider objects instead, so a run is the same every time."""
+    import gc
+    import types
+
+    from rotator.core.provider import IssueContext
+
+    for kind in ("stripe_key", "webhook"):
+        world = World(kind)
+        context = types.SimpleNamespace(clock=types.SimpleNamespace(actor="r0.0"))
+        params = world.provider_cls.params_model.model_validate(world.kind.params)
+        ctx = IssueContext(credential="app", rotation_id="20260301T000000Z-00000001")
+        minted = []
+        for _ in range(20):
+            provider = world.provider_cls(params, context)
+            minted.append(provider.issue(ctx).key_id)
+            del provider
+            gc.collect()  # its address is free for the next one
+        assert len(set(minted)) == len(minted), f"{kind}: a fresh provider object replayed an earlier one's create"
+
+
 def test_a_lease_from_another_clock_is_trusted_the_allowance_past_its_expiry() -> None:
     """Sim F11, the lease half: a holder on another host may read its lease
     as running for up to the allowance after our clock says it expired."""

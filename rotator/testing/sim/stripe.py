@@ -26,6 +26,10 @@ class StripeAccount(Service):
         super().__init__(now, boundary=boundary)
         self.secret_field = secret_field  # type: ignore[misc]
         self.idempotent: dict[str, str] = {}  # Idempotency-Key -> the key id its create made
+        # Numbers provider objects, standing in for the random part a real
+        # process puts in its idempotency keys: `id()` could repeat once an
+        # old object is freed, so a fresh process replayed a dead one's create.
+        self.instances = itertools.count(1)
 
     def create(self, actor: str, idempotency_key: str, prefix: str, mark: str, extra: dict[str, Any]) -> SimKey:
         if idempotency_key in self.idempotent:
@@ -51,11 +55,12 @@ class _SimStripeProvider(_SimProvider):
         super().__init__(params, context)
         self._nonces: dict[str, str] = {}  # rotation id -> nonce of a create whose answer was lost
         self._counter = itertools.count(1)
+        self._instance = next(self.service.instances)
 
     def _create(self, ctx: IssueContext, extra: dict[str, Any]) -> SimKey:
         nonce = self._nonces.get(ctx.rotation_id) or f"n{next(self._counter)}"
         self._nonces[ctx.rotation_id] = nonce
-        idem = f"rotator-{ctx.rotation_id}-{nonce}-{id(self)}"
+        idem = f"rotator-{ctx.rotation_id}-{nonce}-i{self._instance}"
         mark = mark_text(ctx.credential, ctx.rotation_id)
         try:
             key = self._call("POST create", lambda: self.service.create(self.actor, idem, self._prefix, mark, extra), mutating=True)
@@ -94,7 +99,7 @@ class SimStripeManagedApiKeyProvider(_SimStripeProvider):
         for key_id, key_mark, expired in listed:
             if expired is None and key_mark == mark:
                 self.revoke({"key_id": key_id})
-        fresh = f"rotator-{ctx.rotation_id}-{next(self._counter)}-{id(self)}"
+        fresh = f"rotator-{ctx.rotation_id}-{next(self._counter)}-i{self._instance}"
         key = self._call("POST create", lambda: self.service.create(self.actor, fresh, self._prefix, mark, {}), mutating=True)
         return IssuedCredential(key_id=key.key_id, data={"api_key": key.secret, "key_id": key.key_id},
                                 handle={"key_id": key.key_id, "api_key": key.secret})
