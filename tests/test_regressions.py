@@ -230,6 +230,30 @@ def test_revoke_now_on_an_unfinished_rotation_is_kept(world: World) -> None:
     assert old not in world.keys.keys, "the compromised key kept its grace"
 
 
+def test_revoke_now_whose_revoke_of_a_previous_key_failed_is_not_reported_done(openbao, bao_client, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Sim F199: `rotate --revoke-now` with a key already in grace whose revoke fails (transient), as do the
+    others the run tries: the run still rotates. Previous keys still work, so the run failed (exit 1), its
+    summary row names a key and the step, and the daemon's next pass revokes them."""
+    from rotator.engine.mass import FAILED, classify
+
+    w = make_world(openbao, bao_client, unique, limit=10)  # room for a third key: the run goes on to rotate
+    first = w.rotate()
+    second = w.rotate()
+    w.keys.fail("revoke", *["before"] * 100)  # every revoke of the run, past the step's own retries
+    result = w.reconcile(request=Request(revoke_now=True))
+    third = w.live_key_id()
+    assert third not in (first, second) and set(w.keys.keys) == {first, second, third}, "it rotated; nothing was revoked"
+    assert result.status == "failed", "a previous key still works: the revoke-now is not done"
+    row = classify(w.cred, result, lease_wait=0, interrupted=False)
+    assert (row.result, row.step) == (FAILED, "revoke") and (first in (row.reason or "") or second in (row.reason or "")), row
+    w.keys.faults.clear()
+    w.clock.advance(timedelta(hours=2))
+    w.reconcile()
+    assert set(w.keys.keys) == {third}, "the failed revokes are retried on their schedule"
+    assert not w.violations
+    w.engine.close()
+
+
 def test_revoke_now_shortens_deactivated_entries(openbao, bao_client, unique: str, events: EventLog) -> None:  # type: ignore[no-untyped-def]
     """A key already deactivated (waiting for deletion) is deleted at once by --revoke-now."""
     w = make_world(openbao, bao_client, unique, retire_delay=86400.0, limit=10)

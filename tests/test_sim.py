@@ -145,6 +145,7 @@ F195 = "F195 resumed-rotations-issue-replaced-the-issuing-note-of-an-untagged-ke
 F196 = "F196 key-with-no-successor-yet-retired-right-before-its-successors-promotion"
 F197 = "F197 revoke-now-caught-up-with-the-live-path-for-room-dropped-its-request"
 F198 = "F198 restored-rotation-took-its-own-stashed-key-for-an-undone-ones-and-minted-for-ever"
+F199 = "F199 revoke-now-whose-revoke-of-an-earlier-key-failed-reported-done"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -906,6 +907,12 @@ FINDINGS = [
     # sweep's, never the undone versions'.
     (F198, "webhook", [("tick", "r1", ()), ("rotate", False, (CallFault(3, "lost"),)), ("rotate", True, (CallFault(11, "lost"),)),
                        ("state", "older")], None, 47218),
+    # `rotate --revoke-now` with a key already in grace: its revoke failed (Vault's read of the live path), the run
+    # went on, promoted a new key, revoked the one it replaced and reported the rotation done, exit 0, with the
+    # older key still working; the record was then lost, so only the orphan sweep found that key, hours later
+    # (sweep seed 54438). A revoke-now run that leaves a previous key working now fails (exit 1, step `revoke`).
+    (F199, "stripe_key", [("tick", "r1", ()), ("rotate", False, ()), ("rotate", True, (CallFault(3, "fail"),)), ("state", "lost"),
+                          ("edit", "rename")], None, 54438),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -86,6 +86,11 @@ def grace_ends(entry: Retiring, policy: Policy) -> datetime:
 # -- deciding ------------------------------------------------------------------
 
 
+def unrevoked(record: StateRecord) -> tuple[Retiring, ...]:
+    """Previous keys `--revoke-now` asked to end at once that still work: not revoked, nor deactivated."""
+    return tuple(e for e in record.retiring if e.immediate and e.stage == "active")
+
+
 def is_blocked(record: StateRecord, policy: Policy) -> bool:
     """A permanent failure holds until the credential file changes."""
     return record.blocked_fingerprint is not None and record.blocked_fingerprint == policy.fingerprint

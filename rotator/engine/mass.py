@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rotator.config.spec import LoadedCredential, LoadResult
+from rotator.core import machine
 from rotator.core.actions import Request
 from rotator.core.errors import RotatorError
 from rotator.engine.reconcile import Engine
@@ -109,6 +110,13 @@ def classify(cred: LoadedCredential, result: ReconcileResult, *, lease_wait: flo
     if result.status == "progressed" and interrupted:
         return Outcome(**base, result=NOT_STARTED if not result.events else FAILED, step="interrupted",
                        reason="interrupted: the step in flight finished; the next run resumes from the state record")
+    if result.status == "failed" and record is not None and record.pending is None and (left := machine.unrevoked(record)):
+        from rotator.audit.events import redact_text
+
+        entry = left[0]  # `--revoke-now` rotated, but a previous key still works (sim F199)
+        why = redact_text(entry.last_error) if entry.last_error else "its revoke has not run"
+        return Outcome(**base, result=FAILED, step="revoke",
+                       reason=f"rotated, but the previous key {entry.key.key_id} still works ({why}); it is retried on its schedule")
     if result.status == "failed":
         return Outcome(**base, result=FAILED, step=step, reason=error or "see the rotation.failed event")
     return Outcome(**base, result=FAILED, step=step, reason=f"the rotation did not complete ({result.status})")

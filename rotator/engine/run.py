@@ -47,6 +47,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
         self.record = record
         self.version = version
         self.request = request
+        self._revoke_now_asked = request is not None and request.revoke_now
         self.status = "progressed"
         self.events: list[str] = []
         self.log = get_logger(credential=cred.spec.name, provider=cred.spec.provider)
@@ -123,6 +124,10 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
             self.emit("rotation.failed", "error", step="persist", error=str(exc), will_retry=True, next_attempt_at=None)
             self.status = "failed"
         self.release()
+        if self.status == "completed" and self._revoke_now_asked and machine.unrevoked(self.record):
+            # `--revoke-now` is done when no previous key works: one whose revoke failed is retried
+            # on its entry's schedule, and this run is not done (exit 1; sim F199).
+            self.status = "failed"
         if self._wakes_earlier():
             self.engine.changes.record(self.record.credential)
         return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
