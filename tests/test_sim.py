@@ -146,6 +146,7 @@ F196 = "F196 key-with-no-successor-yet-retired-right-before-its-successors-promo
 F197 = "F197 revoke-now-caught-up-with-the-live-path-for-room-dropped-its-request"
 F198 = "F198 restored-rotation-took-its-own-stashed-key-for-an-undone-ones-and-minted-for-ever"
 F199 = "F199 revoke-now-whose-revoke-of-an-earlier-key-failed-reported-done"
+F200 = "F200 restored-rotation-whose-stash-entry-was-gone-blocked-the-credential"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -913,6 +914,15 @@ FINDINGS = [
     # (sweep seed 54438). A revoke-now run that leaves a previous key working now fails (exit 1, step `revoke`).
     (F199, "stripe_key", [("tick", "r1", ()), ("rotate", False, ()), ("rotate", True, (CallFault(3, "fail"),)), ("state", "lost"),
                           ("edit", "rename")], None, 54438),
+    # A `rotate` crashed after its mint, before its stash write (a marked key nothing records); the record was then
+    # restored to an earlier rotation, `verified`, that had been rolled back since (its stash entry destroyed).
+    # Resumed, that rotation could be neither verified nor promoted and was undone, but as a *permanent* verify
+    # failure: the credential was blocked until its file changed, so it never rotated again and the crashed
+    # rotation's key stayed for ever (sweep seed 67795). A missing stash entry is not the file's fault: the
+    # rotation is rolled back and the credential retried with backoff.
+    (F200, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "restore"), ("rotate", False, ()), ("advance", 86400),
+                          ("rotate", False, (CallFault(9, "crash"),)), ("state", "older"),
+                          ("tick", "r0", (CallFault(13, "429", retry_after=300),))], None, 67795),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -111,8 +111,9 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
                     if not isinstance(action, (machine.Verify, machine.Promote)):
                         raise
                     # The new credential's stash entry is gone (a record restored to a rotation whose key was
-                    # revoked since): it can be neither verified nor written live, so the rotation is undone.
-                    self._fail("verify", PermanentError(str(exc)))
+                    # revoked since): it can be neither verified nor written live, so the rotation is undone;
+                    # not the file's fault, so retried with backoff, never blocked (sim F200).
+                    self._fail("verify", TransientError(str(exc)))
                     continue
                 self._do(action)
         except LeaseLostError as exc:
