@@ -147,6 +147,7 @@ F197 = "F197 revoke-now-caught-up-with-the-live-path-for-room-dropped-its-reques
 F198 = "F198 restored-rotation-took-its-own-stashed-key-for-an-undone-ones-and-minted-for-ever"
 F199 = "F199 revoke-now-whose-revoke-of-an-earlier-key-failed-reported-done"
 F200 = "F200 restored-rotation-whose-stash-entry-was-gone-blocked-the-credential"
+F201 = "F201 quiescence-ended-before-the-grace-of-a-key-a-catch-up-found-superseded"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -923,6 +924,16 @@ FINDINGS = [
     (F200, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "restore"), ("rotate", False, ()), ("advance", 86400),
                           ("rotate", False, (CallFault(9, "crash"),)), ("state", "older"),
                           ("tick", "r0", (CallFault(13, "429", retry_after=300),))], None, 67795),
+    # A simulation defect: `rotate --revoke-now` made a key live, the live path was then written back by hand to the
+    # key before it, the record restored to before that rotation and the file deleted. Six hours on, the removed
+    # file's record caught up with the live path (its metadata names the rotation) and retired the rotation's own
+    # key, which the data no longer held, a full grace from then, as documented (`_recover_if_behind`: the rotator
+    # cannot know when data was written over it); quiescence ended before that grace did (sweep seeds 63575, 15155).
+    # Quiescence now runs past the grace of each key a record takes up in it, once per key.
+    (F201, "aws", [("tick", "r0", ()), ("state", "lost"), ("tick", "r1", ()), ("rotate", True, ()), ("foreign", "restore"),
+                   ("state", "older"), ("edit", "delete")], None, 63575),
+    (F201, "aws", [("pause", "r0", 0, 900.0, "r1"), ("state", "older"), ("tick", "r1", ()), ("rotate", True, ()), ("state", "older"),
+                   ("foreign", "restore"), ("edit", "delete")], None, 15155),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
