@@ -148,6 +148,7 @@ F198 = "F198 restored-rotation-took-its-own-stashed-key-for-an-undone-ones-and-m
 F199 = "F199 revoke-now-whose-revoke-of-an-earlier-key-failed-reported-done"
 F200 = "F200 restored-rotation-whose-stash-entry-was-gone-blocked-the-credential"
 F201 = "F201 quiescence-ended-before-the-grace-of-a-key-a-catch-up-found-superseded"
+F202 = "F202 rollbacks-own-failure-replaced-the-error-it-was-undoing"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -934,6 +935,14 @@ FINDINGS = [
                    ("state", "older"), ("edit", "delete")], None, 63575),
     (F201, "aws", [("pause", "r0", 0, 900.0, "r1"), ("state", "older"), ("tick", "r1", ()), ("rotate", True, ()), ("state", "older"),
                    ("foreign", "restore"), ("edit", "delete")], None, 15155),
+    # A rotation refused to overwrite a live path written by hand ("run `rotator adopt app`") and was rolling back
+    # when a 429 from Vault failed the rollback's step: that error replaced the refusal as the record's last error,
+    # and the finished rollback reported "rate limited", will_retry false. The credential stayed blocked with no
+    # word of `adopt`, so nobody adopted it and a crashed `rotate`'s key stayed (sweep seed 67795, after F200). The
+    # failure being rolled back stays the record's error; the rollback's own failures are events.
+    (F202, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "restore"), ("rotate", False, ()), ("advance", 86400),
+                          ("tick", "r0", ()), ("rotate", False, (CallFault(9, "crash"),)), ("state", "older"),
+                          ("tick", "r0", (CallFault(13, "429", retry_after=300),))], None, 67795),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

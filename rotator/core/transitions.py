@@ -267,6 +267,10 @@ def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime)
             "last_error": outcome.error,
         }))
     errors = {"last_error": outcome.error, "last_error_step": outcome.step, "last_error_at": now}
+    if outcome.step == "rollback" and record.pending is not None and record.pending.failed_step is not None:
+        # The failure being undone stays the record's error (what `status` and the final report quote, e.g.
+        # "run `rotator adopt NAME`"); the rollback's own failures are `rotation.failed` events (sim F202).
+        errors = {}
     if outcome.step in {"metadata", "inventory"}:
         # The credential is live: retried with backoff until written (or looked), never blocked.
         attempts = record.attempts + 1
