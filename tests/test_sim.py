@@ -149,6 +149,7 @@ F199 = "F199 revoke-now-whose-revoke-of-an-earlier-key-failed-reported-done"
 F200 = "F200 restored-rotation-whose-stash-entry-was-gone-blocked-the-credential"
 F201 = "F201 quiescence-ended-before-the-grace-of-a-key-a-catch-up-found-superseded"
 F202 = "F202 rollbacks-own-failure-replaced-the-error-it-was-undoing"
+F203 = "F203 removed-files-record-refused-a-retirement-for-ever-and-never-looked-for-keys-it-forgot"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -943,6 +944,13 @@ FINDINGS = [
     (F202, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("foreign", "restore"), ("rotate", False, ()), ("advance", 86400),
                           ("tick", "r0", ()), ("rotate", False, (CallFault(9, "crash"),)), ("state", "older"),
                           ("tick", "r0", (CallFault(13, "429", retry_after=300),))], None, 67795),
+    # The live path written back by hand to a key past its grace; `rotate --revoke-now` crashed after its mint; the
+    # record restored to before it; the file deleted. The removed file's record refused, hour after hour, to retire
+    # the key the live path holds (right: it is live), so it was never idle, and only an idle record looks for keys
+    # it forgot (F117): the crashed rotation's key stayed (sweep seed 71053). A removed file's record that refuses a
+    # retirement because a live path holds the key now looks for them too.
+    (F203, "stripe_key", [("rotate", False, ()), ("advance", 86400), ("tick", "r0", ()), ("advance", 25200), ("foreign", "restore"),
+                          ("rotate", True, (CallFault(19, "crash"),)), ("state", "older"), ("edit", "delete")], None, 71053),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
