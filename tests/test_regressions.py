@@ -662,3 +662,58 @@ def test_a_removed_files_idle_record_restored_behind_its_live_path_retires_what_
     w.daemon.run_pass()
     assert w.keys() == {}, "the key the restored record forgot must be revoked at the end of its grace"
     w.daemon.close()
+
+
+def test_a_removed_files_idle_record_is_looked_at_again_after_its_forgotten_keys_path_is_written_over(openbao, aws_env, iam_user, iam_admin, config_dir, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """Sim F204: `vault.path` changed and a rotation made `second` live at the new path; the record restored by
+    hand to before both (current `first`, at the old path); the file removed. The scan's look at the idle record
+    finds `second`, a key it does not know, live at the new path, so keeps it. That path is then written over by
+    hand: the record has no new version, and it was looked at once per version, so `second` stayed for good. It is
+    looked at again every LOOK_AGAIN: `second`, now live nowhere, is revoked a full grace later; `first`, the
+    record's live key at its path, is left alone (§6.9). Real OpenBao, real moto, real daemon."""
+    from datetime import UTC, datetime
+
+    import hvac
+
+    from helpers import write_credential
+    from rotator.config.settings import Settings
+    from rotator.daemon.loop import Daemon
+    from rotator.engine.fileless import LOOK_AGAIN
+    from rotator.wiring import App
+
+    clock = FakeClock(datetime.now(UTC))  # moto's last-use times are real ones: keep the clock past them
+    settings = Settings(config_dir=config_dir, state_prefix=f"rotator-test/{unique}", vault_addr=openbao.addr, vault_token=openbao.token)
+    store = VaultStore(settings.vault_connection())
+    engine = Engine(store, options=EngineOptions(state_prefix=settings.state_prefix), clock=clock)
+    params = {"user_name": iam_user, "delete_after_deactivation": "0s"}
+    file = write_credential(config_dir, iam_user, params=params, every="30d", grace="1h")
+    daemon = Daemon(App(settings, store, engine))
+    keys = lambda: {k["AccessKeyId"]: k["Status"] for k in iam_admin.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]}  # noqa: E731
+    daemon.load()
+    daemon.preload_state()
+    assert daemon.run_pass().completed == 1
+    first = store.read("secret", f"apps/{iam_user}").data["access_key_id"]
+    kv = hvac.Client(url=openbao.addr, token=openbao.token).secrets.kv.v2
+    record_path = engine.state_path(iam_user)
+    after_first = kv.read_secret_version(path=record_path, mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
+    write_credential(config_dir, iam_user, params=params, every="30d", grace="1h", path=f"apps/{iam_user}-moved")
+    daemon.load()
+    clock.advance(timedelta(days=31))
+    assert daemon.run_pass().completed == 1
+    second = store.read("secret", f"apps/{iam_user}-moved").data["access_key_id"]
+    assert set(keys()) == {first, second}
+    kv.create_or_update_secret(path=record_path, secret=after_first, mount_point="secret")  # `bao kv rollback`, by hand
+    file.unlink()
+    daemon.load()
+    daemon.preload_state()
+    daemon.run_pass()
+    assert set(keys()) == {first, second}, "second is live at the moved path: kept"
+    kv.create_or_update_secret(path=f"apps/{iam_user}-moved", secret={"note": "written by hand"}, mount_point="secret")
+    clock.advance(LOOK_AGAIN)
+    daemon.find_fileless()  # the daemon's periodic scan
+    daemon.run_pass()
+    assert set(keys()) == {first, second}, "a full grace from the look that found it live nowhere"
+    clock.advance(timedelta(hours=2))
+    daemon.run_pass()
+    assert set(keys()) == {first}, "the key the restored record forgot must be revoked once it is live nowhere"
+    daemon.close()

@@ -150,6 +150,7 @@ F200 = "F200 restored-rotation-whose-stash-entry-was-gone-blocked-the-credential
 F201 = "F201 quiescence-ended-before-the-grace-of-a-key-a-catch-up-found-superseded"
 F202 = "F202 rollbacks-own-failure-replaced-the-error-it-was-undoing"
 F203 = "F203 removed-files-record-refused-a-retirement-for-ever-and-never-looked-for-keys-it-forgot"
+F204 = "F204 removed-files-idle-record-looked-once-before-its-forgotten-keys-path-was-written-over"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -951,6 +952,13 @@ FINDINGS = [
     # retirement because a live path holds the key now looks for them too.
     (F203, "stripe_key", [("rotate", False, ()), ("advance", 86400), ("tick", "r0", ()), ("advance", 25200), ("foreign", "restore"),
                           ("rotate", True, (CallFault(19, "crash"),)), ("state", "older"), ("edit", "delete")], None, 71053),
+    # `vault.path` changed, a `rotate` made a key live at the new path, the record restored to before both, the file
+    # renamed: the old name's record is a removed file's, idle. Its one look (per record version, F117) found the
+    # key it forgot live at the new path, so kept it; the path was then written over by hand, and with no new
+    # version of the record nothing looked again: the key stayed (sweep seed 22674). An idle removed file's record
+    # is now looked at again every `LOOK_AGAIN` (6 h), new version or not.
+    (F204, "aws", [("tick", "r0", ()), ("edit", "path"), ("rotate", False, ()), ("state", "older"), ("edit", "rename"), ("tick", "r0", ()),
+                   ("tick", "r1", ()), ("foreign", "garbage")], None, 22674),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

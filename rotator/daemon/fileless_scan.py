@@ -8,7 +8,9 @@ Invariants:
 - a record of a file that is only broken, or of another deployment's file
   (another config directory sharing the state prefix), is left alone;
 - a record with nothing pending or retiring is compared with its live path
-  once per version of the record (`Engine.reconcile(look_behind=True)`):
+  once per version of the record, and again every `LOOK_AGAIN` (a path
+  written over by hand since; the daemon scans that often), by the engine's
+  clock (`Engine.reconcile(look_behind=True)`):
   restored to an older version, it learns of the rotations since and
   retires the keys they left (and, a full grace later, those of a
   rotation since that never went live, where no path they can have
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from rotator.core.errors import RotatorError
 from rotator.core.state import StateRecord
-from rotator.engine.fileless import fileless_credential, has_work
+from rotator.engine.fileless import LOOK_AGAIN, fileless_credential, has_work
 from rotator.engine.registry import load_providers
 from rotator.engine.results import ReconcileResult
 
@@ -84,8 +86,10 @@ def find_fileless(daemon: Daemon) -> dict[str, CredentialView] | None:
         if record is None or record.credential in stems or (record.source or "") in failed:
             continue  # nothing to do, or its file is only broken (its last good version is unknown here)
         idle = not has_work(record)
-        if idle and (record.moved_to is not None or daemon.looked_behind.get(record.credential) == current.version):
-            continue  # handed its keys on, or compared with its live path at this version already
+        looked = daemon.looked_behind.get(record.credential)
+        if idle and (record.moved_to is not None
+                     or (looked is not None and looked[0] == current.version and engine.clock.now() < looked[1] + LOOK_AGAIN)):
+            continue  # handed its keys on, or compared with its live path at this version lately
         if not was_removed_here(record.source, settings.config_dir):
             continue  # another deployment's credential sharing the state prefix: not ours to undo
         cred = fileless_credential(record, load_providers())
@@ -98,7 +102,7 @@ def find_fileless(daemon: Daemon) -> dict[str, CredentialView] | None:
         if idle:
             result = engine.reconcile(cred, known=(record, current.version), look_behind=True)
             if result.status == "idle":
-                daemon.looked_behind[record.credential] = current.version
+                daemon.looked_behind[record.credential] = (current.version, engine.clock.now())
             if result.record is None or not has_work(result.record):
                 continue
         view = previous.get(record.credential)

@@ -37,6 +37,7 @@ from rotator.core.timetable import due_at
 from rotator.daemon import metrics
 from rotator.daemon.fileless_scan import find_fileless
 from rotator.daemon.prefetch import StatePrefetch
+from rotator.engine.fileless import LOOK_AGAIN
 from rotator.engine.results import ReconcileResult
 from rotator.vault.records import has_inline_secrets
 from rotator.wiring import App, load_credentials, loaded_names
@@ -93,8 +94,8 @@ class Daemon:
         self.views: dict[str, CredentialView] = {}
         # Records whose file was removed, with keys still to retire (rotator.engine.fileless).
         self.fileless: dict[str, CredentialView] = {}
-        # Those with nothing to do, by the record version compared with its live path (fileless_scan).
-        self.looked_behind: dict[str, int] = {}
+        # Those with nothing to do: the record version compared with its live path, and when (fileless_scan).
+        self.looked_behind: dict[str, tuple[int, datetime]] = {}
         self.config_problems: list[str] = []
         self.failed_files: set[str] = set()
         self._loaded_once = False
@@ -166,7 +167,7 @@ class Daemon:
 
     def find_fileless(self) -> None:
         """Records with no credential file and keys still to retire (contract
-        §6.9): found at start-up and reload (rotator.daemon.fileless_scan)."""
+        §6.9): found at start-up, reload and every LOOK_AGAIN (rotator.daemon.fileless_scan)."""
         found = find_fileless(self)
         if found is not None:
             with self._lock:
@@ -297,6 +298,7 @@ class Daemon:
         self._notify("READY=1")
         jobs = tick_schedule.Scheduler()
         jobs.every(settings.tick_seconds).seconds.do(self._tick)
+        jobs.every(int(LOOK_AGAIN.total_seconds())).seconds.do(self.find_fileless)  # idle ones looked at again (F204)
         started = time.monotonic()
         self._poll_changes(force=True)  # the baseline, before any record is read (or, prefetched: what changed since it)
         self.preload_state()

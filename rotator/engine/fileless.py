@@ -25,6 +25,10 @@ from rotator.config.spec import CredentialSpec, LoadedCredential
 from rotator.core.provider import ProviderFactory, ProviderLoadError
 from rotator.core.state import StateRecord
 
+# A removed file's idle record is compared with its live paths again this often, a new version of it or
+# not: a path written over by hand since the last look may leave a key it forgot live nowhere (sim F204).
+LOOK_AGAIN = timedelta(hours=6)
+
 
 @dataclass
 class FilelessCredential(LoadedCredential):

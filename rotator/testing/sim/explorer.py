@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rotator.core.transitions import BACKOFF_CAP
-from rotator.engine.fileless import has_work
+from rotator.engine.fileless import LOOK_AGAIN, has_work
 from rotator.testing.sim import invariants
 from rotator.testing.sim.faults import ALL_FAULTS, CALL_FAULTS, CallFault
 from rotator.testing.sim.providers import KINDS
@@ -318,6 +318,8 @@ def _next_wake(world: World) -> Any:
             continue
         fileless = name not in names
         if fileless and not has_work(record):
+            # Idle: looked at again every LOOK_AGAIN by each replica that looked (F204).
+            times += [seen[1] + LOOK_AGAIN for p in world.procs.values() if (seen := p.looked_behind.get(name))]
             continue  # a removed file's record with work left is reconciled by the daemon too (§6.9, F54)
         if record.next_attempt_at is not None:
             times.append(record.next_attempt_at)

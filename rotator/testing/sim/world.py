@@ -25,7 +25,7 @@ from rotator.core.errors import CasMismatchError, RotatorError
 from rotator.core.holder import Identity
 from rotator.core.state import StateRecord
 from rotator.engine.adoption import adopt
-from rotator.engine.fileless import fileless_credential, has_work
+from rotator.engine.fileless import LOOK_AGAIN, fileless_credential, has_work
 from rotator.engine.reconcile import Engine
 from rotator.engine.results import EngineOptions
 from rotator.testing.sim import invariants
@@ -51,7 +51,7 @@ class Process:
     actor: str
     engine: Engine
     # Removed files' idle records compared with their live path, by version (Engine.reconcile(look_behind=True)).
-    looked_behind: set[tuple[str, int]] = field(default_factory=set)
+    looked_behind: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # and when (fileless.LOOK_AGAIN)
 
 
 @dataclass
@@ -169,7 +169,7 @@ class World:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
         for cred, version in self.idle_fileless():
-            if (cred.spec.name, version) in proc.looked_behind:
+            if (seen := proc.looked_behind.get(cred.spec.name)) and seen[0] == version and self.clock.now() < seen[1] + LOOK_AGAIN:
                 continue
             self.lines.acting_for[proc.actor] = cred.spec.name
             result = self._run(proc, lambda c=cred: proc.engine.reconcile(c, look_behind=True), what=cred.spec.name)
@@ -177,7 +177,7 @@ class World:
                 self.procs.pop(slot, None)
                 return
             if getattr(result, "status", None) == "idle":  # as the daemon: a failed look is tried again
-                proc.looked_behind.add((cred.spec.name, version))
+                proc.looked_behind[cred.spec.name] = (version, self.clock.now())
 
     def fileless(self) -> list[LoadedCredential]:
         """The removed files' records with work left."""
