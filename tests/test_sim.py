@@ -151,6 +151,7 @@ F201 = "F201 quiescence-ended-before-the-grace-of-a-key-a-catch-up-found-superse
 F202 = "F202 rollbacks-own-failure-replaced-the-error-it-was-undoing"
 F203 = "F203 removed-files-record-refused-a-retirement-for-ever-and-never-looked-for-keys-it-forgot"
 F204 = "F204 removed-files-idle-record-looked-once-before-its-forgotten-keys-path-was-written-over"
+F205 = "F205 rotation-undone-after-it-went-live-timed-its-keys-grace-from-the-undo-not-the-adopters-promotion"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -959,6 +960,15 @@ FINDINGS = [
     # is now looked at again every `LOOK_AGAIN` (6 h), new version or not.
     (F204, "aws", [("tick", "r0", ()), ("edit", "path"), ("rotate", False, ()), ("state", "older"), ("edit", "rename"), ("tick", "r0", ()),
                    ("tick", "r1", ()), ("foreign", "garbage")], None, 22674),
+    # `vault.path` changed; `rotate --revoke-now` wrote its key live at the new path and crashed; the data there was
+    # written over by hand and the file renamed twice. The old name's record, now a removed file's, undid the
+    # rotation (it had gone live and been written over since) and retired its key a grace from then; 30 s later the
+    # new name, having adopted the path, promoted its successor there, and the key was revoked 5:59:30 after that
+    # promotion (grace 6 h; sweep seed 99530, this session's 100,000 sweep). The entry now keeps the paths its
+    # rotation wrote, so its grace is timed from a successor promoted at one of them since (F196's rule).
+    (F205, "stripe_key", [("tick", "r0", ()), ("rotate", False, ()), ("edit", "path"), ("rotate", True, (CallFault(27, "crash_after"),)),
+                          ("foreign", "garbage"), ("edit", "rename"), ("tick", "r1", ()), ("edit", "rename"), ("advance", 86400)],
+     None, 99530),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
