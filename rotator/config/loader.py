@@ -35,8 +35,9 @@ def credential_files(config_dir: Path) -> list[Path]:
     # Symbolic links are listed too (even broken ones), so the loader can
     # say why it refuses one instead of skipping it without a word.
     return sorted(
-        p for p in config_dir.iterdir()
-        if (p.is_file() or p.is_symlink()) and p.suffix in {".yaml", ".yml"} and not p.name.startswith(".")
+        (p for p in config_dir.iterdir()
+         if (p.is_file() or p.is_symlink()) and p.suffix in {".yaml", ".yml"} and not p.name.startswith(".")),
+        key=lambda p: p.name,  # one directory: by name, as Path's own order, at a fraction of its cost
     )
 
 

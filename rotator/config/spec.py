@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import cached_property
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -121,10 +122,11 @@ class LoadedCredential:
     spec: CredentialSpec
     provider_cls: ProviderFactory
     params: BaseModel
-    fingerprint: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.fingerprint = self.spec.fingerprint()  # computed once: 10,000 files ask often
+    @cached_property
+    def fingerprint(self) -> str:
+        """Computed once, when first asked (a reload, a reconcile): not for each of 10,000 files at start-up."""
+        return self.spec.fingerprint()
 
 
 @dataclass

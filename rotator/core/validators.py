@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from datetime import timedelta
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -27,7 +28,12 @@ def parse_duration(text: str | int | timedelta) -> timedelta:
         return text
     if isinstance(text, bool) or not isinstance(text, str):
         raise ValueError("a duration is a string such as 30s, 15m, 24h, 30d or 1h30m")
-    compact = text.strip()
+    return _parse_compact(text.strip())
+
+
+@lru_cache(maxsize=256)
+def _parse_compact(compact: str) -> timedelta:
+    """`parse_duration` of a stripped text, remembered: 10,000 files repeat a few durations."""
     if not _DURATION.match(compact):
         raise ValueError("is not a duration: use an integer and a unit s, m, h, d or w, e.g. 30d or 1h30m")
     parts = _DURATION_PART.findall(compact)
