@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from functools import cached_property
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (

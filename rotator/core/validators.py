@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
 from datetime import timedelta
+from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
