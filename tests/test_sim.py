@@ -152,6 +152,7 @@ F202 = "F202 rollbacks-own-failure-replaced-the-error-it-was-undoing"
 F203 = "F203 removed-files-record-refused-a-retirement-for-ever-and-never-looked-for-keys-it-forgot"
 F204 = "F204 removed-files-idle-record-looked-once-before-its-forgotten-keys-path-was-written-over"
 F205 = "F205 rotation-undone-after-it-went-live-timed-its-keys-grace-from-the-undo-not-the-adopters-promotion"
+F206 = "F206 sweep-of-a-restored-rotation-revoked-its-key-the-live-paths-metadata-names"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -969,6 +970,14 @@ FINDINGS = [
     (F205, "stripe_key", [("tick", "r0", ()), ("rotate", False, ()), ("edit", "path"), ("rotate", True, (CallFault(27, "crash_after"),)),
                           ("foreign", "garbage"), ("edit", "rename"), ("tick", "r1", ()), ("edit", "rename"), ("advance", 86400)],
      None, 99530),
+    # A `rotate` wrote its key's data live and crashed before its metadata merge (the metadata still names the
+    # previous rotation's key); the record was then restored to that previous rotation's `issuing`. Resumed, its
+    # sweep took its own key, live until a moment before, for a crashed mint's leftover (the data holds the later
+    # key; the metadata names this one, but only data counted) and revoked it at once: 0:00 of its grace (seed
+    # 123857, the first sweep of seeds 100,000-149,999). The sweep now leaves alone a key a live path's metadata
+    # names; a retirement with a grace takes it.
+    (F206, "deploy_key", [("tick", "r0", ()), ("advance", 86400), ("tick", "r0", ()), ("rotate", False, (CallFault(7, "crash_after"),)),
+                          ("state", "older")], None, 123857),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

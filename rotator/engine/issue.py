@@ -124,7 +124,7 @@ class IssueSteps:
         while our lease still holds and nothing names it as live."""
         revoked: list[str] = []
         for key in orphans:
-            if key.key_id in self.record.managed_key_ids() or self._is_named_live(key.key_id):
+            if key.key_id in self.record.managed_key_ids() or self._is_named_live(key.key_id) or self._metadata_names(key.key_id):
                 continue
             # Renewed after the reads, right before the call: a holder that stalled reading stops here.
             self.persist(self.record)  # renews the lease, or raises LeaseLostError: a stale holder stops here
@@ -155,7 +155,7 @@ class IssueSteps:
         if entry.key_id in revoked:
             self.engine.records.forget(path)
             return []
-        if entry.key_id in self.record.managed_key_ids() or self._is_named_live(entry.key_id):
+        if entry.key_id in self.record.managed_key_ids() or self._is_named_live(entry.key_id) or self._metadata_names(entry.key_id):
             return []
         self.persist(self.record)  # renews the lease right before the call, or raises LeaseLostError
         self._call(lambda: self.provider.revoke(entry.handle))

@@ -74,6 +74,17 @@ class PromoteSteps:
         return any(live.names_as_live(key_id, key_in=key_in if names_keys(self.provider) else None, value_sha256=hashes,
                                       secrets=secrets, read=read if str(live) == here else None) for live in lives)
 
+    def _metadata_names(self, key_id: str) -> bool:
+        """A path this credential may have made live names `key_id` in its metadata (`rotator-key-id`), whatever
+        its data holds: the key went live there. The sweep, which revokes at once, leaves it alone; a retirement
+        with a grace takes it (data written over it may be a later rotation's whose metadata never landed, and
+        the key may be in its grace: sim F206)."""
+        for live in self._known_live_paths():
+            meta = self.engine.store.read_metadata(live.mount, live.path)
+            if meta is not None and meta.custom_metadata.get("rotator-key-id") == key_id:
+                return True
+        return False
+
     def _known_live_paths(self, *also: str | None) -> list[LivePath]:
         """Every path this credential may have made live: its file's first, the
         one its record last wrote, the one its rotation in flight writes (and
