@@ -153,6 +153,7 @@ F203 = "F203 removed-files-record-refused-a-retirement-for-ever-and-never-looked
 F204 = "F204 removed-files-idle-record-looked-once-before-its-forgotten-keys-path-was-written-over"
 F205 = "F205 rotation-undone-after-it-went-live-timed-its-keys-grace-from-the-undo-not-the-adopters-promotion"
 F206 = "F206 sweep-of-a-restored-rotation-revoked-its-key-the-live-paths-metadata-names"
+F207 = "F207 catch-up-dropped-a-rotation-live-at-its-moved-path-and-revoked-its-key-there"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -978,6 +979,13 @@ FINDINGS = [
     # names; a retirement with a grace takes it.
     (F206, "deploy_key", [("tick", "r0", ()), ("advance", 86400), ("tick", "r0", ()), ("rotate", False, (CallFault(7, "crash_after"),)),
                           ("state", "older")], None, 123857),
+    # `vault.path` changed, the record restored to before the last rotation, then a `rotate` wrote its key live at
+    # the new path and crashed before its metadata merge; the file deleted. The removed file's record caught up
+    # with its old path (behind it), dropped the rotation and retired its key a grace later, without the path the
+    # rotation had written: nothing read it again, and the key the moved path holds was revoked (never-revoke-live,
+    # seed 106995, the first sweep of seeds 100,000-149,999). The dropped rotation's key keeps the paths it wrote.
+    (F207, "webhook", [("tick", "r1", ()), ("pause", "r0", 0, 3600.0, "cli"), ("edit", "path"), ("state", "older"),
+                       ("rotate", False, (CallFault(8, "crash_after"),)), ("edit", "delete")], None, 106995),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

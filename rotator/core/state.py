@@ -134,6 +134,10 @@ class Pending(_Frozen):
     # path), newest first: the rotation may have gone live at one of them before the record said so (sim F132, F133).
     earlier_targets: list[str] = Field(default_factory=list)
 
+    def paths_written(self) -> list[str]:
+        """Every path this rotation may have made live (`target`, `earlier_targets`)."""
+        return sorted({p for p in (self.target, *self.earlier_targets) if p})
+
 
 class Retiring(_Frozen):
     """A superseded credential on its way out: grace, (deactivate,) revoke."""

@@ -240,9 +240,8 @@ def _rolled_back(record: StateRecord, outcome: RolledBack, policy: Policy, now: 
     if outcome.superseded and pending.credential is not None:
         # The paths it went live at: a successor promoted at one since (a renamed file's, which adopted the path)
         # times its grace, and each is read again before it is revoked (sim F205).
-        paths = sorted({p for p in (pending.target, *pending.earlier_targets) if p})
         retiring.append(Retiring(key=pending.credential, superseded_by=pending.rotation_id, revoke_after=now + policy.grace,
-                                 clock=policy.clock, paths=paths))
+                                 clock=policy.clock, paths=pending.paths_written()))
         if not policy.has_file and current is not None and current.key_id not in {e.key.key_id for e in retiring}:
             # A removed file's (nothing rotates it again): the rotation went live, so the key it replaced was
             # superseded then, and no longer what the path holds; a full grace from now (sim F124).

@@ -190,8 +190,9 @@ def _wrote_here(other: StateRecord, live_path: str, meta_key: str | None) -> boo
     return other.current is not None and other.current.key_id == meta_key
 
 
-def retiring_from(key: KeyRecord, by: str, after: datetime, clock: str | None, *, immediate: bool = False) -> Retiring:
-    return Retiring(key=key, superseded_by=by, revoke_after=after, clock=clock, immediate=immediate)
+def retiring_from(key: KeyRecord, by: str, after: datetime, clock: str | None, *, immediate: bool = False,
+                  paths: list[str] | None = None) -> Retiring:
+    return Retiring(key=key, superseded_by=by, revoke_after=after, clock=clock, immediate=immediate, paths=paths or [])
 
 
 def _strays(record: StateRecord, provider: Provider, *, name: str, keep: set[str], grace: timedelta, now: datetime,

@@ -285,8 +285,8 @@ class IssueSteps:
             self._defer(transitions.update_retiring(self.record, old.key_id, lambda e: under_revoke_now(content, (e,), now=now)[0]))
         minted = pending.credential if pending is not None else None
         if minted is not None and minted.key_id not in live | {e.key.key_id for e in found} | self.record.managed_key_ids():
-            # The dropped rotation's own key (never live, or superseded since): unlistable ones too.
-            found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock))
+            # The dropped rotation's own key (never live, or superseded since; its paths read before it goes, F207).
+            found.append(retiring_from(minted, "recovered", now + self.policy.grace, self.policy.clock, paths=pending.paths_written()))
         taken = live | {e.key.key_id for e in found} | self.record.managed_key_ids()
         # An unmarked key it made (a crash between create and mark), by the sweep's rule (sim F114).
         found += [retiring_from(KeyRecord(key_id=k.key_id, rotation_id=pending.rotation_id, handle=dict(k.handle),
