@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from rotator.core.errors import RotatorError
 from rotator.core.state import StateRecord
-from rotator.engine.fileless import LOOK_AGAIN, fileless_credential, has_work
+from rotator.engine.fileless import fileless_credential, has_work, looked_lately
 from rotator.engine.registry import load_providers
 from rotator.engine.results import ReconcileResult
 
@@ -86,9 +86,8 @@ def find_fileless(daemon: Daemon) -> dict[str, CredentialView] | None:
         if record is None or record.credential in stems or (record.source or "") in failed:
             continue  # nothing to do, or its file is only broken (its last good version is unknown here)
         idle = not has_work(record)
-        looked = daemon.looked_behind.get(record.credential)
         if idle and (record.moved_to is not None
-                     or (looked is not None and looked[0] == current.version and engine.clock.now() < looked[1] + LOOK_AGAIN)):
+                     or looked_lately(daemon.looked_behind.get(record.credential), current.version, engine.clock.now())):
             continue  # handed its keys on, or compared with its live path at this version lately
         if not was_removed_here(record.source, settings.config_dir):
             continue  # another deployment's credential sharing the state prefix: not ours to undo

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -28,6 +28,12 @@ from rotator.core.state import StateRecord
 # A removed file's idle record is compared with its live paths again this often, a new version of it or
 # not: a path written over by hand since the last look may leave a key it forgot live nowhere (sim F204).
 LOOK_AGAIN = timedelta(hours=6)
+
+
+def looked_lately(seen: tuple[int, datetime] | None, version: int, now: datetime) -> bool:
+    """`seen` (the record version last compared with its live paths, and when) is this version, less than
+    LOOK_AGAIN ago: the daemon's scan and the simulation's replicas skip such a record."""
+    return seen is not None and seen[0] == version and now < seen[1] + LOOK_AGAIN
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from rotator.core import machine
 from rotator.core.provider import ProviderKey
 from rotator.core.state import Retiring, StateRecord
 from rotator.engine.baseline import names_keys
@@ -96,6 +97,12 @@ class ForgottenSteps:
             if not left:
                 return True
         return False
+
+    def _take_up_forgotten(self, found: tuple[Retiring, ...]) -> None:
+        """Keys the record forgot, retiring as `found` says from now on (logged `inventory.forgotten_keys`)."""
+        if found:
+            self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
+            self._apply(machine.Forgotten(found))
 
     def idle_forgotten(self) -> tuple[Retiring, ...]:
         """A removed file's idle record that is not behind its live paths (`behind_live`): keys marked as

@@ -370,9 +370,7 @@ class IssueSteps:
                 # One marked as this credential's that the record does not know (it was restored from an older
                 # version): retired after a full grace, as after a promotion, and room comes when that ends.
                 forgotten = self._forgotten([k for k in listed if k.key_id in in_the_way], keep=live, now=self.engine.clock.now())
-                if forgotten:
-                    self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in forgotten])
-                    self._apply(machine.Forgotten(forgotten))
+                self._take_up_forgotten(forgotten)
             # Room can be made only from our own keys already past grace.
             now = self.engine.clock.now()
             ours = {e.key.key_id for e in self.record.retiring if now >= machine.grace_ends(e, self.policy)}

@@ -54,7 +54,9 @@ class RetireSteps:
                 return  # caught up with the live path: what is due is decided again
             if self._is_named_live(key_id, revoke_now=entry.immediate, read=read):
                 if not self.policy.has_file:
-                    self._look_for_forgotten()
+                    # Never idle while a live path holds the key, so the idle record's look for keys it forgot
+                    # (`idle_forgotten`) never ran: it runs at each refusal, backing off to the retry cap (sim F203).
+                    self._take_up_forgotten(self.idle_forgotten())
                 raise PermanentError(f"refusing to retire {key_id}: the live path names it as the live credential")
             self.ensure_lease()  # after the reads, right before the call: a holder that stalled in them stops here
             if deactivate:
@@ -166,15 +168,6 @@ class RetireSteps:
         and its provider cannot revoke it by the handle's ids alone."""
         missing = set(key.stashed_fields) - set(key.handle)
         return any(f in self.provider.secret_fields for f in missing) and not self.provider.retires_by_id
-
-    def _look_for_forgotten(self) -> None:
-        """A removed file's record refusing a retirement because a live path holds the key is never idle, so
-        it would never look for keys it forgot (`idle_forgotten`, which only an idle record's look runs): it
-        looks at each refusal, which backs off to the retry cap (sim F203)."""
-        found = self.idle_forgotten()
-        if found:
-            self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
-            self._apply(machine.Forgotten(found))
 
     def _deletion_follows(self, key_id: str) -> bool:
         """Deactivating `key_id` now would make its revocation the next action at once."""

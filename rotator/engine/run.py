@@ -151,11 +151,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
     def take_forgotten(self, found: tuple[Retiring, ...]) -> ReconcileResult:
         """`Engine._look_behind`, under the lease: the keys `idle_forgotten` found are retired a full grace
         from then (sim F117), then what is due is done."""
-        def retire() -> None:
-            self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
-            self._apply(machine.Forgotten(found))
-
-        return self._then_execute(retire)
+        return self._then_execute(lambda: self._take_up_forgotten(found))
 
     def _then_execute(self, step: Callable[[], object]) -> ReconcileResult:
         """An idle record's look (`catch_up`, `take_forgotten`): `step`, then `execute`; a failed step is
@@ -316,9 +312,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
             return exc
         if found and revoke_now:  # incident response: everything older than the new key goes now
             found = tuple(e.model_copy(update={"revoke_after": now, "immediate": True}) for e in found)
-        if found:
-            self.log.warning("inventory.forgotten_keys", key_ids=[e.key.key_id for e in found])
-            self._apply(machine.Forgotten(found))
+        self._take_up_forgotten(found)
         return None
 
 

@@ -25,7 +25,7 @@ from rotator.core.errors import CasMismatchError, RotatorError
 from rotator.core.holder import Identity
 from rotator.core.state import StateRecord
 from rotator.engine.adoption import adopt
-from rotator.engine.fileless import LOOK_AGAIN, fileless_credential, has_work
+from rotator.engine.fileless import fileless_credential, has_work, looked_lately
 from rotator.engine.reconcile import Engine
 from rotator.engine.results import EngineOptions
 from rotator.testing.sim import invariants
@@ -169,7 +169,7 @@ class World:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
         for cred, version in self.idle_fileless():
-            if (seen := proc.looked_behind.get(cred.spec.name)) and seen[0] == version and self.clock.now() < seen[1] + LOOK_AGAIN:
+            if looked_lately(proc.looked_behind.get(cred.spec.name), version, self.clock.now()):
                 continue
             self.lines.acting_for[proc.actor] = cred.spec.name
             result = self._run(proc, lambda c=cred: proc.engine.reconcile(c, look_behind=True), what=cred.spec.name)
