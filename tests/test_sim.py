@@ -154,6 +154,7 @@ F204 = "F204 removed-files-idle-record-looked-once-before-its-forgotten-keys-pat
 F205 = "F205 rotation-undone-after-it-went-live-timed-its-keys-grace-from-the-undo-not-the-adopters-promotion"
 F206 = "F206 sweep-of-a-restored-rotation-revoked-its-key-the-live-paths-metadata-names"
 F207 = "F207 catch-up-dropped-a-rotation-live-at-its-moved-path-and-revoked-its-key-there"
+F208 = "F208 transient-failure-of-a-manual-rotate-on-a-blocked-record-hid-its-adopt-hint"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -986,6 +987,12 @@ FINDINGS = [
     # seed 106995, the first sweep of seeds 100,000-149,999). The dropped rotation's key keeps the paths it wrote.
     (F207, "webhook", [("tick", "r1", ()), ("pause", "r0", 0, 3600.0, "cli"), ("edit", "path"), ("state", "older"),
                        ("rotate", False, (CallFault(8, "crash_after"),)), ("edit", "delete")], None, 106995),
+    # A record blocked on a live path it may not overwrite ("run `rotator adopt NAME`"); a `rotate` then failed
+    # transiently (a 429) before starting. The record stayed blocked, but its error became "rate limited": the
+    # operator was never told to adopt, and the key the path's metadata names stayed (no-orphans, seed 149975).
+    # A transient failure of a blocked record leaves the error that blocks it.
+    (F208, "deploy_key", [("tick", "r1", ()), ("state", "lost"), ("edit", "rename"), ("foreign", "garbage"),
+                          ("tick", "r1", ()), ("rotate", False, (CallFault(2, "429", retry_after=300),))], None, 149975),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
