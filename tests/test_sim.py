@@ -155,6 +155,7 @@ F205 = "F205 rotation-undone-after-it-went-live-timed-its-keys-grace-from-the-un
 F206 = "F206 sweep-of-a-restored-rotation-revoked-its-key-the-live-paths-metadata-names"
 F207 = "F207 catch-up-dropped-a-rotation-live-at-its-moved-path-and-revoked-its-key-there"
 F208 = "F208 transient-failure-of-a-manual-rotate-on-a-blocked-record-hid-its-adopt-hint"
+F209 = "F209 adopt-retired-the-key-of-the-rotation-in-flight-and-its-stash-entry-blocked-it-for-ever"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -993,6 +994,13 @@ FINDINGS = [
     # A transient failure of a blocked record leaves the error that blocks it.
     (F208, "deploy_key", [("tick", "r1", ()), ("state", "lost"), ("edit", "rename"), ("foreign", "garbage"),
                           ("tick", "r1", ()), ("rotate", False, (CallFault(2, "429", retry_after=300),))], None, 149975),
+    # A `rotate` crashed after stashing the key it made, before the record named it (`issuing`); `adopt` then
+    # took that key for one the record forgot and put it on a grace. Each resumed issue minted again, found the
+    # stash entry holding a key the record names, took it for another process's and stopped (revoking its own
+    # new key): a mint and a revoke every few minutes, for ever, and the retirements behind it never ran
+    # (no-orphans, seed 128302). A key of the rotation in flight is that rotation's, not a forgotten one.
+    (F209, "webhook", [("pause", "r1", 1, 900.0, "r0"), ("rotate", False, ()), ("foreign", "restore"), ("rotate", True, ()),
+                       ("rotate", False, (CallFault(3, "crash_after"),)), ("advance", 400)], None, 128302),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
