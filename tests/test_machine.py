@@ -146,11 +146,18 @@ def test_permanent_failure_blocks_until_the_file_changes_or_a_manual_rotation() 
     record = transitions.apply(transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0)
     record = transitions.apply(record, m.Failed("issue", "LimitExceeded", transient=False), POLICY, T0)
     assert record.blocked_fingerprint == "f1" and record.next_attempt_at is None
-    assert m.next_action(record, POLICY, T0 + timedelta(days=365)) is None
-    assert m.next_wake_at(record, POLICY) is None
+    # The failed issue may have minted: swept once, blocked or not (sim F210); then the block holds.
+    assert m.next_action(record, POLICY, T0) == m.SweepOrphans()
+    assert m.next_wake_at(record, POLICY) is not None
     changed = m.Policy(POLICY.schedule, POLICY.grace, POLICY.retire_delay, fingerprint="f2")
     assert m.next_action(record, changed, T0) == m.SweepOrphans()
     assert m.next_action(record, POLICY, T0, m.Request()) == m.SweepOrphans()
+    record = transitions.apply(record, m.Swept(()), POLICY, T0)
+    assert record.blocked_fingerprint == "f1" and record.pending is not None and record.pending.phase == "intent"
+    assert m.next_action(record, POLICY, T0 + timedelta(days=365)) is None
+    assert m.next_wake_at(record, POLICY) is None
+    assert m.next_action(record, changed, T0) == m.Issue()
+    assert m.next_action(record, POLICY, T0, m.Request()) == m.Issue()
 
 
 def test_failed_revocations_are_retried_with_backoff() -> None:

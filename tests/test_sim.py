@@ -156,6 +156,7 @@ F206 = "F206 sweep-of-a-restored-rotation-revoked-its-key-the-live-paths-metadat
 F207 = "F207 catch-up-dropped-a-rotation-live-at-its-moved-path-and-revoked-its-key-there"
 F208 = "F208 transient-failure-of-a-manual-rotate-on-a-blocked-record-hid-its-adopt-hint"
 F209 = "F209 adopt-retired-the-key-of-the-rotation-in-flight-and-its-stash-entry-blocked-it-for-ever"
+F210 = "F210 blocked-rotations-mint-by-a-crashed-rotate-never-swept"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1001,6 +1002,12 @@ FINDINGS = [
     # (no-orphans, seed 128302). A key of the rotation in flight is that rotation's, not a forgotten one.
     (F209, "webhook", [("pause", "r1", 1, 900.0, "r0"), ("rotate", False, ()), ("foreign", "restore"), ("rotate", True, ()),
                        ("rotate", False, (CallFault(3, "crash_after"),)), ("advance", 400)], None, 128302),
+    # A renamed file's first rotation onto its moved path was blocked by AWS's 2-key limit, in `issuing` (its
+    # failed issue is swept before the next). `rotate --revoke-now` resumed it, minted and crashed: the record was
+    # still `issuing` and blocked, so nothing swept, and the crashed mint's key stayed for good (no-orphans,
+    # seed 122265). A rotation whose mint may have happened is swept, blocked or not.
+    (F210, "aws", [("tick", "r0", ()), ("rotate", True, (CallFault(18, "crash"),)), ("edit", "rename"), ("edit", "path"),
+                   ("advance", 86400), ("tick", "r1", ()), ("rotate", True, (CallFault(25, "crash_after"),))], None, 122265),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

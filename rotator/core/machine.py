@@ -168,10 +168,12 @@ def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: 
     if pending.phase == "promoted":
         # Live already: finishing it is never blocked, only backed off.
         return DescribeLive() if _retry_gate_open(record, now) or request is not None else None
+    if pending.phase == "issuing" and (may_retry or _retry_gate_open(record, now)):
+        # A mint may have happened (a failed or crashed issue): swept, blocked or not, once (then `intent`, which a
+        # block holds). A `rotate` that resumed a blocked rotation and crashed mid-mint left its key (sim F210).
+        return SweepOrphans()
     if not may_retry:
         return None
-    if pending.phase == "issuing":
-        return SweepOrphans()
     if pending.phase == "intent":
         # Retire what is due first: it may free the slot the new key needs (and, where it does not, the issue
         # makes room from keys past grace itself).
@@ -230,7 +232,7 @@ def next_wake_at(record: StateRecord | None, policy: Policy, now: datetime | Non
         record = StateRecord(credential="", provider="")
     times: list[datetime] = []
     if record.pending is not None:
-        if record.pending.phase in {"rolling_back", "promoted"} or not is_blocked(record, policy) or not policy.has_file:
+        if record.pending.phase in {"rolling_back", "promoted", "issuing"} or not is_blocked(record, policy) or not policy.has_file:
             times.append(record.next_attempt_at or EPOCH)
     elif policy.has_file and not is_blocked(record, policy) and not (record.paused is not None and record.paused.until is None):
         due = due_at(policy.schedule, record)

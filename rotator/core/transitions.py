@@ -273,10 +273,10 @@ def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime)
         # The failure being undone stays the record's error (what `status` and the final report quote, e.g.
         # "run `rotator adopt NAME`"); the rollback's own failures are `rotation.failed` events (sim F202).
         errors = {}
-    if outcome.transient and record.pending is None and is_blocked(record, policy):
-        # Blocked, and a `rotate` failed before it could start (a 429 reading the live path): the record stays
-        # blocked, so its error stays the one that blocks it ("run `rotator adopt NAME`"); the run's own failure
-        # is its report and its `rotation.failed` event (sim F208).
+    if outcome.transient and is_blocked(record, policy):
+        # Blocked, and a `rotate` failed before it could start (a 429 reading the live path), or a blocked
+        # rotation's sweep did: the record stays blocked, so its error stays the one that blocks it ("run
+        # `rotator adopt NAME`"); the run's own failure is its report and its `rotation.failed` event (sim F208).
         errors = {}
     if outcome.step in {"metadata", "inventory"}:
         # The credential is live: retried with backoff until written (or looked), never blocked.
