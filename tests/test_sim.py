@@ -157,6 +157,7 @@ F207 = "F207 catch-up-dropped-a-rotation-live-at-its-moved-path-and-revoked-its-
 F208 = "F208 transient-failure-of-a-manual-rotate-on-a-blocked-record-hid-its-adopt-hint"
 F209 = "F209 adopt-retired-the-key-of-the-rotation-in-flight-and-its-stash-entry-blocked-it-for-ever"
 F210 = "F210 blocked-rotations-mint-by-a-crashed-rotate-never-swept"
+F211 = "F211 quiescence-ended-before-the-grace-of-a-key-a-restored-record-caught-up-with"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1008,6 +1009,20 @@ FINDINGS = [
     # seed 122265). A rotation whose mint may have happened is swept, blocked or not.
     (F210, "aws", [("tick", "r0", ()), ("rotate", True, (CallFault(18, "crash"),)), ("edit", "rename"), ("edit", "path"),
                    ("advance", 86400), ("tick", "r1", ()), ("rotate", True, (CallFault(25, "crash_after"),))], None, 122265),
+    # F209's first form, in `forgotten_keys` for every look: a record restored to a rotation in `issuing` whose key
+    # a later rotation had superseded caught up with the live path, which drops that rotation, and left its key
+    # for no one until a later look, 6 h on (no-orphans, seeds 154044, 150072, 162274, 180912 of the sweep of
+    # 150,000-199,999). Only `adopt` leaves a rotation pending, so only adopt leaves its keys to it.
+    (F209, "stripe_key", [("tick", "r1", ()), ("rotate", False, ()), ("rotate", False, ()), ("state", "older"),
+                          ("edit", "delete")], None, 154044),
+    # A simulation defect: a removed file's record restored behind its live path caught up with it when its next
+    # retirement fell due, 6 h on, and retired the key it had as current a full grace from then (it cannot know
+    # when that key was superseded). Quiescence ended first: it ran past such a grace only for keys no promotion
+    # had superseded, and the restore made the record forget the one that had (no-orphans, seed 190600 of the
+    # sweep of 150,000-199,999; fails on 8365e31 too).
+    (F211, "stripe_key", [("tick", "r1", (CallFault(8, "429", retry_after=1),)), ("tick", "r1", ()), ("rotate", False, ()),
+                          ("state", "older"), ("advance", 30), ("advance", 400), ("tick", "r0", ()),
+                          ("rotate", True, (CallFault(19, "crash"),)), ("state", "older"), ("edit", "delete")], None, 190600),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

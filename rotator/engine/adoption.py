@@ -55,7 +55,12 @@ def _left_behind(engine: Engine, name: str, record: StateRecord, content: LiveCo
         other, _ = engine.read_record(owner)
         if carried or other is None or other.moved_to == name:
             also = frozenset({owner})
-    return forgotten_keys(record, listed, name=name, keep=set(), grace=grace, now=now, read_other=engine.read_record,
+    # The rotation in flight, which adopt leaves pending, keeps its own keys: its sweep revokes them (never live)
+    # or its stash entry takes one up. Retired here, its next issue took that stash entry for another process's
+    # and stopped, every few minutes for ever (sim F209).
+    in_flight = record.pending.rotation_id if record.pending is not None else None
+    keep = {k.key_id for k in listed if k.mark is not None and k.mark.credential == name and k.mark.rotation_id == in_flight}
+    return forgotten_keys(record, listed, name=name, keep=keep, grace=grace, now=now, read_other=engine.read_record,
                           clock=engine.identity.boot_id, also=also)
 
 

@@ -234,8 +234,7 @@ def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: 
     names (`issued_unmarked`) is its too, and revoked at once: it was never
     live. `keeps_inactive`: an inactive
     key still has to be retired (AWS: deactivated, not yet deleted).
-    `also`: more credential names whose keys count as this one's. Keys of
-    the rotation in flight (`record.pending`) are left to it."""
+    `also`: more credential names whose keys count as this one's."""
     known = record.managed_key_ids() | keep
     moved: dict[str, bool] = {name: True, **dict.fromkeys(also, True)}
 
@@ -253,16 +252,10 @@ def forgotten_keys(record: StateRecord, listed: Iterable[ProviderKey], *, name: 
             moved[hop] = verdict
         return verdict
 
-    # The rotation in flight's own keys are its to sweep (revoked at once, never live) or to take up from its stash,
-    # not forgotten ones: retired here, a later issue of it took the stash entry naming one for another process's
-    # and stopped, for ever (sim F209).
-    in_flight = record.pending.rotation_id if record.pending is not None else None
     found = []
     for key in listed:
         mark = key.mark or issued_unmarked(key, skew)
         if key.key_id in known or mark is None or not ours(mark.credential):
-            continue
-        if key.mark is not None and key.mark.rotation_id == in_flight:
             continue
         if not key.active and not keeps_inactive:
             continue  # revoked already (an expired Stripe key stays listed)

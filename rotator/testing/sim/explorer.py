@@ -254,16 +254,20 @@ def quiesce(world: World) -> None:
     writes_at_adoption: int | None = None
     writes_at_start: int | None = world.live_writes
     scheduled = {e.key.key_id for r in world.records().values() for e in r.retiring}
+    # A record restored from an older version (or lost) forgets promotions before quiescence: a key one of them
+    # superseded is one it may learn of again.
+    forgetful = any(world.faults[f] for f in ("state_lost", "state_older", "state_soft_deleted"))
     for round_ in range(80):
         for slot in SLOTS:
             world.tick(slot)
         invariants.check_step(world)
         for entry in (e for r in world.records().values() for e in r.retiring
-                      if e.key.key_id not in scheduled and e.key.key_id not in world.superseded_at):
-            # A key a record learned of in quiescence, superseded by no promotion (a catch-up with a live path
-            # written over by hand, a key it forgot), retires a full grace from then: the rotator cannot know
-            # when it was superseded. Once per key, so a retirement put off again and again is still caught
-            # (sim F201).
+                      if e.key.key_id not in scheduled
+                      and (e.key.key_id not in world.superseded_at or (forgetful and world.superseded_at[e.key.key_id] < start))):
+            # A key a record learned of in quiescence, superseded by no promotion it knows of (a catch-up with a
+            # live path written over by hand, a key it forgot, a restored record behind its live path: sim F211),
+            # retires a full grace from then: the rotator cannot know when it was superseded. Once per key, so a
+            # retirement put off again and again is still caught (sim F201).
             scheduled.add(entry.key.key_id)
             horizon = max(horizon, entry.revoke_after + settle - world.grace)
         if round_ == 0:
