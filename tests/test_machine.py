@@ -160,6 +160,16 @@ def test_permanent_failure_blocks_until_the_file_changes_or_a_manual_rotation() 
     assert m.next_action(record, POLICY, T0, m.Request()) == m.Issue()
 
 
+def test_a_blocked_rotations_sweep_that_fails_for_good_waits_like_any_block() -> None:
+    """A denied listing blocks the sweep itself: it is not run again on every tick (F210's sweep is once)."""
+    record = transitions.apply(transitions.apply(fresh(), m.Started("r1", "schedule"), POLICY, T0), m.IssueBegun(), POLICY, T0)
+    record = transitions.apply(record, m.Failed("sweep", "AccessDenied", transient=False), POLICY, T0)
+    assert record.blocked_fingerprint == "f1" and record.pending is not None and record.pending.phase == "issuing"
+    assert m.next_action(record, POLICY, T0 + timedelta(days=365)) is None
+    assert m.next_wake_at(record, POLICY) is None
+    assert m.next_action(record, POLICY, T0, m.Request()) == m.SweepOrphans()
+
+
 def test_failed_revocations_are_retried_with_backoff() -> None:
     """Revocation is retried until the provider confirms."""
     record = rotate(rotate(fresh(), 1, T0, NO_DEACTIVATION), 2, T0 + timedelta(days=30), NO_DEACTIVATION)

@@ -168,9 +168,10 @@ def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: 
     if pending.phase == "promoted":
         # Live already: finishing it is never blocked, only backed off.
         return DescribeLive() if _retry_gate_open(record, now) or request is not None else None
-    if pending.phase == "issuing" and (may_retry or _retry_gate_open(record, now)):
+    if pending.phase == "issuing" and (may_retry or (_retry_gate_open(record, now) and record.last_error_step != "sweep")):
         # A mint may have happened (a failed or crashed issue): swept, blocked or not, once (then `intent`, which a
         # block holds). A `rotate` that resumed a blocked rotation and crashed mid-mint left its key (sim F210).
+        # Not where the block is the sweep's own (a denied listing): that waits, as any block does.
         return SweepOrphans()
     if not may_retry:
         return None
@@ -232,7 +233,8 @@ def next_wake_at(record: StateRecord | None, policy: Policy, now: datetime | Non
         record = StateRecord(credential="", provider="")
     times: list[datetime] = []
     if record.pending is not None:
-        if record.pending.phase in {"rolling_back", "promoted", "issuing"} or not is_blocked(record, policy) or not policy.has_file:
+        sweeps = record.pending.phase == "issuing" and record.last_error_step != "sweep"  # swept while blocked (F210)
+        if record.pending.phase in {"rolling_back", "promoted"} or sweeps or not is_blocked(record, policy) or not policy.has_file:
             times.append(record.next_attempt_at or EPOCH)
     elif policy.has_file and not is_blocked(record, policy) and not (record.paused is not None and record.paused.until is None):
         due = due_at(policy.schedule, record)
