@@ -39,3 +39,25 @@ class ProcessClock:
             return True
         self.true.advance(seconds)
         return False
+
+
+class Hosts:
+    """Each process slot's host: its clock's offset from true time, and its boot. A clock that moves under a
+    process is one the promise leaves out (within a boot the skew allowance never applies:
+    docs/CONTRACT-NOTES.md), so setting a clock once a process ran there is a reboot: a new boot id (sim F212)."""
+
+    def __init__(self, slots: tuple[str, ...]) -> None:
+        self.offsets: dict[str, float] = dict.fromkeys(slots, 0.0)
+        self._boots: dict[str, int] = dict.fromkeys(slots, 0)
+
+    def boot_id(self, slot: str) -> str:
+        return f"sim-{slot}-{self._boots[slot]}" if self._boots.get(slot) else f"sim-{slot}"
+
+    def set_offset(self, slot: str, seconds: float, *, booted: bool) -> bool:
+        """Whether the host rebooted (`booted`: a process ran there)."""
+        if seconds == self.offsets[slot]:
+            return False
+        self.offsets[slot] = seconds
+        if booted:
+            self._boots[slot] += 1
+        return booted

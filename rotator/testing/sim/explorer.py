@@ -123,7 +123,7 @@ def apply_step(world: World, step: Step) -> None:
     elif op == "advance":
         world.clock.advance(step[1])
     elif op == "skew":
-        world.offsets[step[1]] = step[2]
+        world.set_skew(step[1], step[2])
         world.faults["skew"] += 1
     elif op == "state":
         _state_fault(world, step[1])

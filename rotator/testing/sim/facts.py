@@ -6,10 +6,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 MOUNT = "secret"
 STATE_PREFIX = "rotator/state"
+
+
+@dataclass
+class FileSpec:
+    """A credential file: its stem (the name), live path and params."""
+
+    stem: str
+    path: str
+    params: dict[str, Any]
+
 
 @dataclass
 class Tracking:

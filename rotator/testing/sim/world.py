@@ -29,8 +29,8 @@ from rotator.engine.fileless import fileless_credential, has_work, looked_lately
 from rotator.engine.reconcile import Engine
 from rotator.engine.results import EngineOptions
 from rotator.testing.sim import invariants
-from rotator.testing.sim.clocks import ProcessClock, TrueClock
-from rotator.testing.sim.facts import MOUNT, STATE_PREFIX, RevokeNow, RunResult, Tracking, Violation  # noqa: F401 (MOUNT, STATE_PREFIX: re-exported)
+from rotator.testing.sim.clocks import Hosts, ProcessClock, TrueClock
+from rotator.testing.sim.facts import MOUNT, STATE_PREFIX, FileSpec, RevokeNow, RunResult, Tracking, Violation  # noqa: F401 (re-exported)
 from rotator.testing.sim.faults import CallFault, SimCrash, error_for
 from rotator.testing.sim.kv import KvModel
 from rotator.testing.sim.lineage import Lineage
@@ -54,15 +54,6 @@ class Process:
     looked_behind: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # and when (fileless.LOOK_AGAIN)
 
 
-@dataclass
-class FileSpec:
-    """A credential file: its stem (the name), live path and params."""
-
-    stem: str
-    path: str
-    params: dict[str, Any]
-
-
 class World:
     def __init__(self, kind: str) -> None:
         self.kind = KINDS[kind]
@@ -76,7 +67,8 @@ class World:
         self.every = example.schedule.every or timedelta(days=1)
         self.files: dict[str, FileSpec] = {"app": FileSpec("app", "apps/app", dict(self.kind.params))}
         self.deleted: dict[str, FileSpec] = {}
-        self.offsets: dict[str, float] = dict.fromkeys(SLOTS, 0.0)
+        self.hosts = Hosts(SLOTS)
+        self.offsets = self.hosts.offsets
         self.procs: dict[str, Process] = {}
         self.incarnations: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
@@ -139,12 +131,18 @@ class World:
         offset_slot = slot if slot in self.offsets else None
         clock = ProcessClock(self.clock, actor, lambda: self.offsets.get(offset_slot, 0.0) if offset_slot else 0.0)
         store = self.kv.view(lambda op, mount, path, effect, mutating: self._kv_boundary(actor, op, mount, path, effect, mutating))
-        # Each slot is a host of its own (its own clock); its incarnations share that clock.
-        identity = Identity(holder=actor, host=f"sim-{slot}", boot_id=f"sim-{slot}", pid_namespace=None, pid=0, start_ticks=None)
+        # Each slot is a host of its own (its own clock); its incarnations in one boot share that clock.
+        identity = Identity(holder=actor, host=f"sim-{slot}", boot_id=self.hosts.boot_id(slot), pid_namespace=None, pid=0,
+                            start_ticks=None)
         options = EngineOptions(state_mount=MOUNT, state_prefix=STATE_PREFIX, lease_seconds=LEASE_SECONDS, clock_skew_allowance=SKEW_ALLOWANCE)
         engine = Engine(store, options=options, clock=clock, holder=actor, identity=identity)  # type: ignore[arg-type]
         engine.configured = lambda: frozenset(c.spec.name for c in self.loaded())  # every file loads here
         return Process(actor, engine)
+
+    def set_skew(self, slot: str, seconds: float) -> None:
+        """Set a host's clock `seconds` off true time: a reboot (memory gone) once a process ran there."""
+        if self.hosts.set_offset(slot, seconds, booted=bool(self.incarnations[slot])):
+            self.procs.pop(slot, None)
 
     def process(self, slot: str) -> Process:
         proc = self.procs.get(slot)
