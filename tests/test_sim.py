@@ -159,6 +159,7 @@ F209 = "F209 adopt-retired-the-key-of-the-rotation-in-flight-and-its-stash-entry
 F210 = "F210 blocked-rotations-mint-by-a-crashed-rotate-never-swept"
 F211 = "F211 quiescence-ended-before-the-grace-of-a-key-a-restored-record-caught-up-with"
 F212 = "F212 skew-step-stepped-a-running-hosts-clock-under-a-grace-it-had-measured"
+F213 = "F213 restored-rotation-live-at-a-path-vault-path-left-without-its-metadata-issued-over-its-stash"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1032,6 +1033,14 @@ FINDINGS = [
     (F212, "webhook", [("pause", "r0", 8, 3600.0, "cli"), ("edit", "path"), ("advance", 30), ("edit", "rename"),
                        ("tick", "r0", ()), ("advance", 120), ("state", "lost"), ("tick", "r0", ()),
                        ("skew", "r0", 60.0)], None, 206823),
+    # A rename's first rotation crashed between its live write and the metadata merge; `vault.path` then moved
+    # and the record was restored to before the mint. Resumed by `rotate --revoke-now`, nothing took the data
+    # at the old path (the rotation's own stashed key) for a write that landed: the metadata named another
+    # rotation, and only the file's path was compared with the stash. The issue minted again and wrote over the
+    # stash entry, the key's last trace, and left it working for ever (revoke-now-honoured, then no-orphans;
+    # seed 217796 of the sweep of 150,000-249,999; fails on 8365e31 too).
+    (F213, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", (CallFault(13, "crash"),)), ("edit", "path"),
+                       ("state", "older"), ("advance", 86400), ("rotate", True, ())], None, 217796),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

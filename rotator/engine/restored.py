@@ -28,7 +28,7 @@ class RestoredSteps:
         content = self._call(path.read)
         if (live is not None or not self._behind_checked) and self._recover_if_behind(content, path):
             return True
-        if not self._went_live_in(content, rotation_id):
+        if not self._went_live_in(content, rotation_id) and not (live is not None and self._holds_its_stash(content, live)):
             return self._live_write_landed(content) if live is None else False
         named = self.provider.live_key(content.data) if content.data else None
         current = None
@@ -82,9 +82,17 @@ class RestoredSteps:
         by_path = {str(live): (live, content) for live, content in read}
         for path in (first.target, *first.earlier_targets):
             live, content = by_path.get(path or "", (None, None))
-            if live is not None and content.data is not None and self._went_live_in(content, first.rotation_id):
+            if live is not None and content.data is not None and (
+                    self._went_live_in(content, first.rotation_id) or (str(live) != str(self._live) and self._holds_its_stash(content, live))):
                 return live
         return None
+
+    def _holds_its_stash(self, content: Any, live: LivePath) -> bool:
+        """`live` (a path `vault.path` has moved on from) holds exactly what the rotation in flight stashed for it,
+        a key the record does not know: its live write landed there and a crash fell before the metadata merge (at
+        the file's own path: `_live_write_landed`). It went live there (sim F213)."""
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields) if content.data else None
+        return found is not None and found[1].data == content.data and str(live) in found[1].targets
 
     def _held_where_it_wrote_before(self, pending: Pending) -> bool:
         """A rotation being undone whose data a path it wrote before `vault.path` moved on holds (or held): a
