@@ -160,6 +160,7 @@ F210 = "F210 blocked-rotations-mint-by-a-crashed-rotate-never-swept"
 F211 = "F211 quiescence-ended-before-the-grace-of-a-key-a-restored-record-caught-up-with"
 F212 = "F212 skew-step-stepped-a-running-hosts-clock-under-a-grace-it-had-measured"
 F213 = "F213 restored-rotation-live-at-a-path-vault-path-left-without-its-metadata-issued-over-its-stash"
+F214 = "F214 revive-whose-read-back-failed-wrote-an-older-version-over-the-undeleted-record"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1041,6 +1042,14 @@ FINDINGS = [
     # seed 217796 of the sweep of 150,000-249,999; fails on 8365e31 too).
     (F213, "webhook", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", (CallFault(13, "crash"),)), ("edit", "path"),
                        ("state", "older"), ("advance", 86400), ("rotate", True, ())], None, 217796),
+    # The revive of a soft-deleted record undid the delete, then its read back met a 429, and it took that for
+    # an undelete it may not make: it wrote the version before over the one it had just undeleted. The rotation
+    # in flight fell back from `issuing` (whose sweep revokes its unmarked key) to `intent`; its issue replaced
+    # the issuing note that alone proved the key the rotator's, and with the record lost next nothing named it
+    # (no-orphans, seed 219529 of the sweep of 150,000-249,999; fails on 8365e31 too).
+    (F214, "aws", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", (CallFault(10, "crash_after"),)), ("advance", 1200),
+                   ("state", "soft"), ("tick", "r0", (CallFault(3, "429", retry_after=20), CallFault(24, "crash"))),
+                   ("state", "lost")], None, 219529),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -273,6 +273,46 @@ def test_a_deleted_record_is_undeleted_under_the_shipped_policy_and_rewritten_fr
     assert revived is not None and revived.version == 3 and revived.data is not None and revived.data["rotations"] == 0
 
 
+def test_a_revive_whose_read_back_fails_keeps_the_version_it_undeleted(
+    openbao: OpenBaoServer, bao_client: hvac.Client, unique: str
+) -> None:
+    """Sim F214, against OpenBao: the undelete lands and the read after it fails (a 429). The revive raises
+    (the next pass tries again) and never writes an older version over the one it undeleted."""
+    from rotator.core.state import StateRecord
+    from rotator.vault.records import RecordStore
+
+    store = VaultStore(VaultConnection(url=openbao.addr, token=vault_policy_token(bao_client)))
+    name = f"revive-read-{unique}"
+    path = f"rotator/state/{name}"
+    first = StateRecord.new(name, "aws.iam_access_key").to_vault()
+    store.write("secret", path, first, cas=0)
+    store.write("secret", path, {**first, "rotations": 1}, cas=1)
+    bao_client.secrets.kv.v2.delete_latest_version_of_secret(path=path, mount_point="secret")
+
+    class ReadFailsAfterUndelete:
+        def __init__(self) -> None:
+            self.undeleted = False
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(store, attr)
+
+        def undelete_version(self, mount: str, at: str, version: int) -> None:
+            store.undelete_version(mount, at, version)
+            self.undeleted = True
+
+        def read(self, mount: str, at: str) -> Versioned:
+            if self.undeleted:
+                raise TransientError("429 Too Many Requests", retry_after=1.0)
+            return store.read(mount, at)
+
+    flaky = ReadFailsAfterUndelete()
+    with pytest.raises(TransientError):
+        RecordStore(flaky, "secret", "rotator/state", "rotator/state-stash").revive(name)  # type: ignore[arg-type]
+    kept = store.read("secret", path)
+    assert kept.version == 2 and kept.data is not None and kept.data["rotations"] == 1, "an older version was written over it"
+    assert RecordStore(store, "secret", "rotator/state", "rotator/state-stash").revive(name) is None  # readable: nothing to do
+
+
 def VAULT_POLICY_WITHOUT_UNDELETE() -> str:  # noqa: N802
     from policy_token import VAULT_POLICY
 

@@ -181,12 +181,17 @@ class RecordStore:
             # The deleted version itself, if it can be undone (`undelete` on the state prefix, config/rotator.hcl):
             # nothing is lost then, not even a rotation in flight that only that version knew.
             self.store.undelete_version(self.mount, path, current.version)
-            again = self.store.read(self.mount, path)
-            if again.data is not None and again.version == current.version:
+        except RotatorError:
+            pass  # no such permission (a policy from before it), destroyed, or its answer lost: the read tells
+        # A failed read raises: the next pass revives again. Taken for an undelete that did not land, it would
+        # write an older version over the one just undeleted, and lose what only that one knew (sim F214).
+        again = self.store.read(self.mount, path)
+        if again.data is not None:  # undeleted, or written since (another process revived it)
+            try:
                 StateRecord.from_vault(again.data, where=f"the state record of {name} ({self.mount}/{path})")
                 return again
-        except (RotatorError, ValueError):
-            pass  # no such permission (a policy from before it), destroyed, or malformed: an older version
+            except ValueError:
+                pass  # malformed: an older version
         for version in range(current.version - 1, max(0, current.version - 1 - back), -1):
             data = self.store.read_version(self.mount, path, version)
             if data is None:
