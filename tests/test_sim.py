@@ -161,6 +161,7 @@ F211 = "F211 quiescence-ended-before-the-grace-of-a-key-a-restored-record-caught
 F212 = "F212 skew-step-stepped-a-running-hosts-clock-under-a-grace-it-had-measured"
 F213 = "F213 restored-rotation-live-at-a-path-vault-path-left-without-its-metadata-issued-over-its-stash"
 F214 = "F214 revive-whose-read-back-failed-wrote-an-older-version-over-the-undeleted-record"
+F215 = "F215 restored-rollback-whose-stash-entry-another-key-took-failed-on-every-tick"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1050,6 +1051,14 @@ FINDINGS = [
     (F214, "aws", [("tick", "r0", ()), ("edit", "rename"), ("tick", "r1", (CallFault(10, "crash_after"),)), ("advance", 1200),
                    ("state", "soft"), ("tick", "r0", (CallFault(3, "429", retry_after=20), CallFault(24, "crash"))),
                    ("state", "lost")], None, 219529),
+    # A replica stalled an hour inside its mint; `rotate --revoke-now` took the rotation over, met the path
+    # written by hand and rolled back; the stalled replica's stash write then took the entry (the record no longer
+    # named its key). The record restored to the rollback found the entry holding that other key: hydrating it
+    # failed as a Vault failure, with no backoff, on every tick, and nothing behind it (a retirement) ran
+    # (no-orphans, seed 243360 of the sweep of 150,000-249,999; fails on 8365e31 too).
+    (F215, "webhook", [("rotate", False, ()), ("edit", "rename"), ("tick", "r1", ()), ("foreign", "garbage"), ("advance", 86400),
+                       ("tick", "r0", (CallFault(6, "429", retry_after=1),)), ("pause", "r1", 2, 3600.0, "cli"),
+                       ("rotate", True, ()), ("state", "older")], None, 243360),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

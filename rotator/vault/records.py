@@ -335,7 +335,9 @@ class RecordStore:
         if entry is None:
             raise NotFoundError(f"the stash entry {self.mount}/{path} of key {key.key_id} is missing or unreadable")
         if entry.key_id != key.key_id:
-            raise PermanentError(f"the stash entry {self.mount}/{path} belongs to key {entry.key_id}, not {key.key_id}")
+            # Another key of the rotation took the entry (a writer stalled past its lease, once the record no
+            # longer named this key; `_put`): this key's entry is gone, as if destroyed (sim F215).
+            raise NotFoundError(f"the stash entry {self.mount}/{path} of key {key.key_id} holds another key now")
         return entry
 
     def orphan(self, record: StateRecord, secret_fields: frozenset[str]) -> tuple[str, StashEntry] | None:
