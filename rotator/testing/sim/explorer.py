@@ -40,6 +40,7 @@ Step = tuple[Any, ...]
 ADVANCES = (5, 30, 120, 400, 1200, 3600, 3 * 3600, 7 * 3600, 86400)
 RETRY_AFTERS = (1.0, 20.0, 90.0, 300.0)
 SETTLE_SECONDS = 120.0  # past every simulated provider's own lag between "revoked" and "rejected"
+QUIESCE_ROUNDS = 80  # ticks of every replica, each followed by a jump to the next wake
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def quiesce(world: World) -> None:
     # A record restored from an older version (or lost) forgets promotions before quiescence: a key one of them
     # superseded is one it may learn of again.
     forgetful = any(world.faults[f] for f in ("state_lost", "state_older", "state_soft_deleted"))
-    for round_ in range(80):
+    for round_ in range(QUIESCE_ROUNDS):
         for slot in SLOTS:
             world.tick(slot)
         invariants.check_step(world)
@@ -302,6 +303,10 @@ def quiesce(world: World) -> None:
         if wake is None or wake > horizon:
             break
         world.clock.advance(max(1.0, (wake - now).total_seconds() + 1.0 + max(abs(o) for o in world.offsets.values())))
+    else:
+        # Work still due after every round: a credential retried on every tick without backoff, never done (F215).
+        world.violate("settles", f"quiescence did not settle in {QUIESCE_ROUNDS} rounds (next wake {_next_wake(world)})")
+        return
     # A revocation the provider confirmed may take a moment to reach its API
     # (Stripe's expiry: 20 s here; STS: 5 s): time runs on past it (F40).
     last_pass = world.clock.now()
