@@ -162,6 +162,8 @@ F212 = "F212 skew-step-stepped-a-running-hosts-clock-under-a-grace-it-had-measur
 F213 = "F213 restored-rotation-live-at-a-path-vault-path-left-without-its-metadata-issued-over-its-stash"
 F214 = "F214 revive-whose-read-back-failed-wrote-an-older-version-over-the-undeleted-record"
 F215 = "F215 restored-rollback-whose-stash-entry-another-key-took-failed-on-every-tick"
+F216 = "F216 restored-record-that-rotated-on-took-a-path-vault-path-had-left-for-newer-and-revoked-its-live-key"
+F217 = "F217 restored-record-whose-catch-up-failed-retired-a-key-by-a-grace-that-ignored-its-successors-promotion"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1059,6 +1061,22 @@ FINDINGS = [
     (F215, "webhook", [("rotate", False, ()), ("edit", "rename"), ("tick", "r1", ()), ("foreign", "garbage"), ("advance", 86400),
                        ("tick", "r0", (CallFault(6, "429", retry_after=1),)), ("pause", "r1", 2, 3600.0, "cli"),
                        ("rotate", True, ()), ("state", "older")], None, 243360),
+    # A record restored to before a rotation at its old path rotated on at the path `vault.path` had moved to; a
+    # `rotate --revoke-now` then left a rotation pending (a lost answer) and the file was renamed. Undoing that
+    # rotation, the old name's record found the old path naming a rotation it did not know, took itself for
+    # behind it, took that path's key back as current and revoked, at once, the key live at the new path: that
+    # rotation came before the record's own last promotion (never-revoke-live, seed 283790 of the sweep of
+    # 250,000-299,999; fails on 8365e31 too).
+    (F216, "installation_token", [("tick", "r0", ()), ("rotate", False, ()), ("edit", "path"), ("advance", 25200), ("state", "older"),
+                                  ("tick", "r1", ()), ("rotate", True, (CallFault(4, "lost"),)), ("edit", "rename")], None, 283790),
+    # A lost record rebuilt over a live path written by hand put its key on a grace with no successor live yet
+    # (F196: timed again at the next promotion), which came 8 h in. Restored to before it, the record resumed
+    # its rotation; the catch-up's read was lost, the sweep failed, and the retirement that runs whatever the
+    # rotation's state revoked the key by the old time, 3 h into the grace its successor's promotion began
+    # (grace, seed 268563 of the sweep of 250,000-299,999; fails on 8365e31 too).
+    (F217, "stripe_key", [("pause", "r0", 6, 421.0, "r1"), ("foreign", "garbage"), ("state", "lost"), ("tick", "r1", (CallFault(8, "crash"),)),
+                          ("advance", 25200), ("pause", "r1", 5, 3600.0, "r0"), ("state", "older"), ("advance", 10800),
+                          ("tick", "r1", (CallFault(23, "lost"),))], None, 268563),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

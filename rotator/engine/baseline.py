@@ -56,6 +56,20 @@ def is_behind(record: StateRecord, live_rotation: str | None, *, at: tuple[str, 
     return live_rotation not in known
 
 
+def promoted_before(content: LiveContent, moment: datetime | None) -> bool:
+    """The live path's rotation went live before `moment` (a record's last promotion, elsewhere): one that
+    record moved on from, not one it is behind, though a restore made it forget that rotation (sim F216:
+    taken for newer, its key became current again and the key live where the record had written since was
+    revoked). Its metadata's time is in whole seconds; unknown, or too close to tell, is not before."""
+    at = content.custom_metadata.get("rotator-rotated-at")
+    if moment is None or not at:
+        return False
+    try:
+        return parse_rfc3339(at) + timedelta(seconds=1) <= moment
+    except ValueError:
+        return False
+
+
 def needs_baseline(record: StateRecord, live_path: str) -> bool:
     """The record knows no version of this live path."""
     if record.live_path is not None and record.live_path != live_path:

@@ -22,6 +22,7 @@ from rotator.engine.baseline import (
     issued_unmarked,
     live_key_ids,
     needs_baseline,
+    promoted_before,
     pending_revoke_now,
     retiring_from,
     rotation_key_overwritten,
@@ -252,7 +253,8 @@ class IssueSteps:
         rotation = content.custom_metadata.get("rotator-rotation-id") or None
         at = (str(live_path or self._live), content.version)  # a version the record wrote or caught up with: not behind
         return (content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation, at=at)
-                and not self._known_since_restore(rotation))  # one it knew since a restore and retired: sim F150
+                and not self._known_since_restore(rotation)  # one it knew since a restore and retired: sim F150
+                and not (at[0] != self.record.live_path and promoted_before(content, self.record.last_rotated_at)))
 
     def _recover_if_behind(self, content: Any, live_path: LivePath | None = None) -> bool:
         """The live path holds a later rotation of this credential than the

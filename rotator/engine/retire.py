@@ -37,8 +37,8 @@ class RetireSteps:
                 reads[str(live)] = self._call(live.read)
             return reads[str(live)]
 
-        if not self.policy.has_file and not entry.immediate and (self._taken_on_by_another(entry, step, read)
-                                                                 or self._successor_live_since(entry, step, read)):
+        if not entry.immediate and ((not self.policy.has_file and self._taken_on_by_another(entry, step, read))
+                                    or self._successor_live_since(entry, step, read)):
             self.log = log
             return
         if not self._may_retire_for_use(entry, step):
@@ -121,10 +121,11 @@ class RetireSteps:
         return False
 
     def _successor_live_since(self, entry: Retiring, step: str, read: Any) -> bool:
-        """A removed file's record retiring a key no successor had gone live for when it was found (its data
-        written over by hand, `superseded_at` unset): a credential that wrote one of the paths since (a renamed
-        file that adopted it) promoted its successor there, and the key keeps a grace from that promotion (sim
-        F196, seed 38357). True when postponed (or a read failed: tried again later)."""
+        """A record retiring a key no successor had gone live for when it was found (its data written over by
+        hand, `superseded_at` unset): a promotion at one of the paths since (a renamed file that adopted it, a
+        removed file's record; or this record's own, which a restore made it forget and a failed catch-up did
+        not bring back, sim F217) went live after it, and the key keeps a grace from that promotion (sim F196,
+        seed 38357). True when postponed (or a read failed: tried again later)."""
         if entry.superseded_at is not None:
             return False
         grace, now = self.policy.grace, self.engine.clock.now()
