@@ -164,6 +164,7 @@ F214 = "F214 revive-whose-read-back-failed-wrote-an-older-version-over-the-undel
 F215 = "F215 restored-rollback-whose-stash-entry-another-key-took-failed-on-every-tick"
 F216 = "F216 restored-record-that-rotated-on-took-a-path-vault-path-had-left-for-newer-and-revoked-its-live-key"
 F217 = "F217 restored-record-whose-catch-up-failed-retired-a-key-by-a-grace-that-ignored-its-successors-promotion"
+F218 = "F218 adoption-of-keyless-data-taken-for-the-successor-that-times-a-grace"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1077,6 +1078,13 @@ FINDINGS = [
     (F217, "stripe_key", [("pause", "r0", 6, 421.0, "r1"), ("foreign", "garbage"), ("state", "lost"), ("tick", "r1", (CallFault(8, "crash"),)),
                           ("advance", 25200), ("pause", "r1", 5, 3600.0, "r0"), ("state", "older"), ("advance", 10800),
                           ("tick", "r1", (CallFault(23, "lost"),))], None, 268563),
+    # F217's first form: a rolled-back rotation's key, its data written over by hand, waited for a successor;
+    # `adopt` accepted the hand-written data (no key) and wrote `rotator-rotated-at`, which the retirement took
+    # for the successor's promotion, so the real one an hour later no longer timed the grace: revoked 5 h into
+    # it (grace, seed 295343 of the re-sweep of 250,000-299,999 at 94c8b74; passes on 8e007ca).
+    (F218, "stripe_key", [("tick", "r0", ()), ("state", "older"), ("tick", "r0", (CallFault(6, "lost"), CallFault(29, "crash"))),
+                          ("foreign", "garbage"), ("advance", 86400), ("tick", "r1", ()), ("advance", 3600), ("advance", 3600),
+                          ("advance", 10800)], None, 295343),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

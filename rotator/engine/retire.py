@@ -12,6 +12,7 @@ from rotator.core.crashpoints import crashpoint
 from rotator.core.errors import PermanentError, RotatorError, TransientError
 from rotator.core.state import KeyRecord, Retiring
 from rotator.engine import retry
+from rotator.engine.baseline import live_key_ids
 
 
 class RetireSteps:
@@ -130,8 +131,10 @@ class RetireSteps:
             return False
         grace, now = self.policy.grace, self.engine.clock.now()
         try:
+            # Only where the path holds a credential other than this key: an adoption of data that holds none
+            # (written over by hand) is no successor; the first credential written after it is (sim F218).
             times = [parse_rfc3339(at) for live in self._known_live_paths(*entry.paths)
-                     if (at := read(live).custom_metadata.get("rotator-rotated-at"))]
+                     if (at := read(live).custom_metadata.get("rotator-rotated-at")) and self._holds_another_key(read(live), entry)]
         except RotatorError as exc:
             self._fail(step, exc, key_id=entry.key.key_id)
             return True
@@ -145,6 +148,9 @@ class RetireSteps:
                                                 lambda e: e.model_copy(update={"superseded_at": at, "revoke_after": at + grace})))
         self._write_outcome()
         return True
+
+    def _holds_another_key(self, content: Any, entry: Retiring) -> bool:
+        return bool(live_key_ids(content, self.provider) - {entry.key.key_id})
 
     def _retired_without_secrets(self, entry: Retiring, step: str) -> bool:
         """Its stash entry is gone (`RecordStore.hydrate`): only the handle's
