@@ -161,6 +161,12 @@ def _fileless_action(record: StateRecord, policy: Policy, now: datetime) -> Acti
     return _retirement_action(record, policy, now)
 
 
+def _swept_even_blocked(record: StateRecord) -> bool:
+    """A rotation in `issuing` is swept blocked or not (a mint may have happened, sim F210), unless the block is
+    the sweep's own (a denied listing): that waits, as any block does."""
+    return record.pending is not None and record.pending.phase == "issuing" and record.last_error_step != "sweep"
+
+
 def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: datetime, request: Request | None) -> Action | None:
     may_retry = request is not None or (_retry_gate_open(record, now) and not is_blocked(record, policy))
     if pending.phase == "rolling_back":
@@ -168,7 +174,7 @@ def _pending_action(record: StateRecord, pending: Pending, policy: Policy, now: 
     if pending.phase == "promoted":
         # Live already: finishing it is never blocked, only backed off.
         return DescribeLive() if _retry_gate_open(record, now) or request is not None else None
-    if pending.phase == "issuing" and (may_retry or (_retry_gate_open(record, now) and record.last_error_step != "sweep")):
+    if pending.phase == "issuing" and (may_retry or (_retry_gate_open(record, now) and _swept_even_blocked(record))):
         # A mint may have happened (a failed or crashed issue): swept, blocked or not, once (then `intent`, which a
         # block holds). A `rotate` that resumed a blocked rotation and crashed mid-mint left its key (sim F210).
         # Not where the block is the sweep's own (a denied listing): that waits, as any block does.
@@ -233,8 +239,8 @@ def next_wake_at(record: StateRecord | None, policy: Policy, now: datetime | Non
         record = StateRecord(credential="", provider="")
     times: list[datetime] = []
     if record.pending is not None:
-        sweeps = record.pending.phase == "issuing" and record.last_error_step != "sweep"  # swept while blocked (F210)
-        if record.pending.phase in {"rolling_back", "promoted"} or sweeps or not is_blocked(record, policy) or not policy.has_file:
+        if record.pending.phase in {"rolling_back", "promoted"} or _swept_even_blocked(record) or not is_blocked(record, policy) \
+                or not policy.has_file:
             times.append(record.next_attempt_at or EPOCH)
     elif policy.has_file and not is_blocked(record, policy) and not (record.paused is not None and record.paused.until is None):
         due = due_at(policy.schedule, record)

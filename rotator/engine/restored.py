@@ -91,7 +91,10 @@ class RestoredSteps:
         """`live` (a path `vault.path` has moved on from) holds exactly what the rotation in flight stashed for it,
         a key the record does not know: its live write landed there and a crash fell before the metadata merge (at
         the file's own path: `_live_write_landed`). It went live there (sim F213)."""
-        found = self.engine.records.orphan(self.record, self.provider.secret_fields) if content.data else None
+        named = self.provider.live_key(content.data) if content.data else None
+        if content.data is None or (named is not None and named.key_id in self.record.managed_key_ids()):
+            return False  # a key the record knows: no stash entry it does not know holds it, so no stash read
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
         return found is not None and found[1].data == content.data and str(live) in found[1].targets
 
     def _held_where_it_wrote_before(self, pending: Pending) -> bool:
