@@ -61,13 +61,20 @@ def promoted_before(content: LiveContent, moment: datetime | None) -> bool:
     record moved on from, not one it is behind, though a restore made it forget that rotation (sim F216:
     taken for newer, its key became current again and the key live where the record had written since was
     revoked). Its metadata's time is in whole seconds; unknown, or too close to tell, is not before."""
+    promoted = _promoted_by(content)
+    return moment is not None and promoted is not None and promoted <= moment
+
+
+def _promoted_by(content: LiveContent) -> datetime | None:
+    """The latest moment the live path's rotation can have gone live: its metadata's `rotator-rotated-at`,
+    written in whole seconds, plus that second (sim F192); unknown or unreadable is None."""
     at = content.custom_metadata.get("rotator-rotated-at")
-    if moment is None or not at:
-        return False
+    if not at:
+        return None
     try:
-        return parse_rfc3339(at) + timedelta(seconds=1) <= moment
+        return parse_rfc3339(at) + timedelta(seconds=1)
     except ValueError:
-        return False
+        return None
 
 
 def needs_baseline(record: StateRecord, live_path: str) -> bool:
@@ -285,12 +292,8 @@ def under_revoke_now(content: LiveContent, entries: tuple[Retiring, ...], *, now
     which it revoked or was revoking at once (sim F120: the record lost before it got to them); later
     ones keep their grace."""
     meta = content.custom_metadata
-    if meta.get("rotator-revoke-now") != "true" or not meta.get("rotator-rotated-at"):
-        return entries
-    try:
-        # Written in whole seconds: a key made in that second, before the promotion, has a fraction (sim F192).
-        promoted = parse_rfc3339(meta["rotator-rotated-at"]) + timedelta(seconds=1)
-    except ValueError:
+    promoted = _promoted_by(content)
+    if meta.get("rotator-revoke-now") != "true" or promoted is None:
         return entries
     # Not that rotation's own key (the metadata names it; data written over it since, say a later rotation whose
     # metadata merge never landed): the request was for the keys before it (sim F185).
