@@ -165,6 +165,7 @@ F215 = "F215 restored-rollback-whose-stash-entry-another-key-took-failed-on-ever
 F216 = "F216 restored-record-that-rotated-on-took-a-path-vault-path-had-left-for-newer-and-revoked-its-live-key"
 F217 = "F217 restored-record-whose-catch-up-failed-retired-a-key-by-a-grace-that-ignored-its-successors-promotion"
 F218 = "F218 adoption-of-keyless-data-taken-for-the-successor-that-times-a-grace"
+F219 = "F219 restored-rotation-swept-its-own-key-that-an-undone-version-had-promoted"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1085,6 +1086,13 @@ FINDINGS = [
     (F218, "stripe_key", [("tick", "r0", ()), ("state", "older"), ("tick", "r0", (CallFault(6, "lost"), CallFault(29, "crash"))),
                           ("foreign", "garbage"), ("advance", 86400), ("tick", "r1", ()), ("advance", 3600), ("advance", 3600),
                           ("advance", 10800)], None, 295343),
+    # A rotation went live at a moved `vault.path`, and a `rotate` superseded its key; the record was restored to
+    # before its mint (`issuing`), then the file renamed, and the new file's record took the path on. Resumed,
+    # the removed file's rotation was undone and its sweep revoked the key as one the rotation made but never
+    # recorded, 7 min into its 6 h grace, though the versions the restore undid had it current, then retiring
+    # (grace, seed 300275 of the sweep of 300,000-349,999).
+    (F219, "webhook", [("tick", "r1", ()), ("edit", "path"), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()),
+                       ("state", "older"), ("tick", "r1", (CallFault(21, "crash_after"),)), ("edit", "rename")], None, 300275),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -161,9 +161,11 @@ class RestoredSteps:
         known = self.record.managed_key_ids()
         # The rotation in flight's own keys are its sweep's (or, stashed, its issue's): taken for forgotten here,
         # its issue again would meet its own stash entry naming a retiring key, and mint and revoke for ever
-        # (sim F198, seed 47218).
+        # (sim F198, seed 47218). Not one an undone version had current: it went live, and is retired after its
+        # grace, never swept as one its rotation made and never recorded (sim F219).
         own = self.record.pending.rotation_id if self.record.pending is not None else None
-        named = {key.key_id for version in undone for key in _keys_of(version) if key.rotation_id != own} - known
+        named = {key.key_id for version in undone for key in _keys_of(version)
+                 if key.rotation_id != own or key is version.current} - known
         rotations = {version.pending.rotation_id for version in undone if version.pending is not None} - {own}
         if not (named or rotations) or not self.provider.can_list:
             return
