@@ -166,6 +166,7 @@ F216 = "F216 restored-record-that-rotated-on-took-a-path-vault-path-had-left-for
 F217 = "F217 restored-record-whose-catch-up-failed-retired-a-key-by-a-grace-that-ignored-its-successors-promotion"
 F218 = "F218 adoption-of-keyless-data-taken-for-the-successor-that-times-a-grace"
 F219 = "F219 restored-rotation-swept-its-own-key-that-an-undone-version-had-promoted"
+F220 = "F220 quiescence-woke-at-a-retry-time-a-later-grace-had-passed"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1093,6 +1094,14 @@ FINDINGS = [
     # (grace, seed 300275 of the sweep of 300,000-349,999).
     (F219, "webhook", [("tick", "r1", ()), ("edit", "path"), ("advance", 86400), ("tick", "r1", ()), ("rotate", False, ()),
                        ("state", "older"), ("tick", "r1", (CallFault(21, "crash_after"),)), ("edit", "rename")], None, 300275),
+    # A simulation defect: a key whose retire was refused (the live path, restored by hand, named it) waited
+    # for its retry, 30 s on; adopt and the next promotion then timed its grace anew, 6 h on. Quiescence woke at
+    # the retry time alone, which had passed, not at the later of the two as the machine does, and stopped
+    # before the grace ended (no-orphans, seed 360490 of the sweep of 350,000-399,999 at 3ad558d).
+    (F220, "webhook", [("tick", "r1", ()), ("advance", 86400), ("tick", "r1", (CallFault(4, "crash_after"),)), ("advance", 400),
+                       ("tick", "r1", (CallFault(18, "lost"),)), ("tick", "r1", (CallFault(23, "crash_after"),)),
+                       ("foreign", "restore"), ("advance", 10800), ("edit", "flap"), ("advance", 86400), ("tick", "r1", ()),
+                       ("foreign", "restore")], None, 360490),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -335,7 +335,9 @@ def _next_wake(world: World) -> Any:
         elif record.pending is not None and record.blocked_fingerprint is None:
             times.append(now)
         for entry in record.retiring:
-            times.append(entry.next_attempt_at or (entry.revoke_after + allowance if entry.stage == "active" else entry.delete_after or now))
+            # The later of its retry and its grace (or deactivation delay), as the machine waits (sim F220).
+            moment = entry.revoke_after + allowance if entry.stage == "active" else entry.delete_after or now
+            times.append(max(moment, entry.next_attempt_at) if entry.next_attempt_at else moment)
         if record.last_rotated_at is not None and not fileless:
             times.append(record.last_rotated_at + world.every)
     # Records hold times of the replica that wrote them, which may run behind.
