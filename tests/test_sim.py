@@ -167,6 +167,7 @@ F217 = "F217 restored-record-whose-catch-up-failed-retired-a-key-by-a-grace-that
 F218 = "F218 adoption-of-keyless-data-taken-for-the-successor-that-times-a-grace"
 F219 = "F219 restored-rotation-swept-its-own-key-that-an-undone-version-had-promoted"
 F220 = "F220 quiescence-woke-at-a-retry-time-a-later-grace-had-passed"
+F221 = "F221 restored-revoke-now-rotation-revoked-at-once-the-keys-of-rotations-after-it"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1102,6 +1103,13 @@ FINDINGS = [
                        ("tick", "r1", (CallFault(18, "lost"),)), ("tick", "r1", (CallFault(23, "crash_after"),)),
                        ("foreign", "restore"), ("advance", 10800), ("edit", "flap"), ("advance", 86400), ("tick", "r1", ()),
                        ("foreign", "restore")], None, 360490),
+    # `rotate --revoke-now` went live at a moved `vault.path`, a `rotate` superseded its key; the record was
+    # restored to the revoke-now rotation's `issuing` and the file renamed. Undoing that rotation, the removed
+    # file's record retired the keys the undone versions named at once, as its request asked, the later
+    # rotation's key too, 0 s into its grace: the request was for the keys before it (grace, seed 379710 of
+    # the sweep of 350,000-399,999 at e3356c8).
+    (F221, "deploy_key", [("tick", "r1", ()), ("edit", "path"), ("rotate", True, ()), ("rotate", False, (CallFault(2, "429", 90),)),
+                          ("state", "older"), ("edit", "rename")], None, 379710),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

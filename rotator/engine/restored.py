@@ -181,21 +181,31 @@ class RestoredSteps:
             live |= live_key_ids(self._call(path.read), self.provider)
         now = self.engine.clock.now()
         # Under a `--revoke-now` (asked of this run, or of the rotation it finishes) they go at once, as the keys
-        # the after-promotion look finds do: listed here first, that look would know them (sim F189).
-        revoke_now = (self.request is not None and self.request.revoke_now) or pending_revoke_now(self.record)
-        found = tuple(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id if key.mark else "recovered",
-                                              handle=dict(key.handle), issued_at=key.created_at or now),
-                                    "recovered", now if revoke_now else now + self.policy.grace, self.policy.clock,
-                                    immediate=revoke_now)
-                      for key in listed if key.key_id not in live)
+        # the after-promotion look finds do: listed here first, that look would know them (sim F189). The
+        # rotation's own request was for the keys before it, those the undone versions name while it was under
+        # way: its own key and later rotations' keep their grace (sim F221).
+        asked = self.request is not None and self.request.revoke_now
+        before = _named_while_under_way(undone, own) if pending_revoke_now(self.record) else set()
+        found = []
+        for key in (k for k in listed if k.key_id not in live):
+            at_once = asked or key.key_id in before
+            found.append(retiring_from(KeyRecord(key_id=key.key_id, rotation_id=key.mark.rotation_id if key.mark else "recovered",
+                                                 handle=dict(key.handle), issued_at=key.created_at or now),
+                                       "recovered", now if at_once else now + self.policy.grace, self.policy.clock, immediate=at_once))
         if found:
-            self._apply(machine.Forgotten(found), defer=True)
+            self._apply(machine.Forgotten(tuple(found)), defer=True)
             self.log.warning("state.restore_forgot_keys", key_ids=sorted(e.key.key_id for e in found))
 
 
 def _keys_of(record: StateRecord) -> list[KeyRecord]:
     return [k for k in (record.current, record.pending.credential if record.pending else None, *(e.key for e in record.retiring))
             if k is not None]
+
+
+def _named_while_under_way(undone: list[StateRecord], rotation: str | None) -> set[str]:
+    """The keys other than its own that versions with `rotation` pending name: the keys before it."""
+    return {key.key_id for version in undone if version.pending is not None and version.pending.rotation_id == rotation
+            for key in _keys_of(version) if key.rotation_id != rotation}
 
 
 def _rotations_of(record: StateRecord) -> set[str]:
