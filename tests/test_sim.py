@@ -168,6 +168,7 @@ F218 = "F218 adoption-of-keyless-data-taken-for-the-successor-that-times-a-grace
 F219 = "F219 restored-rotation-swept-its-own-key-that-an-undone-version-had-promoted"
 F220 = "F220 quiescence-woke-at-a-retry-time-a-later-grace-had-passed"
 F221 = "F221 restored-revoke-now-rotation-revoked-at-once-the-keys-of-rotations-after-it"
+F222 = "F222 rollback-finished-after-vault-path-moved-blocked-the-new-file-for-the-old-paths-failure"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1110,6 +1111,14 @@ FINDINGS = [
     # the sweep of 350,000-399,999 at e3356c8).
     (F221, "deploy_key", [("tick", "r1", ()), ("edit", "path"), ("rotate", True, ()), ("rotate", False, (CallFault(2, "429", 90),)),
                           ("state", "older"), ("edit", "rename")], None, 379710),
+    # A rotation refused a live path written by hand and crashed rolling back; `vault.path` then moved. The
+    # rollback, finished under the edited file, blocked the credential with the edited file's fingerprint, for
+    # a failure at the path it had left: nothing rotated again (adopt finds the new path empty), and the key of
+    # the rotation a restore of the record had undone stayed (no-orphans, seed 399261 of the sweep of
+    # 350,000-399,999 at e3356c8).
+    (F222, "webhook", [("rotate", True, ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r1", ()),
+                       ("rotate", True, (CallFault(16, "fail"),)), ("foreign", "garbage"), ("state", "older"),
+                       ("rotate", False, (CallFault(16, "crash"),)), ("edit", "path")], None, 399261),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -122,6 +122,9 @@ class Pending(_Frozen):
     verify_attempts: int = 0
     failed_step: str | None = None  # set while rolling back: the step that failed
     failure_permanent: bool = False  # ...and whether retrying would help
+    # ...and the file's fingerprint then: the block the rollback leaves holds only while the file is as it was
+    # when the rotation failed, not one edited since (sim F222: a `vault.path` moved off the path refused).
+    failed_fingerprint: str | None = None
     # `promoted`: the live path holds the new credential at this version
     # since `live_at`; its metadata is still to be written.
     live_version: int | None = None

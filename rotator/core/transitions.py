@@ -255,7 +255,7 @@ def _rolled_back(record: StateRecord, outcome: RolledBack, policy: Policy, now: 
             "retiring": retiring,
             "attempts": attempts,
             "next_attempt_at": None if permanent else now + backoff(attempts),
-            "blocked_fingerprint": policy.fingerprint if permanent else None,
+            "blocked_fingerprint": (pending.failed_fingerprint or policy.fingerprint) if permanent else None,
         }
     )
 
@@ -285,7 +285,8 @@ def _failed(record: StateRecord, outcome: Failed, policy: Policy, now: datetime)
     if outcome.step == "verify" or (outcome.step == "promote" and not outcome.transient):
         # The new credential cannot go live: revoke it now, count the failure then.
         pending = _pending(record).model_copy(
-            update={"phase": "rolling_back", "failed_step": outcome.step, "failure_permanent": not outcome.transient}
+            update={"phase": "rolling_back", "failed_step": outcome.step, "failure_permanent": not outcome.transient,
+                    "failed_fingerprint": None if outcome.transient else policy.fingerprint}
         )
         return record.model_copy(update={"pending": pending, "next_attempt_at": None, **errors})
     attempts = record.attempts + 1
