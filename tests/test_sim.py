@@ -1111,6 +1111,9 @@ FINDINGS = [
     # the sweep of 350,000-399,999 at e3356c8).
     (F221, "deploy_key", [("tick", "r1", ()), ("edit", "path"), ("rotate", True, ()), ("rotate", False, (CallFault(2, "429", 90),)),
                           ("state", "older"), ("edit", "rename")], None, 379710),
+    # The same on Stripe keys, the path moved while a replica stalled (seed 425738 of the sweep of 400,000-449,999).
+    (F221, "stripe_key", [("tick", "r1", ()), ("pause", "r0", 0, 900.0, "cli"), ("edit", "path"), ("rotate", False, ()),
+                          ("state", "older"), ("edit", "rename")], None, 425738),
     # A rotation refused a live path written by hand and crashed rolling back; `vault.path` then moved. The
     # rollback, finished under the edited file, blocked the credential with the edited file's fingerprint, for
     # a failure at the path it had left: nothing rotated again (adopt finds the new path empty), and the key of
