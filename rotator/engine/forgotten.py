@@ -82,7 +82,8 @@ class ForgottenSteps:
         """A fresh read of each path the run knows and of `paths` names `key_id` as live (its data, or its
         metadata where the data names no key), at a path that is still some credential's: not one this
         credential's file has moved away from (`vault.path` changed: the old path is left as it is and its
-        key retired, docs/CONTRACT-NOTES.md), which its metadata still names as this credential's. A removed
+        key retired, docs/CONTRACT-NOTES.md), which its metadata still names as this credential's, or names
+        no credential at all (the key's own live write, its metadata merge never done: sim F224). A removed
         file's record does not know which of its paths was its file's last one: every path counts."""
         def key_in(data: Any) -> str | None:
             named = self.provider.live_key(data)
@@ -93,7 +94,7 @@ class ForgottenSteps:
             if not self._call(lambda live=live: live.names_as_live(key_id, key_in=by)):
                 continue
             left = (self.policy.has_file and str(live) != str(self._live)
-                    and self._call(live.read).owner() == self.cred.spec.name)
+                    and self._call(live.read).owner() in (None, self.cred.spec.name))
             if not left:
                 return True
         return False
