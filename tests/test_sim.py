@@ -1137,7 +1137,7 @@ FINDINGS = [
     # was restored to before it and the path moved again. The key at the path the file left, its metadata
     # never written, counted as held live: neither the restore's look nor the after-promotion look retired
     # it, and `rotate --revoke-now` left it working for good (revoke-now-honoured, seed 4824 of a sweep of
-    # the state, crash, lost, rename, path and revoke-now faults alone, seeds 0-19,999 at d47b2a0).
+    # the state, crash, lost, rename, path and revoke-now faults alone, seeds 0-19,999; fails on d47b2a0 and 8365e31).
     (F224, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("advance", 86400), ("edit", "path"),
                           ("tick", "r0", (CallFault(13, "crash"),)), ("state", "older"), ("edit", "path"), ("rotate", True, ())],
      None, 4824),
