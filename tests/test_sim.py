@@ -171,6 +171,7 @@ F221 = "F221 restored-revoke-now-rotation-revoked-at-once-the-keys-of-rotations-
 F222 = "F222 rollback-finished-after-vault-path-moved-blocked-the-new-file-for-the-old-paths-failure"
 F223 = "F223 record-restored-to-a-block-a-rotate-had-passed-never-acts-on-the-key-that-rotation-made"
 F224 = "F224 key-live-at-a-path-vault-path-left-before-its-metadata-was-written-kept-for-good"
+F225 = "F225 a-new-files-first-write-taken-for-the-successor-of-a-removed-files-key"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1141,6 +1142,13 @@ FINDINGS = [
     (F224, "stripe_key", [("tick", "r0", ()), ("state", "soft"), ("advance", 86400), ("edit", "path"),
                           ("tick", "r0", (CallFault(13, "crash"),)), ("state", "older"), ("edit", "path"), ("rotate", True, ())],
      None, 4824),
+    # A simulation defect: a lost record rebuilt over a moved `vault.path` put the key live at the path the
+    # file had left on a grace from then; the file was then renamed and moved again before any process looked,
+    # a removed file and a new one as far as the rotator can tell (§6.9, F47). The new file's first write was
+    # taken for that key's successor, so its revocation on the removed file's schedule, 3 h later, broke
+    # "grace" (seed 484181 of the sweep of 450,000-499,999 at 05fff2d; fails on 8365e31 too).
+    (F225, "aws", [("tick", "r1", ()), ("edit", "path"), ("state", "lost"), ("tick", "r0", (CallFault(8, "fail"),)),
+                   ("edit", "rename"), ("edit", "path"), ("advance", 10800)], None, 484181),
 ]
 OPEN_FINDINGS: set[str] = {F223}
 # Cases of an open finding that no longer reproduce.
