@@ -40,6 +40,14 @@ class Lineage:
         for key_id in key_ids:
             self.minted_for[key_id] = self.acting_for.get(actor, "?")
 
+    def carries_on(self, path: str, key_id: str, records: Mapping[str, StateRecord]) -> bool:
+        """A live write at `path` is of the credential `key_id` was minted for, renames the rotator took over
+        included (`names`): only such a write supersedes the key live at another path, not a new file's where
+        a removed one's key lives on (sim F225). A path no file names, or a key of unknown making, counts."""
+        writer = next((name for name, p in self.observed.items() if p == path), None)
+        owner = self.minted_for.get(key_id)
+        return writer is None or owner is None or owner in self.names(writer, records)
+
     def names(self, name: str, records: Mapping[str, StateRecord]) -> set[str]:
         """The names whose credentials `name` carries on: each rename a
         process saw that the rotator took over (the old record says

@@ -50,7 +50,8 @@ SLOTS = ("r0", "r1")
 class Process:
     actor: str
     engine: Engine
-    looked_behind: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # removed files' idle records: version, when
+    # Removed files' idle records compared with their live path, by version (Engine.reconcile(look_behind=True)).
+    looked_behind: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # and when (fileless.LOOK_AGAIN)
 
 
 class World:
@@ -77,7 +78,8 @@ class World:
         self.tracked: dict[str, Tracking] = {"apps/app": Tracking()}
         self.superseded_at: dict[str, datetime] = {}
         self.revoke_now: list[RevokeNow] = []
-        self.renames = self.adoptions = 0
+        self.renames = 0
+        self.adoptions = 0
         self.unrecoverable: set[str] = set()  # keys no file nor record names any more (invariants._forgotten_by_all)
         self.lines = Lineage()  # whose each key is, for revoke-now's targets
         self.live_writes = 0  # rotator writes that landed on a live path
@@ -383,16 +385,12 @@ class World:
                 continue
             if where == path:
                 self.superseded_at[key] = now  # live here again since (a restore, adopted): its grace starts over
-            elif self._carries_on(path, key):
-                # Held at another path (no file's now, or another file's): the first write since supersedes it (a moved
-                # path's), if of its own credential (renames taken over too), not a new file's (sim F225).
+            elif self.lines.carries_on(path, key, self.records()):
+                # Held at another path (one no file names now, or another file's): this write of its own credential
+                # supersedes it only if nothing had yet (a moved path's first write).
                 self.superseded_at.setdefault(key, now)
         self.tracked[path] = Tracking(promoted=True, foreign=False, last_key=new_key)
         self.live_writes += 1
-
-    def _carries_on(self, path: str, key: str) -> bool:
-        writer, owner = next((f.stem for f in self.files.values() if f.path == path), None), self.lines.minted_for.get(key)
-        return writer is None or owner is None or owner in self.lines.names(writer, self.records())
 
     def records(self) -> dict[str, StateRecord]:
         """Every readable state record, by credential name (parsed once per change of the store)."""
