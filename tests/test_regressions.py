@@ -383,6 +383,52 @@ def test_blocked_credential_costs_no_vault_read_per_tick(world: World) -> None:
     daemon.close()
 
 
+def test_blocked_record_restored_behind_its_rotation_is_looked_at_again(world: World) -> None:
+    """Sim F223, against the real OpenBao and the daemon: a credential blocked (no room at the provider), then
+    rotated past the block by `rotator rotate`, its record restored by hand to the blocked version. Blocked, the
+    record costs no request, so without a look it would name the superseded key as current for good and that
+    key would never be revoked. The daemon looks at a blocked record every LOOK_AGAIN: the record catches up
+    with the rotation that went live, and the key it superseded is revoked a full grace later."""
+    from rotator.config.settings import Settings
+    from rotator.daemon.loop import CredentialView, Daemon
+    from rotator.engine.fileless import LOOK_AGAIN
+    from rotator.wiring import App
+
+    first = world.rotate()
+    static = world.keys.add_static()  # with `first`, the provider's 2-key limit: the next rotation is blocked
+    settings = Settings(state_prefix=world.prefix, vault_addr="http://127.0.0.1:1", tick_seconds=10)
+    daemon = Daemon(App(settings, world.store, world.engine))
+    daemon.views = {world.name: CredentialView(world.cred)}
+    world.clock.advance(timedelta(days=31))
+    daemon.run_pass()
+    state_path = f"{world.prefix}/{world.name}"
+    blocked = world.store.read("secret", state_path)
+    assert world.record().blocked_fingerprint is not None and world.record().current.key_id == first
+    del world.keys.keys[static.key_id]  # room made by hand; the operator runs `rotator rotate NAME`
+    assert world.engine.reconcile(world.cred, request=Request()).status == "completed"
+    second = world.live_key_id()
+    assert second not in (None, first)
+    world.store.write("secret", state_path, blocked.data, cas=world.store.read("secret", state_path).version)  # restored by hand
+    assert world.record().current.key_id == first and world.record().blocked_fingerprint is not None
+    before = world.store.requests_made
+    world.clock.advance(timedelta(minutes=10))
+    daemon.run_pass()
+    assert world.store.requests_made == before, "a blocked record was read before its look was due"
+    world.clock.advance(LOOK_AGAIN)
+    daemon.run_pass()
+    record = world.record()
+    assert record.current.key_id == second and record.blocked_fingerprint is None
+    # The restored record's last rotation is the first one's, 31 days back: a scheduled rotation is due, and
+    # waits for room (the superseded key's grace).
+    assert record.pending is None or record.pending.credential is None
+    assert first in world.keys.keys, "the superseded key keeps a full grace from the look"
+    world.clock.advance(timedelta(hours=1, minutes=5))
+    daemon.run_pass()
+    assert first not in world.keys.keys, "the key the restored record named as current was never revoked"
+    assert world.live_key_id() in world.keys.keys and world.violations == []
+    daemon.close()
+
+
 def test_malformed_state_record_gives_a_clean_message(rotator_env, config_dir, bao_client, iam_user: str) -> None:  # type: ignore[no-untyped-def]
     """`status` and `rotate` on a record that does not parse: one line naming
     the credential, exit 1, no traceback, no pydantic text, no value quoted."""

@@ -1125,12 +1125,13 @@ FINDINGS = [
     (F222, "webhook", [("rotate", True, ()), ("rotate", False, ()), ("edit", "rename"), ("tick", "r1", ()),
                        ("rotate", True, (CallFault(16, "fail"),)), ("foreign", "garbage"), ("state", "older"),
                        ("rotate", False, (CallFault(16, "crash"),)), ("edit", "path")], None, 399261),
-    # Open. A renamed file's first rotation at a moved `vault.path` was blocked by AWS's 2-key limit: the old
+    # A renamed file's first rotation at a moved `vault.path` was blocked by AWS's 2-key limit: the old
     # name's live key at the path it left (left alone, §6.9) and its rotation in flight (undone in the same
     # pass). `rotate` then rotated it (a request passes a block); the record was restored to the blocked version
-    # and the live path written over by hand. Blocked, the record does nothing until its file changes or someone
-    # runs `rotator rotate` (as `plan` says), so the key its rotation made, live no more, stays (no-orphans,
-    # seed 368313 of the sweep of 350,000-399,999 at e3356c8; fails on 8365e31 too).
+    # and the live path written over by hand. Blocked, the record did nothing until its file changed or someone
+    # ran `rotator rotate` (as `plan` says), so the key its rotation made, live no more, stayed (no-orphans,
+    # seed 368313 of the sweep of 350,000-399,999 at e3356c8; fails on 8365e31 too). Fixed in session 14: a
+    # blocked record is looked at every LOOK_AGAIN (rotator.engine.fileless.blocked_since).
     (F223, "aws", [("rotate", False, ()), ("edit", "path"), ("rotate", True, (CallFault(15, "crash_after"),)), ("edit", "rename"),
                    ("advance", 10800), ("tick", "r1", ()), ("rotate", False, ()), ("state", "older"), ("foreign", "garbage")],
      None, 368313),
@@ -1150,7 +1151,7 @@ FINDINGS = [
     (F225, "aws", [("tick", "r1", ()), ("edit", "path"), ("state", "lost"), ("tick", "r0", (CallFault(8, "fail"),)),
                    ("edit", "rename"), ("edit", "path"), ("advance", 10800)], None, 484181),
 ]
-OPEN_FINDINGS: set[str] = {F223}
+OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.
 FIXED_CASES: set[tuple[str, str]] = set()
 

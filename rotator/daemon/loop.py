@@ -37,7 +37,7 @@ from rotator.core.timetable import due_at
 from rotator.daemon import metrics
 from rotator.daemon.fileless_scan import find_fileless
 from rotator.daemon.prefetch import StatePrefetch
-from rotator.engine.fileless import LOOK_AGAIN
+from rotator.engine.fileless import LOOK_AGAIN, blocked_since, look_due
 from rotator.engine.results import ReconcileResult
 from rotator.vault.records import has_inline_secrets
 from rotator.wiring import App, load_credentials, loaded_names
@@ -63,6 +63,7 @@ class CredentialView:
     last_rotated_at: datetime | None = None
     pending_revocations: int = 0
     held_revocations: int = 0
+    blocked_since: datetime | None = None  # blocked: its next look is LOOK_AGAIN from then (fileless.blocked_since)
 
     @property
     def record(self) -> StateRecord | None:
@@ -213,7 +214,9 @@ class Daemon:
             # The record remembered is the reconcile's first guess: its first
             # write's check-and-set confirms it (no read), or reads it again.
             known = (view.record, view.version) if view.version is not None and view.wake_at is not None else None
-            result = self.engine.reconcile(view.cred, request=request, known=known)
+            # A blocked record is compared with its live paths every LOOK_AGAIN, read afresh (sim F223).
+            look = request is None and look_due(view.blocked_since, self.engine.clock.now())
+            result = self.engine.reconcile(view.cred, request=request, known=None if look else known, look_behind=look)
         except Exception as exc:  # Vault down, or a bug: never stops the others
             # Our errors' messages are safe; anything else is named by type only.
             error = str(exc) if isinstance(exc, RotatorError) else f"unexpected {type(exc).__name__}"
@@ -223,7 +226,7 @@ class Daemon:
             view.wake_at = None  # read again next tick
             view.version = None
         else:
-            self._remember(view, result)
+            self._remember(view, result, looked=look)
         view.last_result = result.status
         if result.status in {"completed", "failed"}:
             metrics.ROTATIONS.labels(view.cred.spec.name, view.cred.spec.provider, result.status).inc()
@@ -254,14 +257,20 @@ class Daemon:
         left = self.app.store.token_expires_in()
         metrics.TOKEN_EXPIRY.set(math.nan if left is None else wall + left)
 
-    def _remember(self, view: CredentialView, result: ReconcileResult) -> None:
+    def _remember(self, view: CredentialView, result: ReconcileResult, *, looked: bool = False) -> None:
         record = result.record
         view.remember(record)
         view.version = result.version
         policy = self.engine.policy_for(view.cred)
+        now = self.engine.clock.now()
         # None from the machine means never (blocked, nothing to retire):
-        # until the file changes or the change feed says someone acted.
-        view.wake_at = machine.next_wake_at(record, policy, self.engine.clock.now()) or NEVER
+        # until the file changes or the change feed says someone acted,
+        # or, blocked, its next look (every LOOK_AGAIN: sim F223).
+        view.wake_at = machine.next_wake_at(record, policy, now) or NEVER
+        if result.status != "locked":
+            view.blocked_since = blocked_since(view.blocked_since, record, policy, now, looked=looked)
+        if view.blocked_since is not None:
+            view.wake_at = min(view.wake_at, view.blocked_since + LOOK_AGAIN)
         if result.status == "locked" or has_inline_secrets(record, view.cred.provider_cls.secret_fields):
             view.wake_at = None  # read it again next tick (a schema 1 record: move its secrets to the stash)
         view.failing = bool(record and (record.attempts > 0 or any(e.attempts > 0 for e in record.retiring)))

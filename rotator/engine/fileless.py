@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 
 from rotator.config.spec import CredentialSpec, LoadedCredential
+from rotator.core import machine
 from rotator.core.provider import ProviderFactory, ProviderLoadError
 from rotator.core.state import StateRecord
 
@@ -34,6 +35,22 @@ def looked_lately(seen: tuple[int, datetime] | None, version: int, now: datetime
     """`seen` (the record version last compared with its live paths, and when) is this version, less than
     LOOK_AGAIN ago: the daemon's scan and the simulation's replicas skip such a record."""
     return seen is not None and seen[0] == version and now < seen[1] + LOOK_AGAIN
+
+
+def blocked_since(seen: datetime | None, record: StateRecord | None, policy: machine.Policy, now: datetime, *,
+                  looked: bool) -> datetime | None:
+    """What a daemon counts a blocked record's next look from (`Engine.reconcile(look_behind=True)`, every
+    LOOK_AGAIN): when it first saw the record blocked, then each look; None while it is not blocked. Blocked,
+    a record costs no request until its file changes or someone runs `rotator rotate NAME`, so a record
+    restored to its block would never learn of the rotation a `rotate` made past it (sim F223)."""
+    if record is None or not machine.is_blocked(record, policy):
+        return None
+    return now if looked or seen is None else seen
+
+
+def look_due(since: datetime | None, now: datetime) -> bool:
+    """A blocked record's look is due (`blocked_since`)."""
+    return since is not None and now >= since + LOOK_AGAIN
 
 
 @dataclass

@@ -163,25 +163,31 @@ class Engine:
                      version: int) -> ReconcileResult:
         """A record with nothing pending or retiring whose file was removed is reconciled for nothing else:
         restored to an older version, it would never learn of the rotations since, and the keys they left
-        would stay (docs/CONTRACT-NOTES.md, "Issue 10: a removed file's idle record"). Its live paths are
+        would stay (docs/CONTRACT-NOTES.md, "Issue 10: a removed file's idle record"). Nor is a blocked one,
+        until its file changes or someone runs `rotator rotate NAME`: restored to the block, it would never
+        learn of the rotation a `rotate` made past it (sim F223). Its live paths are
         read (no write when the record is up to date); one whose metadata names a rotation the record does
         not know takes that path's key back as current and retires every other key of this credential
-        after a full grace, under the lease. Not behind, the provider's keys it does not know that no path
+        after a full grace, under the lease; a blocked one whose rotation went live at one of them is
+        recovered there (`_Run.finish_blocked`). Not behind, the provider's keys it does not know that no path
         they can have reached holds (a rotation since that never went live, sim F117) are retired after a
         full grace (`_Run.idle_forgotten`)."""
         run = _Run(self, cred, provider, policy, record, version, None)
         try:
-            behind = run.behind_live()
-            forgotten = run.idle_forgotten() if behind is None else ()  # sim F117
+            went = run.went_live_blocked()  # blocked: its rotation went live past the block (sim F223)
+            behind = run.behind_live() if went is None else None
+            forgotten = run.idle_forgotten() if went is None and behind is None else ()  # sim F117
         except RotatorError as exc:
             get_logger().warning("state.look_behind_failed", credential=cred.spec.name, error=str(exc))
             return ReconcileResult("failed", record, version)  # looked at again: the daemon remembers only an idle look
-        if behind is None and not forgotten:
+        if went is None and behind is None and not forgotten:
             return ReconcileResult("idle", record, version)
         if record.lease is not None and self.lease_held_by_other(record.lease, self.clock.now()):
             return ReconcileResult("locked", record, version)
         try:
             run.take_lease()
+            if went is not None:
+                return run.finish_blocked(went)
             return run.catch_up(*behind) if behind is not None else run.take_forgotten(forgotten)
         except CasMismatchError:
             return ReconcileResult("locked", record, version)
@@ -202,9 +208,10 @@ class Engine:
 
         `known`: the record and version a daemon last saw (no read: the first
         write's check-and-set confirms it, and a lost one reads it again).
-        `look_behind`: a removed file's record with nothing due is compared
-        with its live path (`_look_behind`): the daemon asks it once per
-        version of such a record."""
+        `look_behind`: a record with nothing due, a removed file's or a
+        blocked one, is compared with its live path (`_look_behind`): the
+        daemon asks it once per version of a removed file's record, and of
+        a blocked one every `LOOK_AGAIN` (rotator.daemon.loop)."""
         spec = cred.spec
         provider = self.provider_for(cred)
         policy = self.policy_for(cred, provider)
@@ -218,7 +225,8 @@ class Engine:
             now = self.clock.now()
             first = machine.next_action(base, policy, now, request)
             if first is None and not has_inline_secrets(record, provider.secret_fields):
-                if look_behind and record is not None and record.pending is None and record.moved_to is None:
+                if look_behind and record is not None and record.moved_to is None and (
+                        record.pending is None or machine.is_blocked(record, policy)):
                     return self._look_behind(cred, provider, policy, record, version)
                 return ReconcileResult("idle", record, version)
             if base.lease is not None and self.lease_held_by_other(base.lease, now):

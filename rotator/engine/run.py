@@ -143,6 +143,23 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
                 return content, live
         return None
 
+    def went_live_blocked(self) -> LivePath | None:
+        """A blocked record looked at again (`Engine._look_behind`): the path where its rotation went live, resumed
+        past the block by a `rotate`, the record restored to the block since (sim F223). Reads only."""
+        pending = self.record.pending
+        if pending is None:
+            return None
+        for live in self._known_live_paths():
+            if self._went_live_in(self._call(live.read), pending.rotation_id):
+                return live
+        return None
+
+    def finish_blocked(self, live: LivePath) -> ReconcileResult:
+        """`Engine._look_behind`, under the lease: the blocked rotation that went live at `live` is recovered there
+        (the block lifted, what the record had as current retired a full grace from now), then what is due is done."""
+        rotation_id = self.record.pending.rotation_id if self.record.pending else ""
+        return self._then_execute(lambda: self._already_completed(rotation_id, None if str(live) == str(self._live) else live))
+
     def catch_up(self, content: Any, live: LivePath) -> ReconcileResult:
         """`Engine._look_behind`, under the lease: the record catches up with `live`, then does what is due."""
         self._behind_checked = True

@@ -334,6 +334,7 @@ def _next_wake(world: World) -> Any:
             times.append(record.next_attempt_at)
         elif record.pending is not None and record.blocked_fingerprint is None:
             times.append(now)
+        times += [since + LOOK_AGAIN for p in world.procs.values() if (since := p.blocked_since.get(name))]  # F223
         for entry in record.retiring:
             # The later of its retry and its grace (or deactivation delay), as the machine waits (sim F220).
             moment = entry.revoke_after + allowance if entry.stage == "active" else entry.delete_after or now

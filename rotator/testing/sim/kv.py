@@ -259,6 +259,13 @@ class KvModel(FolderAndRefReads):
             return None
         return held.data
 
+    def bump(self, mount: str, path: str) -> None:
+        """Another process wrote the record first (same content, one more version): a check-and-set conflict."""
+        current = self.current_version(mount, path)
+        data = self.peek(mount, path)
+        if data is not None:
+            self._write(mount, path, data, current)
+
     def _write(self, mount: str, path: str, data: dict[str, Any] | str, cas: int) -> int:
         entries = self._entries(mount)
         key = path.strip("/")

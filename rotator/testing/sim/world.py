@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 
 from rotator.config.spec import CredentialSpec, LoadedCredential
 from rotator.core.actions import Request
-from rotator.core.errors import CasMismatchError, RotatorError
+from rotator.core.errors import RotatorError
 from rotator.core.holder import Identity
 from rotator.core.state import StateRecord
 from rotator.engine.adoption import adopt
-from rotator.engine.fileless import fileless_credential, has_work, looked_lately
+from rotator.engine.fileless import blocked_since, fileless_credential, has_work, look_due, looked_lately
 from rotator.engine.reconcile import Engine
-from rotator.engine.results import EngineOptions
+from rotator.engine.results import EngineOptions, ReconcileResult
 from rotator.testing.sim import invariants
 from rotator.testing.sim.clocks import Hosts, ProcessClock, TrueClock
 from rotator.testing.sim.facts import MOUNT, STATE_PREFIX, FileSpec, RevokeNow, RunResult, Tracking, Violation  # noqa: F401 (re-exported)
@@ -52,6 +52,7 @@ class Process:
     engine: Engine
     # Removed files' idle records compared with their live path, by version (Engine.reconcile(look_behind=True)).
     looked_behind: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # and when (fileless.LOOK_AGAIN)
+    blocked_since: dict[str, datetime | None] = field(default_factory=dict)  # blocked records' next look (fileless.blocked_since)
 
 
 class World:
@@ -162,10 +163,14 @@ class World:
                 self.procs.pop(slot, None)
                 return
         for cred in [*self.loaded(), *self.fileless()]:
-            self.lines.acting_for[proc.actor] = cred.spec.name
-            if self._run(proc, lambda c=cred: proc.engine.reconcile(c), what=cred.spec.name) is SimCrash:
+            self.lines.acting_for[proc.actor] = name = cred.spec.name
+            look = look_due(since := proc.blocked_since.get(name), proc.engine.clock.now())  # as the daemon (F223)
+            result = self._run(proc, lambda c=cred, lb=look: proc.engine.reconcile(c, look_behind=lb), what=name)
+            if result is SimCrash:
                 self.procs.pop(slot, None)  # its memory is gone; a fresh engine starts next time
                 return
+            if isinstance(result, ReconcileResult) and result.status != "locked":
+                proc.blocked_since[name] = blocked_since(since, result.record, proc.engine.policy_for(cred), proc.engine.clock.now(), looked=look)
         for cred, version in self.idle_fileless():
             if looked_lately(proc.looked_behind.get(cred.spec.name), version, self.clock.now()):
                 continue
@@ -309,7 +314,7 @@ class World:
             if fault.kind == "crash":
                 raise SimCrash(f"{actor} crashed before {op} {path}")
             if fault.kind == "cas":
-                self._concurrent_bump(mount, path)
+                self.kv.bump(mount, path)
         live = mutating and not is_state and path in self.tracked
         before = self._live_keys(retired=True) if live else None
         result = effect()  # a check-and-set write that loses raises here: it had no effect
@@ -351,16 +356,6 @@ class World:
         if fault is not None and fault.kind == "crash_after":
             raise SimCrash(f"{actor} crashed after {op}")
         return result
-
-    def _concurrent_bump(self, mount: str, path: str) -> None:
-        """Another process wrote the record first (same content, one more version)."""
-        current = self.kv.current_version(mount, path)
-        data = self.kv.peek(mount, path)
-        if data is not None:
-            try:
-                self.kv._write(mount, path, data, current)
-            except CasMismatchError:
-                pass
 
     # -- what the invariants look at ---------------------------------------------------
 
