@@ -172,6 +172,7 @@ F222 = "F222 rollback-finished-after-vault-path-moved-blocked-the-new-file-for-t
 F223 = "F223 record-restored-to-a-block-a-rotate-had-passed-never-acts-on-the-key-that-rotation-made"
 F224 = "F224 key-live-at-a-path-vault-path-left-before-its-metadata-was-written-kept-for-good"
 F225 = "F225 a-new-files-first-write-taken-for-the-successor-of-a-removed-files-key"
+F226 = "F226 revoke-now-after-a-restore-and-a-crashed-revoke-now-leaves-a-deploy-key-working"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1150,8 +1151,15 @@ FINDINGS = [
     # "grace" (seed 484181 of the sweep of 450,000-499,999 at 05fff2d; fails on 8365e31 too).
     (F225, "aws", [("tick", "r1", ()), ("edit", "path"), ("state", "lost"), ("tick", "r0", (CallFault(8, "fail"),)),
                    ("edit", "rename"), ("edit", "path"), ("advance", 10800)], None, 484181),
+    # Open. A `rotate --revoke-now` after a restore of the record and a moved `vault.path`, then a second one
+    # that crashed after its 29th call; the file renamed, and a third `--revoke-now` run during a replica's
+    # pause: a deploy key the first request targeted still works long after it completed (revoke-now-honoured,
+    # seed 529737 of the sweep of 500,000-599,999 at 0f26a99; fails on 7e49ad6 too, before the F223 fix).
+    (F226, "deploy_key", [("tick", "r0", ()), ("rotate", True, ()), ("edit", "path"), ("state", "older"),
+                          ("rotate", True, (CallFault(29, "crash_after"),)), ("advance", 25200), ("edit", "rename"),
+                          ("tick", "r0", ()), ("pause", "r1", 0, 3600.0, "cli")], None, 529737),
 ]
-OPEN_FINDINGS: set[str] = set()
+OPEN_FINDINGS: set[str] = {F226}
 # Cases of an open finding that no longer reproduce.
 FIXED_CASES: set[tuple[str, str]] = set()
 
