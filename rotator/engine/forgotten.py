@@ -60,7 +60,7 @@ class ForgottenSteps:
                                  reason="neither the live paths nor its record's readable versions name its rotation: "
                                         "where it went live is not known")
                 continue
-            if self._held_at_any(entry.key.key_id, paths):
+            if self._held_at_any(entry.key.key_id, paths, marked_by=owner):
                 continue
             # A removed file's record (every path counts for it): read again before it is revoked (sim F152).
             out.append(entry if self.policy.has_file else entry.model_copy(update={"paths": paths}))
@@ -78,13 +78,15 @@ class ForgottenSteps:
         return self._call(lambda: recent_versions(records.store, records.mount, records.record_path(name),
                                                   version=version, record=record))
 
-    def _held_at_any(self, key_id: str, paths: list[str]) -> bool:
+    def _held_at_any(self, key_id: str, paths: list[str], *, marked_by: str) -> bool:
         """A fresh read of each path the run knows and of `paths` names `key_id` as live (its data, or its
         metadata where the data names no key), at a path that is still some credential's: not one this
         credential's file has moved away from (`vault.path` changed: the old path is left as it is and its
-        key retired, docs/CONTRACT-NOTES.md), which its metadata still names as this credential's, or names
-        no credential at all (the key's own live write, its metadata merge never done: sim F224). A removed
-        file's record does not know which of its paths was its file's last one: every path counts."""
+        key retired, docs/CONTRACT-NOTES.md), which its metadata still names as this credential's, or as
+        `marked_by`'s (the name whose mark the key carries: this one, or a renamed file's old name this
+        credential took over, `forgotten_keys`; sim F226), or names no credential at all (the key's own live
+        write, its metadata merge never done: sim F224). A removed file's record does not know which of its
+        paths was its file's last one: every path counts."""
         def key_in(data: Any) -> str | None:
             named = self.provider.live_key(data)
             return named.key_id if named else None
@@ -94,7 +96,7 @@ class ForgottenSteps:
             if not self._call(lambda live=live: live.names_as_live(key_id, key_in=by)):
                 continue
             left = (self.policy.has_file and str(live) != str(self._live)
-                    and self._call(live.read).owner() in (None, self.cred.spec.name))
+                    and self._call(live.read).owner() in (None, self.cred.spec.name, marked_by))
             if not left:
                 return True
         return False
