@@ -583,6 +583,28 @@ def test_a_middle_name_is_not_taken_for_gone_when_the_files_are_unknown(openbao,
         WORLDS.pop(world.world_id, None)
 
 
+def test_an_old_name_back_in_a_file_of_its_own_keeps_its_live_key(world: World) -> None:
+    """A renamed file's old name that is back in a file of its own (another path) is another credential: the
+    new name's `--revoke-now` finds that file's key by the old name's mark (its record still says it moved),
+    but the key is live at that file's path and is never revoked (the guard beside sim F226's fix: only an old
+    name no loaded file has makes its paths this credential's own)."""
+    world.keys.limit = 10
+    world.rotate()
+    old = world.name
+    new_cred = world.credential(name=old + "-b")
+    world.clock.advance(timedelta(days=31))
+    assert world.engine.reconcile(new_cred).status == "completed"  # takes the old record over
+    assert world.engine.read_record(old)[0].moved_to == new_cred.spec.name
+    back = world.credential(name=old, path=world.path + "-back")
+    world.engine.configured = lambda: frozenset({old, new_cred.spec.name})
+    assert world.engine.reconcile(back, request=Request()).status == "completed"
+    theirs = world.live(world.path + "-back")["key_id"]
+    world.clock.advance(timedelta(minutes=5))
+    assert world.engine.reconcile(new_cred, request=Request(revoke_now=True)).status == "completed"
+    assert theirs in world.keys.keys and world.keys.keys[theirs].active, "the other file's live key was retired"
+    assert world.violations == []
+
+
 def test_the_names_loaded_are_unknown_when_any_file_did_not_load() -> None:
     """`Engine.is_gone` trusts the names loaded only when every file loaded: a file that failed, was refused
     by the policy or clashed with another may carry the very name (sim F135's rule never guesses)."""

@@ -84,19 +84,22 @@ class ForgottenSteps:
         credential's file has moved away from (`vault.path` changed: the old path is left as it is and its
         key retired, docs/CONTRACT-NOTES.md), which its metadata still names as this credential's, or as
         `marked_by`'s (the name whose mark the key carries: this one, or a renamed file's old name this
-        credential took over, `forgotten_keys`; sim F226), or names no credential at all (the key's own live
-        write, its metadata merge never done: sim F224). A removed file's record does not know which of its
-        paths was its file's last one: every path counts."""
+        credential took over, `forgotten_keys`, while no loaded file has that name; sim F226), or names no
+        credential at all (the key's own live write, its metadata merge never done: sim F224). A removed
+        file's record does not know which of its paths was its file's last one: every path counts."""
         def key_in(data: Any) -> str | None:
             named = self.provider.live_key(data)
             return named.key_id if named else None
 
         by = key_in if names_keys(self.provider) else None
+        # An old name counts only while no file has it: one that is back in a file of its own is another credential.
+        files = self.engine.configured()
+        own = {None, self.cred.spec.name} | ({marked_by} if files is not None and marked_by not in files else set())
         for live in self._known_live_paths(self._initial.live_path, *paths):
             if not self._call(lambda live=live: live.names_as_live(key_id, key_in=by)):
                 continue
             left = (self.policy.has_file and str(live) != str(self._live)
-                    and self._call(live.read).owner() in (None, self.cred.spec.name, marked_by))
+                    and self._call(live.read).owner() in own)
             if not left:
                 return True
         return False
