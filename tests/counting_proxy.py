@@ -27,6 +27,7 @@ class CountingProxy:
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.seen: list[Seen] = []
+        self.down = False  # set: every request is answered 503 (Vault sealed or unreachable behind a balancer)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -61,6 +62,9 @@ class CountingProxy:
                 form = parse_qs(body.decode("utf-8", "replace")) if b"Action=" in body else {}
                 action = (form.get("Action") or query.get("Action") or [None])[0]
                 proxy._record(Seen(self.command, urlsplit(self.path).path, action))
+                if proxy.down:
+                    self._answer(503, b'{"errors":["Vault is sealed"]}')
+                    return
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 # The client's own Host: AWS signatures (SigV4) cover it.
@@ -76,6 +80,13 @@ class CountingProxy:
                 self.end_headers()
                 self.wfile.write(data)
                 conn.close()
+
+            def _answer(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_LIST = _forward  # noqa: N815
 

@@ -98,6 +98,38 @@ def test_a_record_changed_behind_the_daemons_back_is_read_again_not_overwritten(
     assert os.environ["AWS_ENDPOINT_URL"]  # the provider went through the proxy
 
 
+def test_vault_down_makes_the_daemon_degraded_and_backs_off_then_it_recovers(daemon_world) -> None:  # type: ignore[no-untyped-def]
+    """Vault answering 503 (sealed, or every node down behind the balancer): the daemon says it is degraded
+    (contract §6.7: operators are paged) and backs off per credential instead of retrying every tick, so a
+    recovering Vault is not met by every credential at once; once Vault answers, the rotation goes on."""
+    daemon, clock, vault, _ = daemon_world
+    assert daemon.run_pass().completed == 1
+    assert not daemon.is_degraded
+    clock.advance(timedelta(days=31))
+    vault.down = True
+    before, passes, tick = len(vault.requests()), 0, timedelta(seconds=daemon.app.settings.tick_seconds)
+    started = clock.now()
+    while clock.now() < started + timedelta(minutes=10):
+        passes += 1
+        assert daemon.run_pass().completed == 0
+        assert daemon.is_degraded, "Vault unreachable: the daemon must report itself degraded"
+        clock.advance(tick)
+    seen = vault.requests()[before:]
+    reads = [s for s in seen if s.method == "GET"]
+    # One read a try (a sealed Vault's 503 is not retried inside it). Every tick would be one try a tick; doubling
+    # from one tick to 5 minutes, each wait drawn from its second half, leaves at most 8 tries in 10 minutes.
+    assert passes >= 50 and len(reads) <= 8, f"{len(reads)} Vault reads in {passes} ticks while Vault was down"
+    vault.down = False
+    completed = 0
+    for _ in range(40):  # at most the 5-minute cap, in ticks
+        clock.advance(tick)
+        completed += daemon.run_pass().completed
+        if completed:
+            break
+    assert completed == 1, "once Vault answers, the due rotation runs"
+    assert not daemon.is_degraded
+
+
 # The AWS calls of one `rotate NAME --revoke-now` after the first key, and the contract clause each one serves
 # (docs/PERFORMANCE.md lists them with the bench's "contract minimum" loop).
 REVOKE_NOW_AWS_CALLS = [

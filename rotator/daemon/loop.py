@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from rotator.audit.events import get_logger
 from rotator.compliance.scan import ComplianceScanner
 from rotator.config.spec import LoadedCredential, LoadResult
 from rotator.core import machine
+from rotator.core.clock import to_rfc3339
 from rotator.core.errors import RotatorError
 from rotator.core.state import StateRecord
 from rotator.core.timetable import due_at
@@ -43,6 +45,9 @@ from rotator.vault.records import has_inline_secrets
 from rotator.wiring import App, load_credentials, loaded_names
 
 NEVER = datetime.max.replace(tzinfo=UTC)
+# A reconcile Vault failed (read or write): retried one tick later, doubling to this, with jitter, so that a
+# recovering Vault is not met by every credential at once (each try already retries inside: engine.retry.API).
+VAULT_BACKOFF_CAP = timedelta(minutes=5)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class CredentialView:
     pending_revocations: int = 0
     held_revocations: int = 0
     blocked_since: datetime | None = None  # blocked: its next look is LOOK_AGAIN from then (fileless.blocked_since)
+    vault_failures: int = 0  # consecutive reconciles that Vault failed (VAULT_BACKOFF_CAP)
 
     @property
     def record(self) -> StateRecord | None:
@@ -220,13 +226,15 @@ class Daemon:
         except Exception as exc:  # Vault down, or a bug: never stops the others
             # Our errors' messages are safe; anything else is named by type only.
             error = str(exc) if isinstance(exc, RotatorError) else f"unexpected {type(exc).__name__}"
+            retry_at = self._vault_failed(view)
             self.log.error("rotation.failed", credential=view.cred.spec.name, provider=view.cred.spec.provider,
-                           step="reconcile", error=error, will_retry=True, next_attempt_at=None)
+                           step="reconcile", error=error, will_retry=True, next_attempt_at=to_rfc3339(retry_at))
             result = ReconcileResult("failed")
-            view.wake_at = None  # read again next tick
-            view.version = None
         else:
-            self._remember(view, result, looked=look)
+            if result.unsaved:
+                self._vault_failed(view)  # logged by the engine (step persist); what it holds is not Vault's
+            else:
+                self._remember(view, result, looked=look)
         view.last_result = result.status
         if result.status in {"completed", "failed"}:
             metrics.ROTATIONS.labels(view.cred.spec.name, view.cred.spec.provider, result.status).inc()
@@ -257,7 +265,20 @@ class Daemon:
         left = self.app.store.token_expires_in()
         metrics.TOKEN_EXPIRY.set(math.nan if left is None else wall + left)
 
+    def _vault_failed(self, view: CredentialView) -> datetime:
+        """Vault failed this reconcile: the credential is failing (the daemon is degraded, §6.7) and is read
+        again one tick later, doubling with each failure in a row up to VAULT_BACKOFF_CAP, each wait drawn
+        from its second half. Returns when."""
+        view.vault_failures += 1
+        view.failing = True
+        view.version = None  # read again: nothing remembered is known to be Vault's
+        tick = timedelta(seconds=self.app.settings.tick_seconds)
+        delay = min(VAULT_BACKOFF_CAP, tick * 2 ** min(view.vault_failures - 1, 20))
+        view.wake_at = self.engine.clock.now() + delay * random.uniform(0.5, 1.0)  # noqa: S311 - spreading, not secrecy
+        return view.wake_at
+
     def _remember(self, view: CredentialView, result: ReconcileResult, *, looked: bool = False) -> None:
+        view.vault_failures = 0
         record = result.record
         view.remember(record)
         view.version = result.version

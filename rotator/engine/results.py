@@ -45,6 +45,9 @@ class ReconcileResult:
     version: int = 0
     events: list[str] = field(default_factory=list)
     duration_seconds: float | None = None  # of a completed rotation
+    # Vault failed while the record was written: `record` is this run's, not Vault's (which is still a
+    # consistent earlier state, the next reconcile resumes from it); a caller reads it again.
+    unsaved: bool = False
 
     @property
     def is_failure(self) -> bool:

@@ -49,6 +49,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
         self.request = request
         self._revoke_now_asked = request is not None and request.revoke_now
         self.status = "progressed"
+        self._unsaved = False  # Vault failed while persisting: the record here is not Vault's
         self.events: list[str] = []
         self.log = get_logger(credential=cred.spec.name, provider=cred.spec.provider)
         self._started_monotonic: float | None = None
@@ -123,7 +124,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
             # Vault failed while persisting: the record in Vault is still a
             # consistent earlier state; the next reconcile resumes from it.
             self.emit("rotation.failed", "error", step="persist", error=str(exc), will_retry=True, next_attempt_at=None)
-            self.status = "failed"
+            self.status, self._unsaved = "failed", True
         self.release()
         if self.status == "completed" and self._revoke_now_asked and machine.unrevoked(self.record):
             # `--revoke-now` is done when no previous key works: one whose revoke failed is retried
@@ -131,7 +132,7 @@ class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps,
             self.status = "failed"
         if self._wakes_earlier():
             self.engine.changes.record(self.record.credential)
-        return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds)
+        return ReconcileResult(self.status, self._public(), self.version, self.events, self.duration_seconds, unsaved=self._unsaved)
 
     def behind_live(self) -> tuple[Any, LivePath] | None:
         """An idle record looked at again (a removed file's, `Engine._look_behind`). Reads only: the first
