@@ -75,7 +75,7 @@ def healed(raft: RaftCluster) -> Iterator[RaftCluster]:
     for i in range(len(raft.addrs)):
         if not raft.is_alive(i):
             raft.restart(i)
-    raft.wait_for_active()
+    raft.wait_settled()
     yield raft
     for i in range(len(raft.addrs)):
         if not raft.is_alive(i):

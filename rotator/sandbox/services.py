@@ -232,6 +232,28 @@ class RaftCluster:
             time.sleep(0.05)
         raise RuntimeError(f"no OpenBao node became active within {timeout:.0f}s (logs under {self.workdir})")
 
+    def wait_settled(self, *, timeout: float = 60.0) -> int:
+        """An active node, and every live standby knowing it (its /sys/leader
+        names the active node's address). A standby that answers 429 to
+        /sys/health may not have learned the new leader yet after an election,
+        and until it has it refuses to forward a write ("local node not active
+        but active cluster node not found")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            active = self.wait_for_active(timeout=max(0.1, deadline - time.monotonic()))
+            if all(self._leader_known(i, self.addrs[active]) for i in range(len(self.addrs)) if self.is_alive(i)):
+                return active
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the OpenBao standbys did not all learn the active node within {timeout:.0f}s (logs under {self.workdir})")
+            time.sleep(0.1)
+
+    def _leader_known(self, i: int, leader: str) -> bool:
+        try:
+            answer = requests.get(f"{self.addrs[i]}/v1/sys/leader", timeout=1)
+            return answer.ok and answer.json().get("leader_address") == leader
+        except (requests.RequestException, ValueError):
+            return False
+
     def _wait_for(self, i: int, statuses: set[int], what: str, timeout: float = 60.0) -> None:
         _wait_until(lambda: self.health(i) in statuses, what=f"OpenBao node{i} {what}", process=self._processes[i], timeout=timeout)
 
@@ -279,6 +301,7 @@ class RaftCluster:
             # Standbys learn of the mount from the replicated mount table.
             _wait_until(lambda i=i: requests.get(f"{self.addrs[i]}/v1/secret/config", headers={"X-Vault-Token": self.token}, timeout=1).ok,
                         what=f"secret/ on OpenBao node{i}", process=self._processes[i])
+        self.wait_settled(timeout=timeout)
         return self
 
     def _unseal(self, i: int) -> None:
