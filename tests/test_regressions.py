@@ -605,6 +605,34 @@ def test_an_old_name_back_in_a_file_of_its_own_keeps_its_live_key(world: World) 
     assert world.violations == []
 
 
+def test_a_rename_undone_carries_the_keys_back(world: World) -> None:
+    """A file renamed and renamed back, same path: the new name's rotation took the old record over and wrote
+    the path; the old name, back, takes the new name's record over in turn (its own still says it moved)
+    instead of blocking on a live path "someone else wrote", and its rotation retires what the new name left."""
+    world.keys.limit = 10
+    world.rotate()
+    old = world.name
+    renamed = world.credential(name=old + "-b")
+    world.clock.advance(timedelta(days=31))
+    world.engine.configured = lambda: frozenset({renamed.spec.name})
+    assert world.engine.reconcile(renamed).status == "completed"  # takes the old record over, writes the path
+    assert world.engine.read_record(old)[0].moved_to == renamed.spec.name
+    taken = world.live_key_id()
+    world.engine.configured = lambda: frozenset({old})
+    world.clock.advance(timedelta(days=31))
+    result = world.reconcile()
+    assert result.status == "completed", (result.events, result.record.last_error if result.record else None)
+    record = world.record()
+    assert record.moved_to is None and record.blocked_fingerprint is None
+    assert record.current is not None and record.current.key_id == world.live_key_id() != taken
+    assert taken in {e.key.key_id for e in record.retiring}, "the key live under the new name is this record's to retire"
+    assert world.engine.read_record(renamed.spec.name)[0].moved_to == old
+    world.clock.advance(timedelta(hours=2))
+    assert [world.reconcile().status for _ in range(3)][-1] == "idle"
+    assert {k for k, key in world.keys.keys.items() if key.active} == {world.live_key_id()}
+    assert world.violations == []
+
+
 def test_the_names_loaded_are_unknown_when_any_file_did_not_load() -> None:
     """`Engine.is_gone` trusts the names loaded only when every file loaded: a file that failed, was refused
     by the policy or clashed with another may carry the very name (sim F135's rule never guesses)."""

@@ -164,7 +164,10 @@ def _started(record: StateRecord, outcome: Started, now: datetime) -> StateRecor
         target=outcome.target,
     )
     retiring = _revoke_now(record.retiring, now) if outcome.revoke_now else record.retiring
-    update: dict[str, object] = {"pending": pending, "retiring": retiring}
+    # A record that said its keys moved to a renamed file's record starts a rotation only when a file has its
+    # name again (a rename undone, a new file): from here on it is that file's own (its baseline took over what
+    # the other record holds of this live path, rotator.engine.baseline).
+    update: dict[str, object] = {"pending": pending, "retiring": retiring, "moved_to": None}
     if outcome.reason == "manual":
         update.update(blocked_fingerprint=None, next_attempt_at=None)
     return record.model_copy(update=update)

@@ -78,7 +78,10 @@ def _promoted_by(content: LiveContent) -> datetime | None:
 
 
 def needs_baseline(record: StateRecord, live_path: str) -> bool:
-    """The record knows no version of this live path."""
+    """The record knows no version of this live path, or handed what it knew to a renamed file's record
+    (`moved_to`): a file with its name again (a rename undone) takes that record over in turn."""
+    if record.moved_to is not None:
+        return True
     if record.live_path is not None and record.live_path != live_path:
         return True
     return record.live_version is None
