@@ -173,6 +173,7 @@ F223 = "F223 record-restored-to-a-block-a-rotate-had-passed-never-acts-on-the-ke
 F224 = "F224 key-live-at-a-path-vault-path-left-before-its-metadata-was-written-kept-for-good"
 F225 = "F225 a-new-files-first-write-taken-for-the-successor-of-a-removed-files-key"
 F226 = "F226 revoke-now-after-a-restore-and-a-crashed-revoke-now-leaves-a-deploy-key-working"
+F227 = "F227 rename-undone-and-vault-path-moved-leaves-the-old-names-key-to-the-renamed-record"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1161,6 +1162,14 @@ FINDINGS = [
     (F226, "deploy_key", [("tick", "r0", ()), ("rotate", True, ()), ("edit", "path"), ("state", "older"),
                           ("rotate", True, (CallFault(29, "crash_after"),)), ("advance", 25200), ("edit", "rename"),
                           ("tick", "r0", ()), ("pause", "r1", 0, 3600.0, "cli")], None, 529737),
+    # A file renamed (app -> app-r1, whose rotation took app's record over and wrote the path), the rename
+    # undone (the simulation's undo: the second rename at step 3), the old path written over with an older
+    # version by hand, `vault.path` moved, then `rotate app --revoke-now`. app's record said moved_to app-r1,
+    # a name with no file whose record holds app's first key (superseded) at the old path; app's baseline at
+    # the new, empty path took nothing over, and its look kept that key, live at a path whose metadata names
+    # app-r1 (revoke-now-honoured, seed 15944 of the first sweep with renames undone, at e1db82b).
+    (F227, "deploy_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", ()), ("edit", "rename"),
+                          ("foreign", "restore"), ("edit", "path"), ("rotate", True, ())], None, 15944),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

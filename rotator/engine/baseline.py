@@ -109,11 +109,19 @@ def find_baseline(
     read_other: Callable[[str], tuple[StateRecord | None, int]],
     clock: str | None = None,
     is_gone: Callable[[str], bool] = lambda name: False,
+    has_no_file: Callable[[str], bool] = lambda name: False,
     skew: timedelta = timedelta(0),
 ) -> Baseline | None:
     """The baseline to start from, None when the path is empty; a
     `PermanentError` when the path holds someone else's data."""
     if content.data is None:
+        back = _moved_back(record, name=name, live_path=live_path, read_other=read_other, has_no_file=has_no_file)
+        if back is not None:
+            other, version = back
+            retiring = list(other.retiring)
+            if other.current is not None:
+                retiring.append(retiring_from(other.current, "moved", now + grace, clock))
+            return Baseline(None, content.version, live_path, tuple(retiring), moved_from=(record.moved_to or "", version))
         # Nothing live here yet. A lost record may still have left keys of
         # this credential's rotations at the provider (minted or stashed
         # before the first live write, or live at a `vault.path` it left).
@@ -177,6 +185,26 @@ def find_baseline(
     raise PermanentError(
         f"{live_path} holds data the rotator did not write; it will not overwrite it: " + ADOPT_HINT.format(name=name)
     )
+
+
+def _moved_back(record: StateRecord, *, name: str, live_path: str, read_other: Callable[[str], tuple[StateRecord | None, int]],
+                has_no_file: Callable[[str], bool]) -> tuple[StateRecord, int] | None:
+    """A rename undone, and `vault.path` changed too: this record handed its keys to a renamed file's record
+    (`moved_to`), that name has no file any more, and its record is at another path. That record's keys are
+    this credential's again, as after a `vault.path` change: its superseded ones keep their schedule, its
+    live one is retired a full grace from now (the old path left as it is, docs/CONTRACT-NOTES.md). At the
+    same path the rename is taken over as any rename is (`find_baseline`); a name with a file is another
+    credential, and an unknown set of names (a file did not load) is not a name gone."""
+    to = record.moved_to
+    if to is None or to == name or not has_no_file(to):
+        return None
+    other, version = read_other(to)
+    if other is None or other.moved_to is not None or other.live_path in (None, live_path):
+        return None
+    if other.pending is not None:
+        # Its unfinished rotation is undone or finished first, as a removed file's (rotator.engine.fileless).
+        raise TransientError(f"credential {to}, which this one was renamed to, has an unfinished rotation; waiting for it")
+    return other, version
 
 
 def _moved_on(owner: str, other: StateRecord | None, version: int, *, name: str, live_path: str,

@@ -142,6 +142,7 @@ class IssueSteps:
             self.record, content, name=self.cred.spec.name, live_path=str(self._live), provider=self.provider,
             grace=self.policy.grace, now=self.engine.clock.now(), read_other=self.engine.read_record, clock=self.policy.clock,
             is_gone=self.engine.is_gone,
+            has_no_file=self.engine.has_no_file,
             skew=self.policy.skew_allowance,
         ))
 

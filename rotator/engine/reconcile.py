@@ -78,12 +78,15 @@ class Engine:
     def state_path(self, name: str) -> str:
         return f"{self.options.state_prefix}/{name}"
 
-    def is_gone(self, name: str) -> bool:
-        """No credential file is named `name` (every file loaded, none has that name) and no record either:
-        a renamed file's middle name whose record was lost (rotator.engine.baseline, sim F135). Unknown is
-        not gone."""
+    def has_no_file(self, name: str) -> bool:
+        """Every credential file loaded and none is named `name`. Unknown is not "no file"."""
         names = self.configured()
-        return names is not None and name not in names and self.read_record(name)[0] is None
+        return names is not None and name not in names
+
+    def is_gone(self, name: str) -> bool:
+        """No credential file is named `name` (`has_no_file`) and no record either: a renamed file's middle
+        name whose record was lost (rotator.engine.baseline, sim F135). Unknown is not gone."""
+        return self.has_no_file(name) and self.read_record(name)[0] is None
 
     def read_record(self, name: str) -> tuple[StateRecord | None, int]:
         """The record as readers see it: no secret value (those are in the stash)."""

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from rotator.testing.sim.faults import ALL_FAULTS
+from rotator.testing.sim.faults import ALL_FAULTS, VARIANTS
 from rotator.testing.sim.providers import KINDS
 from rotator.testing.sim.quiet import quiet_logs
 from rotator.testing.sim.sweep import SweepReport, sweep_parallel
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"first_seed": args.first_seed, "workers": args.workers, "schedules": report.schedules, "steps": report.steps, "seconds": round(report.seconds, 1),
                        "violations": report.violations, "by_invariant": dict(report.by_invariant),
-                       "faults": {k: report.faults.get(k, 0) for k in ALL_FAULTS},
+                       "faults": {k: report.faults.get(k, 0) for k in (*ALL_FAULTS, *VARIANTS.values())},
                        "findings": [f.__dict__ for f in report.findings]}, handle, indent=2)
     return 1 if report.violations else 0
 

@@ -17,7 +17,9 @@ Steps:
 - ("advance", SECONDS), ("skew", SLOT, SECONDS);
 - ("state", lost|older|soft), ("foreign", garbage|restore),
   ("edit", rename|delete|restore|flap|path|params) — flap: the file is
-  gone while one replica runs, then back.
+  gone while one replica runs, then back; a rename at a step index that is
+  a multiple of 3, of a file whose name came from the last rename, undoes
+  that rename (the file's previous name back).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from rotator.core.transitions import BACKOFF_CAP
 from rotator.engine.fileless import LOOK_AGAIN, has_work
 from rotator.testing.sim import invariants
 from rotator.testing.sim.faults import ALL_FAULTS, CALL_FAULTS, CallFault
-from rotator.testing.sim.providers import KINDS
+from rotator.testing.sim.providers import KINDS, toggled_params
 from rotator.testing.sim.world import LEASE_SECONDS, MOUNT, SKEW_ALLOWANCE, SLOTS, STATE_PREFIX, FileSpec, RunResult, Tracking, World
 
 Step = tuple[Any, ...]
@@ -208,6 +210,12 @@ def _edit(world: World, what: str) -> None:
             world.renames += 1
             del files[stem]
             new = f"app-r{world.renames}"
+            if world.last_rename is not None and world.last_rename[1] == stem and world.step_index % 3 == 0:
+                # A rename undone (one in three, where the file's last edit was a rename: the generator's draws
+                # stay as they were): the file gets its previous name back (CONTRACT-NOTES, "A rename undone").
+                new = world.last_rename[0]
+                world.faults["edit_rename_undone"] += 1
+            world.last_rename = (stem, new)
             files[new] = FileSpec(new, spec.path, spec.params)
         elif what == "delete":
             del files[stem]
@@ -218,23 +226,8 @@ def _edit(world: World, what: str) -> None:
             files[stem] = FileSpec(stem, new_path, spec.params)
             world.tracked[new_path] = Tracking()
         elif what == "params":
-            files[stem] = FileSpec(stem, spec.path, _toggle_params(world.kind.name, spec.params))
+            files[stem] = FileSpec(stem, spec.path, toggled_params(world.kind.name, spec.params))
     world.faults[f"edit_{what}"] += 1
-
-
-def _toggle_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    out = dict(params)
-    if kind == "aws":
-        out["delete_after_deactivation"] = "1h" if params.get("delete_after_deactivation") == "2h" else "2h"
-    elif kind == "deploy_key":
-        out["read_only"] = not params.get("read_only", True)
-    elif kind == "installation_token":
-        out["permissions"] = None if params.get("permissions") else {"contents": "read"}
-    elif kind == "stripe_key":
-        out["permissions"] = ["customer_read"] if params.get("permissions") != ["customer_read"] else ["customer_read", "charge_read"]
-    else:
-        out["enabled_events"] = ["invoice.paid"] if params.get("enabled_events") != ["invoice.paid"] else ["invoice.paid", "charge.failed"]
-    return out
 
 
 def quiesce(world: World) -> None:

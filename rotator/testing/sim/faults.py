@@ -30,6 +30,8 @@ STEP_FAULTS = (
     "edit_rename", "edit_delete", "edit_restore", "edit_path", "edit_params", "revoke_now",
 )
 ALL_FAULTS = CALL_FAULTS + STEP_FAULTS
+# Counted within a kind above: an edit_rename that undid the rename before it (the file's previous name back).
+VARIANTS = {"edit_rename": "edit_rename_undone"}
 
 
 class SimCrash(BaseException):

@@ -65,3 +65,19 @@ KINDS: dict[str, Kind] = {
     "webhook": Kind("webhook", lambda now: StripeAccount(now, secret_field="signing_secret"), SimStripeWebhookSecretProvider,
                     {"url": "https://hooks.example.com/stripe", "enabled_events": ["invoice.paid"], "management_key": "secret/sim/stripe#key"}),
 }
+
+
+def toggled_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A credential file's params after an edit (the simulation's `edit_params`): one field of its kind changed."""
+    out = dict(params)
+    if kind == "aws":
+        out["delete_after_deactivation"] = "1h" if params.get("delete_after_deactivation") == "2h" else "2h"
+    elif kind == "deploy_key":
+        out["read_only"] = not params.get("read_only", True)
+    elif kind == "installation_token":
+        out["permissions"] = None if params.get("permissions") else {"contents": "read"}
+    elif kind == "stripe_key":
+        out["permissions"] = ["customer_read"] if params.get("permissions") != ["customer_read"] else ["customer_read", "charge_read"]
+    else:
+        out["enabled_events"] = ["invoice.paid"] if params.get("enabled_events") != ["invoice.paid"] else ["invoice.paid", "charge.failed"]
+    return out

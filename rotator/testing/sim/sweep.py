@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rotator.testing.sim.explorer import generate, run, shrink
-from rotator.testing.sim.faults import ALL_FAULTS
+from rotator.testing.sim.faults import ALL_FAULTS, VARIANTS
 
 
 @dataclass
@@ -42,7 +42,10 @@ class SweepReport:
         ]
         lines += [f"  {name}: {count}" for name, count in sorted(self.by_invariant.items())]
         lines.append("faults injected by kind:")
-        lines += [f"  {name}: {self.faults.get(name, 0)}" for name in ALL_FAULTS]
+        for name in ALL_FAULTS:
+            lines.append(f"  {name}: {self.faults.get(name, 0)}")
+            if name in VARIANTS:
+                lines.append(f"    of which {VARIANTS[name]}: {self.faults.get(VARIANTS[name], 0)}")
         return "\n".join(lines)
 
 

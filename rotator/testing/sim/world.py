@@ -80,6 +80,7 @@ class World:
         self.superseded_at: dict[str, datetime] = {}
         self.revoke_now: list[RevokeNow] = []
         self.renames = 0
+        self.last_rename: tuple[str, str] | None = None  # (old name, new name)
         self.adoptions = 0
         self.unrecoverable: set[str] = set()  # keys no file nor record names any more (invariants._forgotten_by_all)
         self.lines = Lineage()  # whose each key is, for revoke-now's targets
