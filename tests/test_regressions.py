@@ -633,6 +633,28 @@ def test_a_rename_undone_carries_the_keys_back(world: World) -> None:
     assert world.violations == []
 
 
+def test_a_rename_undone_at_another_path_is_a_vault_path_change(world: World) -> None:
+    """Renamed, the new name's rotation writing the path, then renamed back with another `vault.path`: the old
+    name takes the new name's record over as after a `vault.path` change, and its `--revoke-now` ends the keys
+    that record held (its own first key among them) at once (sim F227, on the real OpenBao)."""
+    world.keys.limit = 10
+    first = world.rotate()
+    old = world.name
+    renamed = world.credential(name=old + "-b")
+    world.clock.advance(timedelta(days=31))
+    world.engine.configured = lambda: frozenset({renamed.spec.name})
+    assert world.engine.reconcile(renamed).status == "completed"
+    second = world.live_key_id()
+    world.engine.configured = lambda: frozenset({old})
+    back = world.credential(name=old, path=world.path + "-moved")
+    world.clock.advance(timedelta(minutes=5))
+    assert world.engine.reconcile(back, request=Request(revoke_now=True)).status == "completed"
+    alive = {k for k, key in world.keys.keys.items() if key.active}
+    assert first not in alive and second not in alive
+    assert world.engine.read_record(renamed.spec.name)[0].moved_to == old
+    assert alive == {world.live(world.path + "-moved")["key_id"]}
+
+
 def test_the_names_loaded_are_unknown_when_any_file_did_not_load() -> None:
     """`Engine.is_gone` trusts the names loaded only when every file loaded: a file that failed, was refused
     by the policy or clashed with another may carry the very name (sim F135's rule never guesses)."""
