@@ -117,11 +117,11 @@ def find_baseline(
     if content.data is None:
         back = _moved_back(record, name=name, live_path=live_path, read_other=read_other, has_no_file=has_no_file)
         if back is not None:
-            other, version = back
+            to, other, version = back
             retiring = list(other.retiring)
             if other.current is not None:
                 retiring.append(retiring_from(other.current, "moved", now + grace, clock))
-            return Baseline(None, content.version, live_path, tuple(retiring), moved_from=(record.moved_to or "", version))
+            return Baseline(None, content.version, live_path, tuple(retiring), moved_from=(to, version))
         # Nothing live here yet. A lost record may still have left keys of
         # this credential's rotations at the provider (minted or stashed
         # before the first live write, or live at a `vault.path` it left).
@@ -188,7 +188,7 @@ def find_baseline(
 
 
 def _moved_back(record: StateRecord, *, name: str, live_path: str, read_other: Callable[[str], tuple[StateRecord | None, int]],
-                has_no_file: Callable[[str], bool]) -> tuple[StateRecord, int] | None:
+                has_no_file: Callable[[str], bool]) -> tuple[str, StateRecord, int] | None:
     """A rename undone, and `vault.path` changed too: this record handed its keys to a renamed file's record
     (`moved_to`), that name has no file any more, and its record is at another path. That record's keys are
     this credential's again, as after a `vault.path` change: its superseded ones keep their schedule, its
@@ -204,7 +204,7 @@ def _moved_back(record: StateRecord, *, name: str, live_path: str, read_other: C
     if other.pending is not None:
         # Its unfinished rotation is undone or finished first, as a removed file's (rotator.engine.fileless).
         raise TransientError(f"credential {to}, which this one was renamed to, has an unfinished rotation; waiting for it")
-    return other, version
+    return to, other, version
 
 
 def _moved_on(owner: str, other: StateRecord | None, version: int, *, name: str, live_path: str,

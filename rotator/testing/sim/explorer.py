@@ -211,8 +211,8 @@ def _edit(world: World, what: str) -> None:
             del files[stem]
             new = f"app-r{world.renames}"
             if world.last_rename is not None and world.last_rename[1] == stem and world.step_index % 3 == 0:
-                # A rename undone (one in three, where the file's last edit was a rename: the generator's draws
-                # stay as they were): the file gets its previous name back (CONTRACT-NOTES, "A rename undone").
+                # A rename undone (at one step index in three, of a file whose name the last rename gave it; the
+                # generator's draws stay as they were): its previous name back (CONTRACT-NOTES, "A rename undone").
                 new = world.last_rename[0]
                 world.faults["edit_rename_undone"] += 1
             world.last_rename = (stem, new)
