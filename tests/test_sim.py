@@ -174,6 +174,8 @@ F224 = "F224 key-live-at-a-path-vault-path-left-before-its-metadata-was-written-
 F225 = "F225 a-new-files-first-write-taken-for-the-successor-of-a-removed-files-key"
 F226 = "F226 revoke-now-after-a-restore-and-a-crashed-revoke-now-leaves-a-deploy-key-working"
 F227 = "F227 rename-undone-and-vault-path-moved-leaves-the-old-names-key-to-the-renamed-record"
+F228 = "F228 record-restored-after-a-rename-undone-resumes-a-rotation-the-renamed-record-finished"
+F229 = "F229 record-restored-after-a-rename-undone-forgets-the-keys-handed-back-and-loops"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1170,6 +1172,29 @@ FINDINGS = [
     # app-r1 (revoke-now-honoured, seed 15944 of the first sweep with renames undone, at e1db82b).
     (F227, "deploy_key", [("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", ()), ("edit", "rename"),
                           ("foreign", "restore"), ("edit", "path"), ("rotate", True, ())], None, 15944),
+    # Renamed (app -> app-r1, whose rotation took app's record over, wrote the path and left app's key 1002
+    # in its grace), the rename undone, then app's record restored to a version with its first rotation
+    # pending (before the rename). app resumed that rotation: the live path's metadata names app-r1, a name
+    # with no file, so the record was not seen behind it; the resumed mint's retry-safe create deleted
+    # "its" key 1002 inside its grace (grace, seed 21746 of the sweep of 0-99,999 at f1d6b19; 23 of that
+    # sweep family's 32 violations had this cause). The replays are whole: a rename undone is tied to its
+    # step's index, so the shrinker cannot drop steps before it.
+    (F228, "deploy_key", [("advance", 400), ("state", "older"), ("tick", "r1", (CallFault(7, "crash_after"),)), ("state", "soft"),
+                          ("foreign", "restore"), ("advance", 5), ("tick", "r1", ()), ("tick", "r0", ()), ("tick", "r1", ()),
+                          ("edit", "flap"), ("advance", 1200), ("tick", "r1", ()), ("advance", 25200), ("tick", "r1", ()),
+                          ("tick", "r0", ()), ("tick", "r1", ()), ("pause", "r1", 5, 3600.0, "cli"), ("edit", "rename"),
+                          ("tick", "r1", ()), ("advance", 400), ("tick", "r1", ()), ("edit", "rename"), ("state", "older")],
+     None, 21746),
+    # Renamed twice (app -> app-r1 -> app-r2), the second undone (app-r1 takes app-r2's record over, app-r2
+    # marked moved_to app-r1), a `rotate --revoke-now` crashed, then app-r1's record restored to a version from
+    # before: the live path's metadata names app-r2, whose record handed its keys back; app-r1 resumed its old
+    # rotation, its stash entry naming a key the restored record knew, and lost its lease on every pass,
+    # minting and revoking a webhook endpoint each time (settles, seed 49236 of the same sweep).
+    (F229, "webhook", [("pause", "r1", 0, 3600.0, "cli"), ("edit", "rename"), ("tick", "r1", ()), ("tick", "r1", ()),
+                       ("advance", 30), ("tick", "r1", ()), ("tick", "r0", ()), ("tick", "r0", ()), ("advance", 86400),
+                       ("pause", "r1", 10, 900.0, "r0"), ("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", ()),
+                       ("tick", "r0", ()), ("tick", "r1", ()), ("tick", "r0", ()), ("advance", 120), ("tick", "r0", ()),
+                       ("edit", "rename"), ("rotate", True, (CallFault(9, "crash"),)), ("state", "older")], None, 49236),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

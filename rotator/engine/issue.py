@@ -253,7 +253,8 @@ class IssueSteps:
         metadata names a rotation the record does not know, at a version the record has not seen."""
         rotation = content.custom_metadata.get("rotator-rotation-id") or None
         at = (str(live_path or self._live), content.version)  # a version the record wrote or caught up with: not behind
-        return (content.data is not None and content.owner() == self.cred.spec.name and is_behind(self.record, rotation, at=at)
+        return (content.data is not None and (content.owner() == self.cred.spec.name or self._handed_back(content, live_path))
+                and is_behind(self.record, rotation, at=at)
                 and not self._known_since_restore(rotation)  # one it knew since a restore and retired: sim F150
                 and not (at[0] != self.record.live_path and promoted_before(content, self.record.last_rotated_at)))
 
@@ -266,6 +267,8 @@ class IssueSteps:
         current (as for a lost record), the pending rotation is dropped, and
         every key of this credential the record does not know is retired
         after a full grace from now."""
+        if (carried := self._carried_by(content, live_path)) is not None:
+            return self._take_over_carried(content, live_path, carried)  # a rename undone, the record restored since (F228)
         pending = self.record.pending
         live_rotation = content.custom_metadata.get("rotator-rotation-id") or None
         if not self._behind_at(content, live_path):
@@ -304,26 +307,6 @@ class IssueSteps:
                          live_rotation_id=live_rotation, key_id=current.key_id if current else None, vault_version=content.version)
         if pending is not None:
             self.status = "completed"  # a manual request (self.request) still gets a rotation of its own
-        return True
-
-    def _live_write_landed(self, content: Any) -> bool:
-        """The live path holds exactly what this rotation stashed, though the
-        record says it never got that far (restored from an older version, or
-        a crash between the live write and its metadata): it went live.
-        Minting again would revoke it (a retry-safe create removes what "its"
-        lost create left), so the promotion is finished instead (sim F17)."""
-        named = self.provider.live_key(content.data) if content.data else None
-        current = self.record.current
-        if content.data is None or (named is not None and current is not None and named.key_id == current.key_id):
-            return False  # the live path holds the current key: the usual case, no stash read
-        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
-        if found is None or found[1].data != content.data:
-            return False
-        _, entry = found
-        issued = IssuedCredential(key_id=entry.key_id, data=dict(entry.data or {}), handle=dict(entry.handle))
-        self._apply(machine.Issued(issued))
-        self._apply(machine.LiveWritten(content.version))
-        self.log.warning("rotation.live_write_recovered", key_id=entry.key_id, vault_version=content.version)
         return True
 
     def _mint(self, ctx: IssueContext) -> IssuedCredential:

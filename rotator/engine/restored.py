@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rotator.core import machine
+from rotator.core.provider import IssuedCredential
 from rotator.core.state import KeyRecord, Pending, StateRecord
 from rotator.engine.baseline import live_key_ids, pending_revoke_now, retiring_from, rotation_key_overwritten
 from rotator.vault.history import paths_named, restore_split
@@ -58,6 +59,26 @@ class RestoredSteps:
         if self.request is not None and self.request.revoke_now:
             return True  # the key live when `--revoke-now` was asked is the one recovered: it is replaced too
         self.request = None
+        return True
+
+    def _live_write_landed(self, content: Any) -> bool:
+        """The live path holds exactly what this rotation stashed, though the
+        record says it never got that far (restored from an older version, or
+        a crash between the live write and its metadata): it went live.
+        Minting again would revoke it (a retry-safe create removes what "its"
+        lost create left), so the promotion is finished instead (sim F17)."""
+        named = self.provider.live_key(content.data) if content.data else None
+        current = self.record.current
+        if content.data is None or (named is not None and current is not None and named.key_id == current.key_id):
+            return False  # the live path holds the current key: the usual case, no stash read
+        found = self.engine.records.orphan(self.record, self.provider.secret_fields)
+        if found is None or found[1].data != content.data:
+            return False
+        _, entry = found
+        issued = IssuedCredential(key_id=entry.key_id, data=dict(entry.data or {}), handle=dict(entry.handle))
+        self._apply(machine.Issued(issued))
+        self._apply(machine.LiveWritten(content.version))
+        self.log.warning("rotation.live_write_recovered", key_id=entry.key_id, vault_version=content.version)
         return True
 
     def _rotation_of(self, key_id: str, version: int) -> str:

@@ -19,6 +19,7 @@ from rotator.core.provider import Provider, ProviderKey
 from rotator.core.state import Retiring, StateRecord
 from rotator.engine import retry
 from rotator.engine.baseline import forgotten_keys
+from rotator.engine.carried import CarriedSteps
 from rotator.engine.forgotten import ForgottenSteps
 from rotator.engine.issue import IssueSteps
 from rotator.engine.persistence import Persistence
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from rotator.engine.reconcile import Engine
 
 
-class _Run(ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
+class _Run(CarriedSteps, ForgottenSteps, RestoredSteps, RetireSteps, PromoteSteps, IssueSteps, Persistence):
     """One reconcile of one credential, holding its lease."""
 
     def __init__(
