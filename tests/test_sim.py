@@ -23,10 +23,12 @@ from datetime import timedelta
 import pytest
 
 from rotator.core import transitions
+from rotator.core.state import StateRecord
 from rotator.testing.sim import explorer
 from rotator.testing.sim.explorer import Schedule, replay, run, shrink
 from rotator.testing.sim.sweep import sweep
 from rotator.testing.sim.faults import ALL_FAULTS, CallFault
+from rotator.testing.sim.lineage import Lineage
 from rotator.testing.sim.quiet import quiet_logs
 from rotator.testing.sim.world import World
 from rotator.vault.livepath import LivePath
@@ -176,6 +178,7 @@ F226 = "F226 revoke-now-after-a-restore-and-a-crashed-revoke-now-leaves-a-deploy
 F227 = "F227 rename-undone-and-vault-path-moved-leaves-the-old-names-key-to-the-renamed-record"
 F228 = "F228 record-restored-after-a-rename-undone-resumes-a-rotation-the-renamed-record-finished"
 F229 = "F229 record-restored-after-a-rename-undone-forgets-the-keys-handed-back-and-loops"
+F230 = "F230 sim-lineage-carried-a-name-whose-record-another-rename-took-over"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -370,6 +373,19 @@ def test_revoke_now_targets_follow_the_renames_the_rotator_saw() -> None:
         explorer.apply_step(unseen, step)
     assert unseen.lines.names("app-r1", unseen.records()) == {"app-r1"}
     assert {unseen.lines.minted_for[k.key_id] for k in unseen.service.rotator_made()} == {"app", "app-r1"}
+
+
+def test_a_rename_carries_the_old_names_keys_only_where_its_own_record_handed_them_on() -> None:
+    """A rename seen with the same live path carries OLD's keys on only where OLD's record says moved_to NEW
+    (or NEW's holds a key minted for another name): that another record (a name NEW took over) says moved_to
+    NEW says nothing of OLD, a removed file's record where it never acted at that path (sim F230)."""
+    def record(name: str, moved_to: str | None = None) -> StateRecord:
+        return StateRecord(credential=name, provider="stripe.webhook_secret", moved_to=moved_to)
+    lines = Lineage(minted_for={"we_1": "app", "we_4": "app-r3"}, renamed_from={"app-r3": "app", "app": "app-r1"})
+    other_took_over = {"app": record("app"), "app-r1": record("app-r1", moved_to="app-r3"), "app-r3": record("app-r3")}
+    assert lines.names("app-r3", other_took_over) == {"app-r3"}
+    handed_on = {**other_took_over, "app": record("app", moved_to="app-r3")}
+    assert lines.names("app-r3", handed_on) == {"app-r3", "app"}
 
 
 def test_revoke_now_honoured_catches_a_carried_key_left_its_grace(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1195,6 +1211,15 @@ FINDINGS = [
                        ("pause", "r1", 10, 900.0, "r0"), ("tick", "r1", ()), ("edit", "rename"), ("tick", "r0", ()),
                        ("tick", "r0", ()), ("tick", "r1", ()), ("tick", "r0", ()), ("advance", 120), ("tick", "r0", ()),
                        ("edit", "rename"), ("rotate", True, (CallFault(9, "crash"),)), ("state", "older")], None, 49236),
+    # The simulation's oracle, not the engine: renamed and moved at once (app -> app-r1, a removed file and a
+    # new one, §6.9), renamed back (app, at app-r1's path, never reconciled), renamed again (app-r3, which took
+    # app-r1's record over), then `rotate app-r3 --revoke-now`. The lineage counted app's keys as app-r3's
+    # because some record (app-r1's) said moved_to app-r3, not app's: app's live key at the path it left was
+    # a target (revoke-now-honoured, seed 187655 of the same sweep; 5 of its 32 violations).
+    (F230, "webhook", [("advance", 1200), ("tick", "r1", ()), ("tick", "r1", ()), ("state", "older"), ("advance", 3600),
+                       ("state", "older"), ("tick", "r0", ()), ("edit", "rename"), ("edit", "path"), ("pause", "r0", 5, 3600.0, "cli"),
+                       ("tick", "r0", ()), ("skew", "r0", 60.0), ("edit", "rename"), ("pause", "r1", 7, 421.0, "r0"), ("edit", "rename"),
+                       ("pause", "r1", 0, 3600.0, "cli")], None, 187655),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -62,7 +62,10 @@ class Lineage:
                 break
             record = records.get(current)
             held = record.managed_key_ids() if record is not None else set()
-            taken = any(r.moved_to == current for r in records.values()) or any(self.minted_for.get(k) not in (None, current) for k in held)
+            # OLD's own record handed over to this name: another record's (a name renamed in whose path this one
+            # took over) says nothing of OLD, whose record, never seen at this path, is a removed file's (F230).
+            before = records.get(old)
+            taken = (before is not None and before.moved_to == current) or any(self.minted_for.get(k) not in (None, current) for k in held)
             if not taken:
                 break
             out.add(old)
