@@ -179,6 +179,8 @@ F227 = "F227 rename-undone-and-vault-path-moved-leaves-the-old-names-key-to-the-
 F228 = "F228 record-restored-after-a-rename-undone-resumes-a-rotation-the-renamed-record-finished"
 F229 = "F229 record-restored-after-a-rename-undone-forgets-the-keys-handed-back-and-loops"
 F230 = "F230 sim-lineage-carried-a-name-whose-record-another-rename-took-over"
+F231 = "F231 rename-undone-then-both-records-restored-the-renamed-ones-rotation-unfinished-taken-for-nobodys"
+F232 = "F232 resumed-rotation-of-a-restored-record-loses-its-lease-to-a-stash-entry-only-a-found-again-key-names"
 F165 = "F165 untagged-aws-key-and-its-record-lost-left-for-good"
 
 KNOWN_OPEN: dict[tuple[str, str], str] = {}
@@ -1220,6 +1222,29 @@ FINDINGS = [
                        ("state", "older"), ("tick", "r0", ()), ("edit", "rename"), ("edit", "path"), ("pause", "r0", 5, 3600.0, "cli"),
                        ("tick", "r0", ()), ("skew", "r0", 60.0), ("edit", "rename"), ("pause", "r1", 7, 421.0, "r0"), ("edit", "rename"),
                        ("pause", "r1", 0, 3600.0, "cli")], None, 187655),
+    # Renamed (app -> app-r1, which wrote the path), app-r1's record restored to a version with the rotation
+    # that wrote the path's version still pending, the rename undone, then app's record restored too. The path's
+    # metadata names app-r1, whose record does not know that version, so F228's take-over did not apply and app
+    # resumed its own old rotation, whose retry-safe create removed a key in its grace in app-r1's record
+    # (grace, seed 558297 of the sweep of 500,000-599,999 at f1d6b19; seed 64583, never-revoke-live, too).
+    (F231, "deploy_key", [("tick", "r0", ()), ("rotate", False, ()), ("advance", 25200), ("advance", 400), ("tick", "r1", ()),
+                          ("tick", "r0", ()), ("advance", 120), ("advance", 30), ("advance", 30), ("advance", 10800), ("tick", "r0", ()),
+                          ("rotate", False, ()), ("tick", "r1", ()), ("advance", 5), ("advance", 10800), ("tick", "r1", ()), ("tick", "r1", ()),
+                          ("pause", "r1", 11, 421.0, "r0"), ("advance", 25200), ("tick", "r0", ()), ("skew", "r1", 60.0), ("advance", 5),
+                          ("advance", 1200), ("tick", "r0", ()), ("tick", "r1", ()), ("edit", "rename"), ("tick", "r1", ()), ("tick", "r0", ()),
+                          ("state", "older"), ("advance", 5), ("edit", "rename"), ("state", "older")], None, 558297),
+    # A record restored to a version with a rotation pending whose stash entry holds a key the record has found
+    # again at the provider since (retiring, `recovered`, no stash of its own), the path written over by hand:
+    # each pass of the resumed rotation minted a key, then its stash write refused ("the record names" the held
+    # key: taken for another process's re-issue, sim F20) and lost the lease; the next pass swept the key and
+    # minted again, for ever (settles, seed 68500 of the sweep of 0-99,999 at f1d6b19).
+    (F232, "stripe_key", [("tick", "r0", ()), ("advance", 10800), ("advance", 86400), ("tick", "r0", (CallFault(9, "crash_after"),)),
+                          ("tick", "r0", ()), ("advance", 10800), ("tick", "r0", ()), ("tick", "r0", ()), ("tick", "r0", ()), ("tick", "r0", ()),
+                          ("state", "soft"), ("pause", "r0", 7, 421.0, "cli"), ("tick", "r0", ()), ("tick", "r1", ()), ("tick", "r1", ()),
+                          ("tick", "r1", ()), ("edit", "rename"), ("rotate", False, ()), ("rotate", False, ()), ("tick", "r1", ()),
+                          ("foreign", "garbage"), ("tick", "r1", ()), ("pause", "r1", 11, 421.0, "r0"), ("tick", "r0", ()), ("tick", "r0", ()),
+                          ("rotate", True, (CallFault(15, "fail"),)), ("foreign", "garbage"), ("edit", "rename"), ("state", "older")],
+     None, 68500),
 ]
 OPEN_FINDINGS: set[str] = set()
 # Cases of an open finding that no longer reproduce.

@@ -29,12 +29,14 @@ class CarriedSteps:
             return None
         other, version = self.engine.read_record(owner)
         at = str(live_path or self._live)
-        if other is None or other.moved_to is not None or other.live_path != at or other.live_version != content.version:
+        if other is None or other.moved_to is not None or other.live_path != at:
             return None
-        if other.pending is not None:
-            # Its unfinished rotation is undone or finished first, as a removed file's (rotator.engine.fileless).
+        rotation = content.custom_metadata.get("rotator-rotation-id") or None
+        if other.pending is not None and (other.live_version == content.version or other.pending.rotation_id == rotation):
+            # Its unfinished rotation (perhaps the one that wrote this version, its record restored to before it said
+            # so: sim F231) is undone or finished first, as a removed file's (rotator.engine.fileless).
             raise TransientError(f"credential {owner}, which this one was renamed to, has an unfinished rotation; waiting for it")
-        return owner, other, version
+        return (owner, other, version) if other.live_version == content.version else None
 
     def _handed_back(self, content: Any, live_path: LivePath | None) -> bool:
         """The owner the metadata names is a name with no file whose record wrote the version `live_path` holds

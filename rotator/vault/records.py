@@ -276,10 +276,16 @@ class RecordStore:
             payload = entry.model_dump(mode="json")
         else:
             # Another key of this rotation: written over only if the record no
-            # longer names it (swept). A writer that stalled past its lease while
+            # longer relies on it (swept). A writer that stalled past its lease while
             # another process re-issued must not replace that key's secrets (sim F20).
+            # A key the record names without this entry (found again at the provider
+            # after a restore, `stash` unset) does not rely on it: a resumed rotation of
+            # a restored record writes over it, or it would lose its lease on every
+            # pass and mint a key each time (sim F232).
             record, _ = self.read(entry.credential)
-            if record is not None and held.key_id in {key.key_id for key in _keys(record)}:
+            pending = record.pending.credential if record is not None and record.pending is not None else None
+            if record is not None and (any(key.key_id == held.key_id and key.stash == path for key in _keys(record))
+                                       or (pending is not None and pending.key_id == held.key_id)):
                 raise LeaseLostError(f"{entry.credential}: the stash entry {self.mount}/{path} holds key {held.key_id}, "
                                      "which the record names: another process took over")
         if held != entry:
