@@ -655,6 +655,42 @@ def test_a_rename_undone_at_another_path_is_a_vault_path_change(world: World) ->
     assert alive == {world.live(world.path + "-moved")["key_id"]}
 
 
+def test_a_record_restored_after_a_rename_undone_takes_the_renamed_record_over(world: World) -> None:
+    """Renamed (the new name's rotation wrote the path, the old name's key in its grace in the new name's
+    record), renamed back, then the old name's record restored by hand to a copy taken mid-rotation, before
+    the rename: the old name takes the new name's record over (F228's take-over, on the real OpenBao) instead of
+    resuming that finished rotation, which blocked on a path "someone else wrote"."""
+    world.keys.limit = 10
+    world.rotate()
+    old, state_path = world.name, f"{world.prefix}/{world.name}"
+    copy: dict[str, Any] = {}
+    world.keys.hooks["verify"] = lambda: copy.update(world.store.read("secret", state_path).data)  # the record mid-rotation
+    second = world.rotate()
+    assert copy["pending"] is not None
+    renamed = world.credential(name=old + "-b")
+    world.clock.advance(timedelta(days=31))
+    world.engine.configured = lambda: frozenset({renamed.spec.name})
+    assert world.engine.reconcile(renamed).status == "completed"
+    third = world.live_key_id()
+    world.engine.configured = lambda: frozenset({old})
+    world.clock.advance(timedelta(minutes=5))
+    world.store.write("secret", state_path, copy, cas=world.store.read("secret", state_path).version)  # restored by hand
+    result = world.reconcile()
+    # Before F228: the finished rotation resumed, minted, found the path "written by someone else" (its metadata
+    # names the new name), rolled its key back and blocked; a deploy key's retry-safe create (the simulation's
+    # seed 21746) removed the key in its grace as well.
+    assert result.status == "completed" and "rotation.failed" not in result.events, result.events
+    assert second in world.keys.keys and world.keys.keys[second].active, "the key in its grace was revoked"
+    record = world.record()
+    assert record.pending is None and record.current is not None and record.current.key_id == third == world.live_key_id()
+    assert second in {e.key.key_id for e in record.retiring}, result.events
+    assert world.engine.read_record(renamed.spec.name)[0].moved_to == old
+    world.clock.advance(timedelta(hours=2))
+    assert [world.reconcile().status for _ in range(3)][-1] == "idle"
+    assert {k for k, key in world.keys.keys.items() if key.active} == {third}
+    assert world.violations == []
+
+
 def test_the_names_loaded_are_unknown_when_any_file_did_not_load() -> None:
     """`Engine.is_gone` trusts the names loaded only when every file loaded: a file that failed, was refused
     by the policy or clashed with another may carry the very name (sim F135's rule never guesses)."""

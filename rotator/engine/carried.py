@@ -53,8 +53,8 @@ class CarriedSteps:
     def _take_over_carried(self, content: Any, live_path: LivePath | None, carried: tuple[str, StateRecord, int]) -> bool:
         """Take `carried`'s record over: its current key (the one the data holds) becomes this record's, its
         superseded keys keep their schedule, and the key of a rotation this record had pending, where that
-        record does not know it, retires a full grace from now (as `_recover_if_behind` retires it). The
-        other record is marked `moved_to` this name once this one is written."""
+        record does not know it, retires a full grace from now (as `_recover_if_behind` retires it); its last
+        rotation is this record's. The other record is marked `moved_to` this name once this one is written."""
         owner, other, version = carried
         now, grace, clock = self.engine.clock.now(), self.policy.grace, self.policy.clock
         pending = self.record.pending
@@ -72,8 +72,11 @@ class CarriedSteps:
         at = str(live_path or self._live)
         record = transitions.apply(self.record, machine.Recovered(current, content.version, at, tuple(retiring)), self.policy, now)
         # A key both records name: the carrying record's entry is the later one (its stage, its `--revoke-now`).
+        # Its last rotation is this credential's last (the schedule runs from it, not from the restored copy's).
         theirs = {e.key.key_id: e for e in retiring}
-        self._defer(record.model_copy(update={"retiring": [theirs.get(e.key.key_id, e) for e in record.retiring]}))
+        last = max((t for t in (record.last_rotated_at, other.last_rotated_at) if t is not None), default=None)
+        self._defer(record.model_copy(update={"retiring": [theirs.get(e.key.key_id, e) for e in record.retiring],
+                                              "last_rotated_at": last, "rotations": max(record.rotations, other.rotations)}))
         self._write_outcome()
         self.engine.mark_moved(owner, version, to=self.cred.spec.name)
         self.log.warning("state.behind_live_path", dropped_rotation_id=pending.rotation_id if pending else None,
