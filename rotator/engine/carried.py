@@ -19,36 +19,38 @@ from rotator.vault.livepath import LivePath
 class CarriedSteps:
     """A part of _Run (rotator.engine.run): it uses the run's attributes and methods."""
 
-    def _carried_by(self, content: Any, live_path: LivePath | None) -> tuple[str, StateRecord, int] | None:
-        """The record (name, record, version) that carries this file's credential at `live_path`: the owner the
-        metadata names, a name with no file (`Engine.has_no_file`: every file loaded, none with that name), whose
-        record is at this path, wrote the version it holds, and was not moved on. None otherwise (a name with a
-        file is another credential: adopting its path is `rotator adopt`'s, never this)."""
+    def _renamed_in(self, content: Any, live_path: LivePath | None) -> tuple[str, StateRecord, int] | None:
+        """The owner `live_path`'s metadata names (name, record, version) where it is not this file's name but a
+        name with no file (`Engine.has_no_file`: every file loaded, none with that name) whose record is at this
+        path; None otherwise, and for a removed file's own record. A name with a file is another credential:
+        adopting its path is `rotator adopt`'s, never this."""
         owner = content.owner()
         if not self.policy.has_file or content.data is None or owner in (None, self.cred.spec.name) or not self.engine.has_no_file(owner):
             return None
         other, version = self.engine.read_record(owner)
-        at = str(live_path or self._live)
-        if other is None or other.moved_to is not None or other.live_path != at:
+        return None if other is None or other.live_path != str(live_path or self._live) else (owner, other, version)
+
+    def _carried_by(self, content: Any, live_path: LivePath | None) -> tuple[str, StateRecord, int] | None:
+        """The record (`_renamed_in`) that carries this file's credential at `live_path`: it wrote the version the
+        path holds and was not moved on."""
+        found = self._renamed_in(content, live_path)
+        if found is None or found[1].moved_to is not None:
             return None
+        owner, other, _ = found
         rotation = content.custom_metadata.get("rotator-rotation-id") or None
         if other.pending is not None and (other.live_version == content.version or other.pending.rotation_id == rotation):
             # Its unfinished rotation (perhaps the one that wrote this version, its record restored to before it said
             # so: sim F231) is undone or finished first, as a removed file's (rotator.engine.fileless).
             raise TransientError(f"credential {owner}, which this one was renamed to, has an unfinished rotation; waiting for it")
-        return (owner, other, version) if other.live_version == content.version else None
+        return found if other.live_version == content.version else None
 
     def _handed_back(self, content: Any, live_path: LivePath | None) -> bool:
-        """The owner the metadata names is a name with no file whose record wrote the version `live_path` holds
-        and handed its keys to this credential (`moved_to`: a rename undone), a handing-over a restore of this
-        record undid since (sim F229): the path's rotation is this credential's own for `_behind_at`, and the
-        keys either name marked are found again at the provider (`forgotten_keys` follows `moved_to`)."""
-        owner = content.owner()
-        if not self.policy.has_file or owner in (None, self.cred.spec.name) or not self.engine.has_no_file(owner):
-            return False
-        other, _ = self.engine.read_record(owner)
-        return (other is not None and other.moved_to == self.cred.spec.name and other.live_path == str(live_path or self._live)
-                and other.live_version == content.version)
+        """The record the metadata names (`_renamed_in`) wrote the version `live_path` holds and handed its keys
+        to this credential (`moved_to`: a rename undone), a handing-over a restore of this record undid since
+        (sim F229): the path's rotation is this credential's own for `_behind_at`, and the keys either name
+        marked are found again at the provider (`forgotten_keys` follows `moved_to`)."""
+        found = self._renamed_in(content, live_path)
+        return found is not None and found[1].moved_to == self.cred.spec.name and found[1].live_version == content.version
 
     def _take_over_carried(self, content: Any, live_path: LivePath | None, carried: tuple[str, StateRecord, int]) -> bool:
         """Take `carried`'s record over: its current key (the one the data holds) becomes this record's, its
